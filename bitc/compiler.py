@@ -1,0 +1,148 @@
+"""`bitc.compile`: source model → passes → TVM build → one `.bitc` artifact, written atomically."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import onnx_ir as ir
+
+from bitc.codegen import tuning
+from bitc.codegen.build import build
+from bitc.codegen.target import parse_target
+from bitc.errors import BadInputError
+from bitc.frontend import from_torch, load_onnx, normalize
+from bitc.passes import PassRecord, run_pipeline
+from bitc.passes.verify import static_shape
+from bitc.runtime.artifact import FORMAT, FORMAT_VERSION, LIBRARY_NAME, write_artifact
+
+
+@dataclass
+class CompileResult:
+    path: Path
+    manifest: dict[str, Any]
+    pass_log: list[PassRecord] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def compile(
+    model: str | os.PathLike | ir.Model | Any,
+    output: str | os.PathLike | None = None,
+    *,
+    target: str = "cpu",
+    passes: str | Sequence[Any] | None = None,
+    input_shapes: Mapping[str, Sequence[int]] | None = None,
+    example_inputs: Sequence[Any] | None = None,
+    tune_trials: int = 0,
+    tuning_db: str | os.PathLike | None = None,
+    use_tuning_db: bool = True,
+    dump_ir: str | os.PathLike | None = None,
+    verify: bool = False,
+    num_cores: int | None = None,
+    on_pass: Callable[[PassRecord], None] | None = None,
+) -> CompileResult:
+    """Compile an ONNX file, an `onnx_ir.Model` or a torch `nn.Module` (with `example_inputs`) for `target`.
+
+    Returns where the artifact went and its manifest. `output` defaults to the ONNX file's name with `.bitc`.
+    """
+    timings: dict[str, float] = {}
+    cpu_target = parse_target(target, num_cores)
+    if tune_trials < 0:
+        raise BadInputError(f"--tune-trials must be >= 0, got {tune_trials}")
+
+    start = time.perf_counter()
+    ir_model, source, source_sha = _load(model, input_shapes, example_inputs)
+    output_path = _output_path(output, model)
+    for value in ir_model.graph.inputs:
+        static_shape(value)
+    timings["frontend"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    ir_model, records = run_pipeline(ir_model, passes, dump_dir=dump_ir, verify_numerics=verify, on_pass=on_pass)
+    timings["passes"] = time.perf_counter() - start
+
+    options = tuning.TuningOptions(
+        trials=tune_trials,
+        database_dir=Path(tuning_db) if tuning_db else None,
+        use_database=use_tuning_db,
+    )
+    built = build(ir_model, cpu_target, tuning_options=options, source=source)
+    timings["build"] = built.seconds
+
+    manifest = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "entry": "main",
+        "source": {"name": source, "sha256": source_sha},
+        "inputs": [_spec(v) for v in ir_model.graph.inputs],
+        "outputs": [_spec(v) for v in ir_model.graph.outputs],
+        "target": cpu_target.to_manifest(),
+        "versions": _versions(ir_model),
+        "passes": [r.to_json() for r in records],
+        "tuning": built.tuning,
+        "stats": {"nodes": len(ir_model.graph), "parameters": _parameter_count(ir_model)},
+    }
+    start = time.perf_counter()
+    write_artifact(output_path, manifest, {LIBRARY_NAME: built.library})
+    timings["write"] = time.perf_counter() - start
+    return CompileResult(path=output_path, manifest=manifest, pass_log=records, seconds=timings)
+
+
+def _load(model: Any, input_shapes: Mapping | None, example_inputs: Sequence | None) -> tuple[ir.Model, str, str]:
+    if isinstance(model, str | os.PathLike):
+        path = Path(model)
+        loaded = load_onnx(path, dict(input_shapes) if input_shapes else None)
+        return loaded, path.name, _file_sha256(path)
+    if isinstance(model, ir.Model):
+        normalized = normalize(model, source="<onnx_ir.Model>", input_shapes=input_shapes)
+        return normalized, "<onnx_ir.Model>", ""
+    if example_inputs is None:
+        raise BadInputError(
+            f"cannot compile a {type(model).__name__}: pass an ONNX path, an onnx_ir.Model, "
+            "or a torch nn.Module with example_inputs=(...)"
+        )
+    return from_torch(model, example_inputs), f"<torch {type(model).__name__}>", ""
+
+
+def _output_path(output: str | os.PathLike | None, model: Any) -> Path:
+    if output is not None:
+        return Path(output)
+    if isinstance(model, str | os.PathLike):
+        return Path(Path(model).name).with_suffix(".bitc")
+    raise BadInputError("an output path is needed when compiling an in-memory model")
+
+
+def _spec(value: ir.Value) -> dict[str, Any]:
+    if value.dtype is None or value.shape is None:
+        raise BadInputError(f"value '{value.name}' has no inferred type or shape")
+    return {"name": value.name, "shape": [int(d) for d in static_shape(value)], "dtype": value.dtype.numpy().name}
+
+
+def _parameter_count(model: ir.Model) -> int:
+    return sum(int(v.const_value.size) for v in model.graph.initializers.values() if v.const_value is not None)
+
+
+def _versions(model: ir.Model) -> dict[str, Any]:
+    packages = {name: _package_version(name) for name in ("bitc", "apache-tvm", "onnx", "onnx-ir", "onnxscript")}
+    return {**packages, "opsets": dict(sorted(model.opset_imports.items()))}
+
+
+def _package_version(name: str) -> str:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -1,0 +1,75 @@
+"""Bring any loaded model to the form every pass expects: constants as initializers, a supported opset,
+fixed input shapes where the user gave them, and inferred shapes on every value."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import onnx
+import onnx.version_converter
+import onnx_ir as ir
+import onnx_ir.passes.common as common
+
+from bitc.errors import BadInputError, first_line
+
+# Oldest opset we accept at all, and the one older models are upgraded to (the TVM importer's best-covered range).
+MIN_OPSET = 7
+UPGRADE_TO_OPSET = 13
+MAX_OPSET = onnx.defs.onnx_opset_version()
+
+
+def normalize(model: ir.Model, *, source: str, input_shapes: Mapping[str, Sequence[int]] | None = None) -> ir.Model:
+    """Validate and normalise `model` in place (upgrading its opset may return a new model)."""
+    graph = model.graph
+    if len(graph) == 0:
+        raise BadInputError(f"{source}: the graph has no nodes")
+    if not graph.outputs:
+        raise BadInputError(f"{source}: the graph has no outputs")
+    model = _checked_opset(model, source)
+    common.RemoveInitializersFromInputsPass()(model)
+    common.LiftConstantsToInitializersPass(lift_all_constants=False, size_limit=0)(model)
+    if input_shapes:
+        set_input_shapes(model, input_shapes, source=source)
+    infer_shapes(model, source=source)
+    return model
+
+
+def set_input_shapes(model: ir.Model, input_shapes: Mapping[str, Sequence[int]], *, source: str) -> None:
+    inputs = {value.name: value for value in model.graph.inputs}
+    for name, dims in input_shapes.items():
+        if name not in inputs:
+            raise BadInputError(f"{source}: --input-shape names '{name}', the model's inputs are {list(inputs)}")
+        value = inputs[name]
+        if value.shape is not None and len(value.shape) != len(dims):
+            raise BadInputError(
+                f"{source}: input '{name}' has rank {len(value.shape)}, --input-shape gives {len(dims)} dims"
+            )
+        if any(int(d) <= 0 for d in dims):
+            raise BadInputError(f"{source}: input '{name}': dimensions must be positive, got {list(dims)}")
+        value.shape = ir.Shape([int(d) for d in dims])
+
+
+def infer_shapes(model: ir.Model, *, source: str) -> None:
+    """ONNX shape inference; an inconsistency (mismatched shapes, bad attributes) is the user's input error."""
+    try:
+        common.ShapeInferencePass(check_type=True, strict_mode=True, data_prop=True)(model)
+    except Exception as exc:
+        cause = exc.__cause__ or exc
+        raise BadInputError(f"{source}: shape inference failed: {first_line(cause)}") from None
+
+
+def _checked_opset(model: ir.Model, source: str) -> ir.Model:
+    version = model.opset_imports.get("", model.opset_imports.get("ai.onnx"))
+    if version is None:
+        raise BadInputError(f"{source}: the model imports no version of the default ONNX opset")
+    if version < MIN_OPSET:
+        raise BadInputError(f"{source}: opset {version} is older than the oldest supported ({MIN_OPSET})")
+    if version > MAX_OPSET:
+        raise BadInputError(f"{source}: opset {version} is newer than this onnx package supports ({MAX_OPSET})")
+    if version >= UPGRADE_TO_OPSET:
+        return model
+    try:
+        upgraded = onnx.version_converter.convert_version(ir.to_proto(model), UPGRADE_TO_OPSET)
+    except Exception:
+        return model  # the importer still handles the old opset; upgrading is best effort
+    return ir.from_proto(upgraded)

@@ -1,0 +1,79 @@
+"""Standard graph clean-ups, under bitc names; the work is done by onnx-ir and onnxscript's own passes."""
+
+from __future__ import annotations
+
+import onnx_ir as ir
+import onnx_ir.passes.common as common
+from onnxscript.optimizer._constant_folding import FoldConstantsPass
+from onnxscript.rewriter import RewritePass
+from onnxscript.rewriter.rules import common as rules
+
+from bitc.passes.registry import register
+
+
+@register("fold_constants")
+class FoldConstants(ir.passes.InPlacePass):
+    """Evaluate nodes whose inputs are all constant and store the results as initializers."""
+
+    def __init__(self, input_size_limit: int = 1 << 20, output_size_limit: int = 1 << 22):
+        super().__init__()
+        self.input_size_limit = input_size_limit
+        self.output_size_limit = output_size_limit
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        folder = FoldConstantsPass(
+            shape_inference=True, input_size_limit=self.input_size_limit, output_size_limit=self.output_size_limit
+        )
+        result = folder(model)
+        common.LiftConstantsToInitializersPass(lift_all_constants=False, size_limit=0)(model)
+        return ir.passes.PassResult(model, result.modified)
+
+
+@register("simplify")
+class Simplify(ir.passes.InPlacePass):
+    """Remove no-op arithmetic, inference-mode Dropout, redundant casts, transposes and reshapes."""
+
+    RULES = (
+        rules.dropout_inference_rule,
+        rules.dropout_zero_rule,
+        rules.add_0_rule,
+        rules.sub_0_rule,
+        rules.mul_by_1_rule,
+        rules.div_by_1_rule,
+        rules.no_op_cast_rule,
+        rules.cast_cast_rule,
+        rules.no_op_transpose_rule,
+        rules.transpose_transpose_rule,
+        rules.reshape_reshape_rule,
+        rules.no_op_expand_rule,
+        rules.unsqueeze_unsqueeze_rule,
+    )
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        return RewritePass(list(self.RULES))(model)
+
+
+@register("eliminate_identity")
+class EliminateIdentity(ir.passes.InPlacePass):
+    """Remove Identity nodes, renaming values so graph outputs keep their names."""
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        return common.IdentityEliminationPass()(model)
+
+
+@register("cse")
+class EliminateCommonSubexpressions(ir.passes.InPlacePass):
+    """Merge nodes that compute the same thing from the same inputs."""
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        return common.CommonSubexpressionEliminationPass()(model)
+
+
+@register("remove_unused")
+class RemoveUnused(ir.passes.InPlacePass):
+    """Remove nodes, initializers and opset imports that no output depends on."""
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        nodes = common.RemoveUnusedNodesPass()(model)
+        opsets = common.RemoveUnusedOpsetsPass()(model)
+        return ir.passes.PassResult(model, nodes.modified or opsets.modified)

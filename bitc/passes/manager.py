@@ -1,0 +1,108 @@
+"""Run a named pipeline of passes: each one timed, optionally dumped as .onnx and checked against onnxruntime."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import onnx_ir as ir
+
+from bitc.errors import BitcError, CompileError, first_line
+from bitc.passes import registry, verify
+
+DEFAULT_PIPELINE = ("fold_constants", "simplify", "eliminate_identity", "fold_batchnorm", "cse", "remove_unused")
+
+PassSpec = str | tuple[str, Mapping[str, Any]]
+
+
+@dataclass
+class PassRecord:
+    """What one pass did: the manifest's pass log and `--verbose` are made of these."""
+
+    name: str
+    options: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
+    modified: bool = False
+    nodes_before: int = 0
+    nodes_after: int = 0
+    max_abs_error: float | None = None
+    max_rel_error: float | None = None
+    note: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+
+def parse_pipeline(text: str | Sequence[PassSpec] | None) -> list[tuple[str, dict[str, Any]]]:
+    """'a,b,c' or ['a', ('b', {...})] → [(name, options)]; None means the default pipeline."""
+    if text is None:
+        text = DEFAULT_PIPELINE
+    if isinstance(text, str):
+        text = [part.strip() for part in text.split(",") if part.strip()]
+    specs = []
+    for item in text:
+        name, options = (item, {}) if isinstance(item, str) else (item[0], dict(item[1]))
+        registry.create(name, options)  # fail early on unknown names / bad options
+        specs.append((name, options))
+    return specs
+
+
+def run_pipeline(
+    model: ir.Model,
+    pipeline: str | Sequence[PassSpec] | None = None,
+    *,
+    dump_dir: str | Path | None = None,
+    verify_numerics: bool = False,
+    seed: int = 0,
+    on_pass: Callable[[PassRecord], None] | None = None,
+) -> tuple[ir.Model, list[PassRecord]]:
+    """Apply the pipeline in order. With `verify_numerics`, each pass's output is compared with the model before
+    it on the same seeded random inputs (onnxruntime), so the record names the pass that introduced an error."""
+    specs = parse_pipeline(pipeline)
+    dump_path = Path(dump_dir) if dump_dir is not None else None
+    if dump_path is not None:
+        dump_path.mkdir(parents=True, exist_ok=True)
+        ir.save(model, dump_path / "00_input.onnx")
+    feeds = verify.random_feeds(model, seed) if verify_numerics else None
+    previous = _reference(model, feeds)
+    records = []
+    for index, (name, options) in enumerate(specs, start=1):
+        record = PassRecord(name=name, options=options, nodes_before=len(model.graph))
+        start = time.perf_counter()
+        try:
+            result = registry.create(name, options)(model)
+        except BitcError:
+            raise
+        except Exception as exc:
+            cause = exc.__cause__ or exc
+            raise CompileError(f"pass '{name}' failed: {first_line(cause)}") from None
+        model = result.model
+        record.seconds = time.perf_counter() - start
+        record.modified = bool(result.modified)
+        record.nodes_after = len(model.graph)
+        if feeds is not None:
+            current = _reference(model, feeds)
+            if isinstance(previous, str) or isinstance(current, str):
+                record.note = current if isinstance(current, str) else previous
+            else:
+                record.max_abs_error, record.max_rel_error = verify.max_errors(previous, current)
+            previous = current
+        if dump_path is not None:
+            ir.save(model, dump_path / f"{index:02d}_{name}.onnx")
+        records.append(record)
+        if on_pass is not None:
+            on_pass(record)
+    return model, records
+
+
+def _reference(model: ir.Model, feeds: Mapping | None) -> list | str | None:
+    """Outputs of the model under onnxruntime, or a note saying why it could not run."""
+    if feeds is None:
+        return None
+    try:
+        return verify.run_onnxruntime(model, feeds)
+    except Exception as exc:
+        return f"not verified: onnxruntime cannot run this model ({first_line(exc, 160)})"

@@ -1,0 +1,50 @@
+"""Passes by name: what `--passes`, `bitc.toml` and `bitc passes` refer to."""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+import onnx_ir as ir
+
+from bitc.errors import BadInputError
+
+_PASSES: dict[str, type[ir.passes.PassBase]] = {}
+P = TypeVar("P", bound=type[ir.passes.PassBase])
+
+
+def register(name: str):
+    """Class decorator: make a pass available under `name` (its docstring's first line describes it)."""
+
+    def decorate(cls: P) -> P:
+        if name in _PASSES:
+            raise ValueError(f"pass '{name}' is registered twice")
+        cls.pass_name = name  # type: ignore[attr-defined]
+        _PASSES[name] = cls
+        return cls
+
+    return decorate
+
+
+def available() -> dict[str, str]:
+    """Registered pass names with their one-line descriptions, in name order."""
+    _import_builtin_passes()
+    return {name: summary(cls) for name, cls in sorted(_PASSES.items())}
+
+
+def create(name: str, options: dict[str, Any] | None = None) -> ir.passes.PassBase:
+    _import_builtin_passes()
+    if name not in _PASSES:
+        raise BadInputError(f"unknown pass '{name}'; available passes: {', '.join(sorted(_PASSES))}")
+    try:
+        return _PASSES[name](**(options or {}))
+    except TypeError as exc:
+        raise BadInputError(f"pass '{name}': bad options {options}: {exc}") from None
+
+
+def summary(cls: type) -> str:
+    doc = (cls.__doc__ or "").strip()
+    return doc.splitlines()[0] if doc else ""
+
+
+def _import_builtin_passes() -> None:
+    from bitc.passes import cleanup, fold_batchnorm  # noqa: F401  (registration happens on import)

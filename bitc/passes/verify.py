@@ -1,0 +1,61 @@
+"""Numerical checks of a model against onnxruntime: the reference for every standard-ONNX rewrite."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+import onnx_ir as ir
+
+from bitc.errors import BadInputError
+
+
+def random_feeds(model: ir.Model, seed: int = 0) -> dict[str, np.ndarray]:
+    """Seeded random inputs for every graph input: normal floats, small non-negative integers, random bools."""
+    rng = np.random.default_rng(seed)
+    feeds = {}
+    for value in model.graph.inputs:
+        shape = static_shape(value)
+        dtype = value.dtype.numpy()
+        if np.issubdtype(dtype, np.floating):
+            feeds[value.name] = rng.standard_normal(shape).astype(dtype)
+        elif dtype == np.bool_:
+            feeds[value.name] = rng.integers(0, 2, shape).astype(np.bool_)
+        else:
+            feeds[value.name] = rng.integers(0, 2, shape).astype(dtype)
+    return feeds
+
+
+def static_shape(value: ir.Value) -> tuple[int, ...]:
+    if value.shape is None or not all(isinstance(d, int) for d in value.shape):
+        raise BadInputError(
+            f"input '{value.name}' has dynamic shape {value.shape}; fix it with --input-shape {value.name}=d0,d1,..."
+        )
+    return tuple(int(d) for d in value.shape)
+
+
+def run_onnxruntime(model: ir.Model, feeds: Mapping[str, np.ndarray], threads: int = 0) -> list[np.ndarray]:
+    """Run the model with onnxruntime's CPU provider and all graph optimizations (what users would deploy)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.log_severity_level = 3
+    session = ort.InferenceSession(ir.to_proto(model).SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return session.run(None, dict(feeds))
+
+
+def max_errors(reference: list[np.ndarray], actual: list[np.ndarray]) -> tuple[float, float]:
+    """Largest absolute error, and largest error relative to the reference's largest magnitude, over outputs."""
+    worst_abs, worst_rel = 0.0, 0.0
+    for ref, out in zip(reference, actual, strict=True):
+        ref = np.asarray(ref, dtype=np.float64)
+        out = np.asarray(out, dtype=np.float64)
+        if ref.shape != out.shape:
+            return float("inf"), float("inf")
+        if ref.size == 0:
+            continue
+        abs_err = float(np.max(np.abs(ref - out)))
+        worst_abs = max(worst_abs, abs_err)
+        worst_rel = max(worst_rel, abs_err / max(float(np.max(np.abs(ref))), 1e-12))
+    return worst_abs, worst_rel

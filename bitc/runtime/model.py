@@ -1,0 +1,148 @@
+"""A loaded artifact as a callable model: numpy in, numpy out, inputs checked against the manifest first."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from bitc.errors import BadInputError
+from bitc.runtime import tvm_loader
+from bitc.runtime.artifact import LIBRARY_NAME, read_artifact
+from bitc.runtime.hostcpu import host_arch, host_cpu_flags
+
+_ALIGNMENT = 64  # TVM kernels assume 64-byte aligned buffers; numpy only guarantees 16.
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+
+    @classmethod
+    def from_json(cls, entry: Mapping[str, Any]) -> TensorSpec:
+        return cls(str(entry["name"]), tuple(int(d) for d in entry["shape"]), str(entry["dtype"]))
+
+    def __str__(self) -> str:
+        return f"{self.name}: {self.dtype}[{', '.join(map(str, self.shape))}]"
+
+
+class Model:
+    """A compiled model ready to run. Create it with `bitc.load(path)`."""
+
+    def __init__(self, path: str | os.PathLike, num_threads: int | None = None):
+        artifact = read_artifact(path)
+        self.path = artifact.path
+        self.manifest = artifact.manifest
+        self.inputs = [TensorSpec.from_json(e) for e in self.manifest["inputs"]]
+        self.outputs = [TensorSpec.from_json(e) for e in self.manifest["outputs"]]
+        _check_target(self.path, self.manifest.get("target", {}))
+        if num_threads is not None:
+            tvm_loader.set_num_threads(num_threads)
+        library = tvm_loader.load_library(artifact.library, LIBRARY_NAME)
+        self._vm = tvm_loader.create_vm(library)
+        self._main = self._vm[self.manifest.get("entry", "main")]
+
+    def __repr__(self) -> str:
+        ins = ", ".join(map(str, self.inputs))
+        outs = ", ".join(map(str, self.outputs))
+        return f"<bitc.Model {self.path.name} ({ins}) -> ({outs}) on {self.manifest['target']['name']}>"
+
+    def __call__(self, *args: np.ndarray, **kwargs: np.ndarray) -> np.ndarray | tuple[np.ndarray, ...]:
+        """Run with positional or named inputs; one output comes back as an array, several as a tuple."""
+        if args and kwargs:
+            raise BadInputError("pass inputs either positionally or by name, not both")
+        if args:
+            if len(args) != len(self.inputs):
+                raise BadInputError(f"model takes {len(self.inputs)} input(s), got {len(args)}")
+            kwargs = {spec.name: arr for spec, arr in zip(self.inputs, args, strict=True)}
+        results = self.run(kwargs)
+        values = tuple(results.values())
+        return values[0] if len(values) == 1 else values
+
+    def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run on named inputs; returns outputs by name (fresh arrays, owned by the caller)."""
+        tensors = self._prepare(inputs)
+        raw = self._main(*tensors)
+        return self._collect(raw)
+
+    def benchmark(self, inputs: Mapping[str, np.ndarray], *, warmup: int = 3, runs: int = 20) -> list[float]:
+        """Latencies in seconds of `runs` calls after `warmup` calls, with inputs prepared once."""
+        tensors = self._prepare(inputs)
+        for _ in range(warmup):
+            self._main(*tensors)
+        latencies = []
+        for _ in range(runs):
+            start = time.perf_counter()
+            self._main(*tensors)
+            latencies.append(time.perf_counter() - start)
+        return latencies
+
+    def random_inputs(self, seed: int = 0) -> dict[str, np.ndarray]:
+        """Inputs of the right names, shapes and dtypes (normal floats, small non-negative integers)."""
+        rng = np.random.default_rng(seed)
+        arrays = {}
+        for spec in self.inputs:
+            if np.issubdtype(np.dtype(spec.dtype), np.floating):
+                arrays[spec.name] = rng.standard_normal(spec.shape).astype(spec.dtype)
+            elif spec.dtype == "bool":
+                arrays[spec.name] = rng.integers(0, 2, spec.shape).astype(bool)
+            else:
+                arrays[spec.name] = rng.integers(0, 2, spec.shape).astype(spec.dtype)
+        return arrays
+
+    def _prepare(self, inputs: Mapping[str, np.ndarray]) -> list[Any]:
+        expected = [spec.name for spec in self.inputs]
+        missing = [n for n in expected if n not in inputs]
+        unknown = [n for n in inputs if n not in expected]
+        if missing or unknown:
+            raise BadInputError(
+                f"inputs do not match the model: missing {missing}, unknown {unknown}; expected {expected}"
+            )
+        ffi = tvm_loader.ffi()
+        return [ffi.from_dlpack(_aligned(_checked(spec, inputs[spec.name]))) for spec in self.inputs]
+
+    def _collect(self, raw: Any) -> dict[str, np.ndarray]:
+        values = list(raw) if isinstance(raw, Sequence) or not hasattr(raw, "__dlpack__") else [raw]
+        if len(values) != len(self.outputs):
+            raise BadInputError(f"model returned {len(values)} outputs, manifest lists {len(self.outputs)}")
+        return {spec.name: np.from_dlpack(v).copy() for spec, v in zip(self.outputs, values, strict=True)}
+
+
+def _checked(spec: TensorSpec, value: Any) -> np.ndarray:
+    array = np.asarray(value)
+    if array.dtype != np.dtype(spec.dtype):
+        raise BadInputError(f"input '{spec.name}': dtype {array.dtype}, expected {spec.dtype}")
+    if array.shape != spec.shape:
+        raise BadInputError(f"input '{spec.name}': shape {list(array.shape)}, expected {list(spec.shape)}")
+    return array
+
+
+def _aligned(array: np.ndarray) -> np.ndarray:
+    if array.flags.c_contiguous and array.ctypes.data % _ALIGNMENT == 0:
+        return array
+    buffer = np.empty(array.nbytes + _ALIGNMENT, dtype=np.uint8)
+    offset = (-buffer.ctypes.data) % _ALIGNMENT
+    out = buffer[offset : offset + array.nbytes].view(array.dtype).reshape(array.shape)
+    out[...] = array
+    return out
+
+
+def _check_target(path: Any, target: Mapping[str, Any]) -> None:
+    kind = target.get("kind")
+    if kind != "llvm":
+        raise BadInputError(f"{path}: artifact targets '{kind}', this runtime runs CPU (llvm) artifacts")
+    if target.get("arch") and target["arch"] != host_arch():
+        raise BadInputError(f"{path}: artifact was built for {target['arch']}, this machine is {host_arch()}")
+    required = set(target.get("cpu_features", []))
+    flags = host_cpu_flags()
+    if flags and not required <= flags:
+        raise BadInputError(
+            f"{path}: artifact was built for CPU '{target.get('mcpu')}' and needs "
+            f"{sorted(required - flags)}, which this CPU lacks; recompile with --target cpu on this machine"
+        )

@@ -46,6 +46,7 @@ def compile(
     verify: bool = False,
     num_cores: int | None = None,
     on_pass: Callable[[PassRecord], None] | None = None,
+    on_tuning: Callable[[int, int], None] | None = None,
 ) -> CompileResult:
     """Compile an ONNX file, an `onnx_ir.Model` or a torch `nn.Module` (with `example_inputs`) for `target`.
 
@@ -71,6 +72,7 @@ def compile(
         trials=tune_trials,
         database_dir=Path(tuning_db) if tuning_db else None,
         use_database=use_tuning_db,
+        on_progress=on_tuning,
     )
     built = build(ir_model, cpu_target, tuning_options=options, source=source)
     timings["build"] = built.seconds

@@ -4,6 +4,7 @@ extended by a bounded tuning run, and default schedules for whatever the databas
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ class TuningOptions:
     trials: int = 0
     database_dir: Path | None = None
     use_database: bool = True
-    progress: bool = False
+    on_progress: Callable[[int, int], None] | None = None
 
 
 def schedule(mod: Any, target: Any, options: TuningOptions) -> tuple[Any, dict[str, Any]]:

@@ -1,0 +1,254 @@
+"""The `bitc` command: compile, run, bench, inspect, passes.
+
+Exit codes: 0 success, 1 failure, 2 usage or bad input (one line on stderr, no traceback unless --verbose).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import traceback
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from bitc.errors import BadInputError, BitcError, first_line
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        return int(args.handler(args) or 0)
+    except BitcError as exc:
+        _error(str(exc))
+        return exc.exit_code
+    except KeyboardInterrupt:
+        _error("interrupted; no output was written")
+        return 130
+    except Exception as exc:
+        if getattr(args, "verbose", False):
+            traceback.print_exc()
+        _error(f"internal error: {type(exc).__name__}: {first_line(exc)} (rerun with --verbose for details)")
+        return 1
+
+
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def _error(message: str) -> None:
+    print(f"bitc: error: {message}", file=sys.stderr)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but usage errors are one line and exit code 2 like every other bad input."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"bitc: error: {message} (see '{self.prog} --help')\n")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="bitc", description="Ahead-of-time compiler for binarized and low-bit neural networks.")
+    parser.add_argument("--version", action="version", version=f"bitc {_version()}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("compile", help="compile an ONNX model into a .bitc artifact")
+    p.add_argument("model", help="ONNX file (external data beside it is read)")
+    p.add_argument("-o", "--output", help="artifact path (default: MODEL name with .bitc)")
+    p.add_argument("--target", default="cpu", help="cpu (this machine) or cpu:<llvm cpu name> (default: cpu)")
+    p.add_argument("--passes", help="comma-separated pass pipeline (default: the standard clean-ups); see 'passes'")
+    p.add_argument("--input-shape", action="append", default=[], metavar="NAME=D0,D1,...", help="fix input shapes")
+    p.add_argument("--tune-trials", type=int, default=0, metavar="N", help="MetaSchedule trials to run (default 0)")
+    p.add_argument("--tuning-db", metavar="DIR", help="tuning database folder (default: ~/.cache/bitc/tuning)")
+    p.add_argument("--no-tuning-db", action="store_true", help="ignore tuned schedules (untuned build)")
+    p.add_argument("--dump-ir", metavar="DIR", help="write the model after each pass as DIR/NN_pass.onnx")
+    p.add_argument("--verify", action="store_true", help="check each pass numerically with onnxruntime")
+    p.add_argument("--json", action="store_true", help="print the compile summary as JSON")
+    p.add_argument("-v", "--verbose", action="store_true")
+    p.set_defaults(handler=_compile)
+
+    p = sub.add_parser("run", help="run an artifact on .npy inputs")
+    p.add_argument("artifact")
+    p.add_argument("--input", action="append", default=[], metavar="NAME=FILE.npy")
+    p.add_argument("--random", action="store_true", help="use seeded random inputs instead of files")
+    p.add_argument("--output-dir", metavar="DIR", help="save each output as DIR/<name>.npy")
+    p.add_argument("--threads", type=int, help="worker threads (default: one per core)")
+    p.add_argument("-v", "--verbose", action="store_true")
+    p.set_defaults(handler=_run)
+
+    p = sub.add_parser("bench", help="measure an artifact's latency (optionally beside onnxruntime)")
+    p.add_argument("artifact")
+    p.add_argument("--runs", type=int, default=50)
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--threads", default=None, help="comma-separated thread counts, e.g. 1,2 (default: all cores)")
+    p.add_argument("--onnx", metavar="MODEL.onnx", help="also time this ONNX model with onnxruntime, same inputs")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("-v", "--verbose", action="store_true")
+    p.set_defaults(handler=_bench)
+
+    p = sub.add_parser("inspect", help="describe an ONNX model or a .bitc artifact")
+    p.add_argument("file")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("-v", "--verbose", action="store_true")
+    p.set_defaults(handler=_inspect)
+
+    p = sub.add_parser("passes", help="list the available passes")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=_passes)
+    return parser
+
+
+def _compile(args: argparse.Namespace) -> int:
+    from bitc.compiler import compile as compile_model
+    from bitc.console import CompileProgress
+
+    shapes = dict(_parse_shape(item) for item in args.input_shape)
+    output = args.output or Path(Path(args.model).name).with_suffix(".bitc")
+    with CompileProgress(enabled=not args.json) as progress:
+        result = compile_model(
+            args.model,
+            output,
+            target=args.target,
+            passes=args.passes,
+            input_shapes=shapes or None,
+            tune_trials=args.tune_trials,
+            tuning_db=args.tuning_db,
+            use_tuning_db=not args.no_tuning_db,
+            dump_ir=args.dump_ir,
+            verify=args.verify,
+            on_pass=progress.on_pass,
+            on_tuning=progress.on_tuning,
+        )
+    summary = {
+        "artifact": str(result.path),
+        "size_bytes": result.path.stat().st_size,
+        "target": result.manifest["target"]["name"],
+        "seconds": {k: round(v, 3) for k, v in result.seconds.items()},
+        "passes": result.manifest["passes"],
+        "tuning": result.manifest["tuning"],
+    }
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        from bitc.console import print_compile_summary
+
+        print_compile_summary(summary, verbose=args.verbose)
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    import bitc
+
+    model = bitc.load(args.artifact, num_threads=args.threads)
+    if args.random and args.input:
+        raise BadInputError("give either --input files or --random, not both")
+    if args.random:
+        inputs = model.random_inputs()
+    elif args.input:
+        inputs = {}
+        for item in args.input:
+            name, _, file = item.partition("=")
+            if not file:
+                raise BadInputError(f"--input expects NAME=FILE.npy, got '{item}'")
+            inputs[name] = _load_npy(file)
+    else:
+        raise BadInputError(f"no inputs: give --input NAME=FILE.npy for {[s.name for s in model.inputs]} or --random")
+    outputs = model.run(inputs)
+    out_dir = Path(args.output_dir) if args.output_dir else None
+    if out_dir:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    for name, value in outputs.items():
+        line = f"{name}: {value.dtype}{list(value.shape)}"
+        if value.size:
+            line += f" min={value.min():.6g} max={value.max():.6g} mean={value.mean():.6g}"
+        if out_dir:
+            file = out_dir / f"{_safe_name(name)}.npy"
+            np.save(file, value)
+            line += f" -> {file}"
+        print(line)
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from bitc.bench import bench_artifact
+
+    threads = [int(t) for t in args.threads.split(",")] if args.threads else [None]
+    if args.runs < 1 or args.warmup < 0:
+        raise BadInputError("--runs must be >= 1 and --warmup >= 0")
+    rows = bench_artifact(args.artifact, threads=threads, runs=args.runs, warmup=args.warmup, onnx_path=args.onnx)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        from bitc.console import print_bench_table
+
+        print_bench_table(args.artifact, rows)
+    return 0
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    from bitc.inspect import inspect_file
+
+    info = inspect_file(args.file)
+    if args.json:
+        print(json.dumps(info, indent=2, default=str))
+    else:
+        from bitc.console import print_inspect
+
+        print_inspect(info, verbose=args.verbose)
+    return 0
+
+
+def _passes(args: argparse.Namespace) -> int:
+    from bitc.passes import DEFAULT_PIPELINE, available
+
+    passes = available()
+    if args.json:
+        print(json.dumps({"passes": passes, "default_pipeline": list(DEFAULT_PIPELINE)}, indent=2))
+        return 0
+    width = max(map(len, passes))
+    for name, doc in passes.items():
+        print(f"{name:<{width}}  {doc}")
+    print(f"\ndefault pipeline: {','.join(DEFAULT_PIPELINE)}")
+    return 0
+
+
+def _parse_shape(item: str) -> tuple[str, list[int]]:
+    name, _, dims = item.partition("=")
+    try:
+        shape = [int(d) for d in dims.replace("x", ",").split(",") if d.strip()]
+    except ValueError:
+        shape = []
+    if not name or not shape:
+        raise BadInputError(f"--input-shape expects NAME=D0,D1,..., got '{item}'")
+    return name, shape
+
+
+def _load_npy(file: str) -> Any:
+    import numpy as np
+
+    try:
+        return np.load(file, allow_pickle=False)
+    except FileNotFoundError:
+        raise BadInputError(f"{file}: no such file") from None
+    except (ValueError, OSError) as exc:
+        raise BadInputError(f"{file}: not a readable .npy array ({first_line(exc)})") from None
+
+
+def _safe_name(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "._-" else "_" for c in name) or "output"
+
+
+def _version() -> str:
+    from bitc import __version__
+
+    return __version__
+
+
+if __name__ == "__main__":
+    sys.exit(main())

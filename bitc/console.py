@@ -1,0 +1,119 @@
+"""Human-facing output of the CLI (rich): progress while compiling, tables after. Quiet when not a terminal."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+_err = Console(stderr=True)
+_out = Console()
+
+
+class CompileProgress:
+    """Shows which pass runs and a tuning bar on a terminal; does nothing on a pipe or in CI logs."""
+
+    def __init__(self, enabled: bool = True):
+        self.enabled = enabled and _err.is_terminal
+        self._progress: Progress | None = None
+        self._tuning_task: Any = None
+
+    def __enter__(self) -> CompileProgress:
+        if self.enabled:
+            self._progress = Progress(
+                SpinnerColumn(),
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                console=_err,
+                transient=True,
+            )
+            self._progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+
+    def on_pass(self, record: Any) -> None:
+        if self._progress is not None:
+            self._progress.console.log(f"pass {record.name}: {record.nodes_before} → {record.nodes_after} nodes")
+
+    def on_tuning(self, done: int, total: int) -> None:
+        if self._progress is None:
+            return
+        if self._tuning_task is None:
+            self._tuning_task = self._progress.add_task("tuning (MetaSchedule)", total=total)
+        self._progress.update(self._tuning_task, completed=done, total=total)
+
+
+def print_compile_summary(summary: dict[str, Any], verbose: bool = False) -> None:
+    seconds = summary["seconds"]
+    total = sum(seconds.values())
+    _out.print(
+        f"[bold]{summary['artifact']}[/bold]: {summary['size_bytes'] / 1e6:.2f} MB for {summary['target']} "
+        f"in {total:.1f} s ({', '.join(f'{k} {v:.1f} s' for k, v in seconds.items())})"
+    )
+    tuning = summary.get("tuning") or {}
+    if tuning:
+        _out.print(f"tuning: {', '.join(f'{k}={v}' for k, v in tuning.items())}")
+    if verbose:
+        table = Table("pass", "ms", "modified", "nodes", "max abs err", "note", title="passes")
+        for p in summary["passes"]:
+            err = p.get("max_abs_error")
+            table.add_row(
+                p["name"],
+                f"{p['seconds'] * 1e3:.1f}",
+                "yes" if p["modified"] else "",
+                f"{p['nodes_before']} → {p['nodes_after']}",
+                "" if err is None else f"{err:.3g}",
+                p.get("note", ""),
+            )
+        _out.print(table)
+
+
+def print_bench_table(artifact: str, rows: list[dict[str, Any]]) -> None:
+    has_ort = any("onnxruntime" in r for r in rows)
+    columns = ["threads", "bitc median ms", "bitc p90 ms"]
+    if has_ort:
+        columns += ["onnxruntime median ms", "speed-up vs ort"]
+    table = Table(*columns, title=f"{artifact} ({rows[0]['runs']} runs)")
+    for r in rows:
+        cells = [str(r["threads"]), f"{r['bitc']['median_ms']:.3f}", f"{r['bitc']['p90_ms']:.3f}"]
+        if has_ort:
+            cells += [f"{r['onnxruntime']['median_ms']:.3f}", f"{r['speedup_vs_onnxruntime']:.2f}×"]
+        table.add_row(*cells)
+    _out.print(table)
+
+
+def print_inspect(info: dict[str, Any], verbose: bool = False) -> None:
+    if info["kind"] == "artifact":
+        m = info["manifest"]
+        _out.print(f"[bold]{info['path']}[/bold]: bitc artifact, {info['size_bytes'] / 1e6:.2f} MB")
+        _out.print(f"source: {m['source']['name']}  target: {m['target']['name']} ({m['target']['num_cores']} cores)")
+        _out.print(f"versions: {', '.join(f'{k} {v}' for k, v in m['versions'].items())}")
+        _print_values(m["inputs"], m["outputs"])
+        _out.print(f"passes: {', '.join(p['name'] for p in m['passes'])}")
+        for name, meta in m["members"].items():
+            _out.print(f"member {name}: {meta['size']} bytes sha256 {meta['sha256'][:16]}…")
+        if verbose:
+            _out.print_json(data=m)
+        return
+    _out.print(
+        f"[bold]{info['path']}[/bold]: ONNX model, {info['size_bytes'] / 1e6:.2f} MB, producer {info['producer']}"
+    )
+    _out.print(f"opsets: {info['opsets']}  nodes: {info['nodes']}  parameters: {info['parameters']:,}")
+    _print_values(info["inputs"], info["outputs"])
+    table = Table("op", "count", title="ops")
+    for op, count in info["ops"].items():
+        table.add_row(op, str(count))
+    _out.print(table)
+
+
+def _print_values(inputs: list[dict[str, Any]], outputs: list[dict[str, Any]]) -> None:
+    for label, values in (("input", inputs), ("output", outputs)):
+        for v in values:
+            _out.print(f"{label} {v['name']}: {v['dtype']}{v['shape']}")

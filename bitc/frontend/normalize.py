@@ -3,6 +3,7 @@ fixed input shapes where the user gave them, and inferred shapes on every value.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 
 import onnx
@@ -50,12 +51,29 @@ def set_input_shapes(model: ir.Model, input_shapes: Mapping[str, Sequence[int]],
 
 
 def infer_shapes(model: ir.Model, *, source: str) -> None:
-    """ONNX shape inference; an inconsistency (mismatched shapes, bad attributes) is the user's input error."""
+    """ONNX shape inference (strict); an inconsistency (mismatched shapes, bad attributes) is bad input.
+
+    onnx-ir's pass logs a failure and leaves the model unchanged; the failure is caught from its log record.
+    """
+    failures = _FailureRecorder()
+    logger = logging.getLogger(common.shape_inference.__name__)
+    logger.addHandler(failures)
     try:
         common.ShapeInferencePass(check_type=True, strict_mode=True, data_prop=True)(model)
-    except Exception as exc:
-        cause = exc.__cause__ or exc
-        raise BadInputError(f"{source}: shape inference failed: {first_line(cause)}") from None
+    finally:
+        logger.removeHandler(failures)
+    if failures.error is not None:
+        raise BadInputError(f"{source}: shape inference failed: {first_line(failures.error)}")
+
+
+class _FailureRecorder(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(level=logging.WARNING)
+        self.error: BaseException | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.exc_info and record.exc_info[1] is not None and self.error is None:
+            self.error = record.exc_info[1]
 
 
 def _checked_opset(model: ir.Model, source: str) -> ir.Model:

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import onnx_ir as ir
+import onnx_ir.passes.common as common
 
 from bitc.errors import BadInputError, CompileError, first_line
 from bitc.frontend.normalize import normalize
@@ -46,4 +47,6 @@ def from_torch(
     if program is None:
         raise CompileError(f"torch.onnx.export of {name} returned no program")
     model: ir.Model = program.model
+    # The exporter can give a renamed output the name of an existing value; make names unique again.
+    common.NameFixPass()(model)
     return normalize(model, source=f"<torch {name}>")

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
+
 import onnx_ir as ir
 import onnx_ir.passes.common as common
 from onnxscript.optimizer._constant_folding import FoldConstantsPass
@@ -9,6 +12,17 @@ from onnxscript.rewriter import RewritePass
 from onnxscript.rewriter.rules import common as rules
 
 from bitc.passes.registry import register
+
+
+@contextlib.contextmanager
+def _quiet(logger_name: str):
+    logger = logging.getLogger(logger_name)
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 @register("fold_constants")
@@ -24,7 +38,9 @@ class FoldConstants(ir.passes.InPlacePass):
         folder = FoldConstantsPass(
             shape_inference=True, input_size_limit=self.input_size_limit, output_size_limit=self.output_size_limit
         )
-        result = folder(model)
+        # The folder logs every node it cannot evaluate; that is expected and not the user's concern.
+        with _quiet("onnxscript.optimizer"):
+            result = folder(model)
         common.LiftConstantsToInitializersPass(lift_all_constants=False, size_limit=0)(model)
         return ir.passes.PassResult(model, result.modified)
 

@@ -54,10 +54,11 @@ def write_artifact(path: str | os.PathLike, manifest: Mapping[str, Any], members
 
 
 def _write_member(archive: zipfile.ZipFile, name: str, data: bytes) -> None:
+    """Text members are deflated; libraries are stored (float weights barely compress, and loading stays fast)."""
     info = zipfile.ZipInfo(name, date_time=_FIXED_DATE)
-    info.compress_type = zipfile.ZIP_DEFLATED
+    info.compress_type = zipfile.ZIP_DEFLATED if name.endswith(".json") else zipfile.ZIP_STORED
     info.external_attr = 0o644 << 16
-    archive.writestr(info, data, compresslevel=6)
+    archive.writestr(info, data)
 
 
 class Artifact:

@@ -27,7 +27,7 @@ def _quiet(logger_name: str):
 
 @register("fold_constants")
 class FoldConstants(ir.passes.InPlacePass):
-    """Evaluate nodes whose inputs are all constant and store the results as initializers."""
+    """Evaluate constant subgraphs into initializers; turn inference-mode Dropout into Identity."""
 
     def __init__(self, input_size_limit: int = 1 << 20, output_size_limit: int = 1 << 22):
         super().__init__()
@@ -47,7 +47,7 @@ class FoldConstants(ir.passes.InPlacePass):
 
 @register("simplify")
 class Simplify(ir.passes.InPlacePass):
-    """Remove no-op arithmetic, inference-mode Dropout, redundant casts, transposes and reshapes."""
+    """Remove x·1, x+0, x−0, x/1 (scalar constants), no-op casts, transposes, reshapes and expands."""
 
     RULES = (
         rules.dropout_inference_rule,

@@ -1,0 +1,87 @@
+"""The `bitc` command as a user runs it: exit codes, one-line errors, files written."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from conftest import make_conv_bn_model, run_onnxruntime
+
+
+def bitc(*args: str, cwd=None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "bitc.cli", *args], capture_output=True, text=True, cwd=cwd)
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    make_conv_bn_model(root / "m.onnx")
+    return root
+
+
+def test_compile_run_bench_inspect(workdir):
+    out = bitc("compile", "m.onnx", "-o", "m.bitc", "--json", "--verify", "--dump-ir", "dump", cwd=workdir)
+    assert out.returncode == 0, out.stderr
+    summary = json.loads(out.stdout)
+    assert summary["artifact"] == "m.bitc" and summary["size_bytes"] > 0
+    assert all(p["max_abs_error"] < 1e-4 for p in summary["passes"])
+    assert (workdir / "dump" / "00_input.onnx").exists()
+
+    x = np.random.default_rng(0).standard_normal((1, 3, 16, 16)).astype(np.float32)
+    np.save(workdir / "x.npy", x)
+    out = bitc("run", "m.bitc", "--input", "x=x.npy", "--output-dir", "outs", cwd=workdir)
+    assert out.returncode == 0, out.stderr
+    np.testing.assert_allclose(
+        np.load(workdir / "outs" / "logits.npy"), run_onnxruntime(workdir / "m.onnx", {"x": x})[0], atol=1e-5
+    )
+
+    out = bitc("bench", "m.bitc", "--runs", "5", "--threads", "1,2", "--onnx", "m.onnx", "--json", cwd=workdir)
+    assert out.returncode == 0, out.stderr
+    rows = json.loads(out.stdout)
+    assert [r["threads"] for r in rows] == [1, 2]
+    assert all(r["bitc"]["median_ms"] > 0 and r["speedup_vs_onnxruntime"] > 0 for r in rows)
+
+    for target in ("m.bitc", "m.onnx"):
+        out = bitc("inspect", target, "--json", cwd=workdir)
+        assert out.returncode == 0, out.stderr
+        assert json.loads(out.stdout)["kind"] in ("artifact", "onnx")
+
+
+def test_passes_lists_every_pass():
+    out = bitc("passes")
+    assert out.returncode == 0
+    assert "fold_batchnorm" in out.stdout and "default pipeline:" in out.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (["compile", "missing.onnx"], 2, "missing.onnx: no such file"),
+        (["compile", "m.onnx", "--target", "tpu"], 2, "unknown target 'tpu'"),
+        (["compile", "m.onnx", "--passes", "fold_constants,nope"], 2, "unknown pass 'nope'"),
+        (["compile", "m.onnx", "--input-shape", "x"], 2, "--input-shape expects"),
+        (["run", "m.onnx", "--random"], 2, "not a bitc artifact"),
+        (["run", "missing.bitc", "--random"], 2, "no such artifact"),
+        (["frobnicate"], 2, "invalid choice"),
+        (["compile"], 2, "required"),
+    ],
+)
+def test_bad_input_gives_one_line_and_exit_code(workdir, args, code, message):
+    out = bitc(*args, cwd=workdir)
+    assert out.returncode == code
+    assert message in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1, out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_run_checks_input_files(workdir):
+    assert bitc("compile", "m.onnx", "-o", "m.bitc", cwd=workdir).returncode == 0
+    np.save(workdir / "bad.npy", np.zeros((2, 2), np.float32))
+    out = bitc("run", "m.bitc", "--input", "x=bad.npy", cwd=workdir)
+    assert out.returncode == 2 and "input 'x': shape [2, 2], expected [1, 3, 16, 16]" in out.stderr
+    (workdir / "junk.npy").write_bytes(b"junk")
+    out = bitc("run", "m.bitc", "--input", "x=junk.npy", cwd=workdir)
+    assert out.returncode == 2 and "junk.npy: not a readable .npy array" in out.stderr

@@ -1,0 +1,164 @@
+"""End to end on small models: compile, load, run, compare with onnxruntime; the artifact and runtime contract."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+from conftest import make_conv_bn_model, run_onnxruntime
+
+import bitc
+from bitc.errors import BadInputError
+from bitc.runtime.artifact import LIBRARY_NAME, MANIFEST_NAME
+
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory):
+    root = tmp_path_factory.mktemp("compiled")
+    source = make_conv_bn_model(root / "conv_bn.onnx", channels=13)
+    result = bitc.compile(source, root / "conv_bn.bitc")
+    return source, result
+
+
+def test_compiled_model_matches_onnxruntime(compiled):
+    source, result = compiled
+    model = bitc.load(result.path)
+    x = np.random.default_rng(7).standard_normal((1, 3, 16, 16)).astype(np.float32)
+    np.testing.assert_allclose(model(x), run_onnxruntime(source, {"x": x})[0], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(model(x=x), model.run({"x": x})["logits"])
+
+
+def test_manifest_describes_the_artifact(compiled):
+    _, result = compiled
+    manifest = result.manifest
+    assert manifest["inputs"] == [{"name": "x", "shape": [1, 3, 16, 16], "dtype": "float32"}]
+    assert manifest["outputs"] == [{"name": "logits", "shape": [1, 10], "dtype": "float32"}]
+    assert manifest["target"]["kind"] == "llvm" and manifest["target"]["mcpu"]
+    assert {"bitc", "apache-tvm", "onnx", "onnx-ir", "opsets"} <= set(manifest["versions"])
+    assert [p["name"] for p in manifest["passes"]] == list(bitc.passes.DEFAULT_PIPELINE)
+    with zipfile.ZipFile(result.path) as archive:
+        stored = json.loads(archive.read(MANIFEST_NAME))
+        library = archive.read(LIBRARY_NAME)
+    import hashlib
+
+    assert stored["members"][LIBRARY_NAME]["sha256"] == hashlib.sha256(library).hexdigest()
+
+
+def test_compile_from_torch_module(tmp_path):
+    module = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.Flatten()).eval()
+    x = torch.randn(2, 3, 8, 8)
+    result = bitc.compile(module, tmp_path / "torch.bitc", example_inputs=(x,))
+    out = bitc.load(result.path)(x.numpy())
+    np.testing.assert_allclose(out, module(x).detach().numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_inputs_are_checked_before_running(compiled):
+    model = bitc.load(compiled[1].path)
+    good = np.zeros((1, 3, 16, 16), np.float32)
+    with pytest.raises(BadInputError, match="dtype float64"):
+        model(good.astype(np.float64))
+    with pytest.raises(BadInputError, match="shape"):
+        model(np.zeros((1, 3, 16, 15), np.float32))
+    with pytest.raises(BadInputError, match="missing \\['x'\\], unknown \\['y'\\]"):
+        model(y=good)
+    with pytest.raises(BadInputError, match="takes 1 input"):
+        model(good, good)
+
+
+def test_unaligned_and_strided_inputs_are_handled(compiled):
+    source, result = compiled
+    model = bitc.load(result.path)
+    base = np.random.default_rng(1).standard_normal(1 * 3 * 16 * 16 + 1).astype(np.float32)
+    unaligned = base[1:].reshape(1, 3, 16, 16)
+    strided = np.random.default_rng(2).standard_normal((1, 3, 16, 32)).astype(np.float32)[..., ::2]
+    for x in (unaligned, strided):
+        np.testing.assert_allclose(model(x), run_onnxruntime(source, {"x": np.ascontiguousarray(x)})[0], atol=1e-5)
+
+
+def test_tampered_artifact_is_refused(compiled, tmp_path):
+    with zipfile.ZipFile(compiled[1].path) as archive:
+        members = {name: archive.read(name) for name in archive.namelist()}
+    library = bytearray(members[LIBRARY_NAME])
+    library[len(library) // 2] ^= 0xFF
+    members[LIBRARY_NAME] = bytes(library)
+    with zipfile.ZipFile(tmp_path / "bad.bitc", "w") as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    with pytest.raises(BadInputError, match="checksum"):
+        bitc.load(tmp_path / "bad.bitc")
+
+
+def test_artifact_for_a_missing_cpu_feature_is_refused(compiled, tmp_path):
+    with zipfile.ZipFile(compiled[1].path) as archive:
+        members = {name: archive.read(name) for name in archive.namelist()}
+    manifest = json.loads(members[MANIFEST_NAME])
+    manifest["target"]["cpu_features"].append("avx512_imaginary")
+    members[MANIFEST_NAME] = json.dumps(manifest).encode()
+    with zipfile.ZipFile(tmp_path / "other_cpu.bitc", "w") as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    with pytest.raises(BadInputError, match="avx512_imaginary"):
+        bitc.load(tmp_path / "other_cpu.bitc")
+
+
+def test_non_artifacts_are_refused(tmp_path):
+    (tmp_path / "junk.bitc").write_bytes(b"not a zip")
+    with pytest.raises(BadInputError, match="not a bitc artifact"):
+        bitc.load(tmp_path / "junk.bitc")
+    with pytest.raises(BadInputError, match="no such artifact"):
+        bitc.load(tmp_path / "missing.bitc")
+
+
+def test_failed_compile_leaves_no_file(tmp_path):
+    from onnx import TensorProto, helper, save
+
+    node = helper.make_node("NoSuchOp", ["x"], ["y"], name="mystery", domain="acme")
+    graph = helper.make_graph(
+        [node],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])],
+    )
+    save(
+        helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("acme", 1)]),
+        tmp_path / "m.onnx",
+    )
+    with pytest.raises(BadInputError, match="NoSuchOp \\(domain acme, node 'mystery'\\)"):
+        bitc.compile(tmp_path / "m.onnx", tmp_path / "m.bitc")
+    assert list(tmp_path.iterdir()) == [tmp_path / "m.onnx"]
+
+
+def test_dynamic_inputs_need_a_shape(tmp_path):
+    from onnx import TensorProto, helper, save
+
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4])],
+    )
+    save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "m.onnx")
+    with pytest.raises(BadInputError, match="--input-shape x="):
+        bitc.compile(tmp_path / "m.onnx", tmp_path / "m.bitc")
+    result = bitc.compile(tmp_path / "m.onnx", tmp_path / "m.bitc", input_shapes={"x": [3, 4]})
+    x = np.linspace(-1, 1, 12, dtype=np.float32).reshape(3, 4)
+    np.testing.assert_array_equal(bitc.load(result.path)(x), np.maximum(x, 0))
+
+
+def test_runtime_process_imports_no_compiler(compiled):
+    """A deployment process loads the artifact with the TVM runtime only: no torch, onnx or TVM compiler."""
+    script = (
+        "import sys, numpy as np, bitc\n"
+        f"m = bitc.load({str(compiled[1].path)!r})\n"
+        "y = m(np.zeros((1, 3, 16, 16), np.float32))\n"
+        "banned = [n for n in sys.modules if n.split('.')[0] in ('torch', 'onnx', 'onnx_ir', 'onnxscript', "
+        "'onnxruntime', 'tvm')]\n"
+        "print(y.shape, banned)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "(1, 10) []", out.stdout + out.stderr

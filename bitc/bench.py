@@ -46,7 +46,7 @@ def bench_artifact(
 
     model = load(artifact)
     inputs = model.random_inputs()
-    session_for = _onnxruntime_sessions(onnx_path) if onnx_path else None
+    session_for = onnxruntime_sessions(onnx_path) if onnx_path else None
     rows = []
     for count in threads:
         n = count or os.cpu_count() or 1
@@ -68,7 +68,7 @@ def bench_artifact(
     return rows
 
 
-def _onnxruntime_sessions(onnx_path: str) -> Callable[[int], Any]:
+def onnxruntime_sessions(onnx_path: str) -> Callable[[int], Any]:
     import onnxruntime as ort
 
     def make(threads: int) -> Any:

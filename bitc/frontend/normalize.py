@@ -27,6 +27,7 @@ def normalize(model: ir.Model, *, source: str, input_shapes: Mapping[str, Sequen
     if not graph.outputs:
         raise BadInputError(f"{source}: the graph has no outputs")
     model = _checked_opset(model, source)
+    _unknown_negative_dims(model)
     common.RemoveInitializersFromInputsPass()(model)
     common.LiftConstantsToInitializersPass(lift_all_constants=False, size_limit=0)(model)
     if input_shapes:
@@ -48,6 +49,15 @@ def set_input_shapes(model: ir.Model, input_shapes: Mapping[str, Sequence[int]],
         if any(int(d) <= 0 for d in dims):
             raise BadInputError(f"{source}: input '{name}': dimensions must be positive, got {list(dims)}")
         value.shape = ir.Shape([int(d) for d in dims])
+
+
+def _unknown_negative_dims(model: ir.Model) -> None:
+    """Some exporters write -1 for an unknown dimension (invalid ONNX); treat it as unknown, not as -1."""
+    values = [*model.graph.inputs, *model.graph.outputs]
+    values += [out for node in model.graph.all_nodes() for out in node.outputs]
+    for value in values:
+        if value.shape is not None and any(isinstance(d, int) and d < 0 for d in value.shape):
+            value.shape = ir.Shape([None if isinstance(d, int) and d < 0 else d for d in value.shape])
 
 
 def infer_shapes(model: ir.Model, *, source: str) -> None:

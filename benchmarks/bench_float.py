@@ -1,0 +1,92 @@
+"""bitc vs onnxruntime fp32 on float models, side by side in one run, at 1 and 2 threads.
+
+    python benchmarks/bench_float.py [--models resnet18,mobilenet_v2,minilm] [--runs 20] [--tune-trials N]
+
+Models: ResNet-18 and MobileNetV2 (torch, seeded random weights, 1×3×224×224) and the real all-MiniLM-L6-v2
+sentence encoder (sequence length 128). Each is compiled with the default passes and whatever tuned schedules the
+tuning database holds (plus N more trials with --tune-trials); the ratio is onnxruntime latency / bitc latency
+(> 1 means bitc is faster). Also printed: the untuned build of the same model, so the effect of tuning shows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.table import Table
+
+import bitc
+from bitc.bench import onnxruntime_sessions, summarize, time_calls
+from bitc.runtime.tvm_loader import set_num_threads
+from bitc.zoo import cnn, real
+from bitc.zoo.export import export_onnx
+
+
+def export(name: str, folder: Path) -> tuple[Path, dict[str, np.ndarray]]:
+    path = folder / f"{name}.onnx"
+    if name == "minilm":
+        tokens = real.minilm_tokenize(real.SAMPLE_SENTENCES[:1], 128)
+        example = tuple(torch.from_numpy(tokens[k]) for k in ("input_ids", "attention_mask"))
+        export_onnx(real.minilm_encoder(), example, path, input_names=list(tokens), output_names=["embedding"])
+        return path, tokens
+    module = {"resnet18": cnn.resnet18, "mobilenet_v2": cnn.mobilenet_v2}[name]()
+    export_onnx(module, (torch.randn(1, 3, 224, 224),), path, input_names=["image"])
+    return path, {"image": np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32)}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", default="resnet18,mobilenet_v2,minilm")
+    parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument("--threads", default="1,2")
+    parser.add_argument("--tune-trials", type=int, default=0)
+    parser.add_argument("--no-untuned", action="store_true", help="skip the untuned build column")
+    args = parser.parse_args()
+    threads = [int(t) for t in args.threads.split(",")]
+    console = Console()
+    table = Table(
+        "model", "threads", "onnxruntime ms", "bitc ms", "ratio ort/bitc", "bitc untuned ms", "max abs err",
+        title="bitc vs onnxruntime fp32 (median latency)",
+    )  # fmt: skip
+    with tempfile.TemporaryDirectory(prefix="bitc-bench-") as tmp:
+        folder = Path(tmp)
+        for name in args.models.split(","):
+            path, inputs = export(name, folder)
+            tuned = bitc.compile(path, folder / f"{name}.bitc", tune_trials=args.tune_trials)
+            model = bitc.load(tuned.path)
+            untuned = None
+            if not args.no_untuned:
+                untuned_result = bitc.compile(path, folder / f"{name}.untuned.bitc", use_tuning_db=False)
+                untuned = bitc.load(untuned_result.path)
+            sessions = onnxruntime_sessions(str(path))
+            for n in threads:
+                set_num_threads(n)
+                session = sessions(n)
+                reference = session.run(None, inputs)
+                error = max(
+                    float(np.abs(a - b).max()) for a, b in zip(model.run(inputs).values(), reference, strict=True)
+                )
+                ort_ms = summarize(time_calls(lambda s=session, f=inputs: s.run(None, f), runs=args.runs, warmup=3))
+                bitc_ms = summarize(model.benchmark(inputs, runs=args.runs, warmup=3))
+                untuned_ms = summarize(untuned.benchmark(inputs, runs=3, warmup=1)) if untuned else None
+                table.add_row(
+                    name,
+                    str(n),
+                    f"{ort_ms['median_ms']:.2f}",
+                    f"{bitc_ms['median_ms']:.2f}",
+                    f"{ort_ms['median_ms'] / bitc_ms['median_ms']:.2f}",
+                    f"{untuned_ms['median_ms']:.1f}" if untuned_ms else "-",
+                    f"{error:.2e}",
+                )
+            console.print(f"{name}: tuning {tuned.manifest['tuning']}", style="dim")
+    console.print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -128,7 +128,7 @@ def _compile(args: argparse.Namespace) -> int:
         "size_bytes": result.path.stat().st_size,
         "target": result.manifest["target"]["name"],
         "seconds": {k: round(v, 3) for k, v in result.seconds.items()},
-        "passes": result.manifest["passes"],
+        "passes": [record.to_json() for record in result.pass_log],
         "tuning": result.manifest["tuning"],
     }
     if args.json:

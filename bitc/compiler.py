@@ -86,7 +86,7 @@ def compile(
         "outputs": [_spec(v) for v in ir_model.graph.outputs],
         "target": cpu_target.to_manifest(),
         "versions": _versions(ir_model),
-        "passes": [r.to_json() for r in records],
+        "passes": [r.to_json(timing=False) for r in records],
         "tuning": built.tuning,
         "stats": {"nodes": len(ir_model.graph), "parameters": _parameter_count(ir_model)},
     }

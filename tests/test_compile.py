@@ -162,3 +162,10 @@ def test_runtime_process_imports_no_compiler(compiled):
     )
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "(1, 10) []", out.stdout + out.stderr
+
+
+def test_compiling_twice_gives_identical_artifacts(tmp_path):
+    source = make_conv_bn_model(tmp_path / "m.onnx")
+    first = bitc.compile(source, tmp_path / "a.bitc").path.read_bytes()
+    second = bitc.compile(source, tmp_path / "b.bitc").path.read_bytes()
+    assert first == second

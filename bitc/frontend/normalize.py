@@ -29,7 +29,7 @@ def normalize(model: ir.Model, *, source: str, input_shapes: Mapping[str, Sequen
     model = _checked_opset(model, source)
     _unknown_negative_dims(model)
     common.RemoveInitializersFromInputsPass()(model)
-    common.LiftConstantsToInitializersPass(lift_all_constants=False, size_limit=0)(model)
+    common.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0)(model)
     if input_shapes:
         set_input_shapes(model, input_shapes, source=source)
     infer_shapes(model, source=source)

@@ -41,7 +41,7 @@ class FoldConstants(ir.passes.InPlacePass):
         # The folder logs every node it cannot evaluate; that is expected and not the user's concern.
         with _quiet("onnxscript.optimizer"):
             result = folder(model)
-        common.LiftConstantsToInitializersPass(lift_all_constants=False, size_limit=0)(model)
+        common.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0)(model)
         return ir.passes.PassResult(model, result.modified)
 
 

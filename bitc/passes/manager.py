@@ -32,8 +32,12 @@ class PassRecord:
     max_rel_error: float | None = None
     note: str | None = None
 
-    def to_json(self) -> dict[str, Any]:
-        return {k: v for k, v in asdict(self).items() if v is not None}
+    def to_json(self, timing: bool = True) -> dict[str, Any]:
+        """As a dict; `timing=False` drops the wall time so that manifests are reproducible byte for byte."""
+        record = {k: v for k, v in asdict(self).items() if v is not None}
+        if not timing:
+            record.pop("seconds")
+        return record
 
 
 def parse_pipeline(text: str | Sequence[PassSpec] | None) -> list[tuple[str, dict[str, Any]]]:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import signal
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -90,10 +92,23 @@ def compile(
         "tuning": built.tuning,
         "stats": {"nodes": len(ir_model.graph), "parameters": _parameter_count(ir_model)},
     }
+    _reinstall_python_signal_handlers()
     start = time.perf_counter()
     write_artifact(output_path, manifest, {LIBRARY_NAME: built.library})
     timings["write"] = time.perf_counter() - start
     return CompileResult(path=output_path, manifest=manifest, pass_log=records, seconds=timings)
+
+
+def _reinstall_python_signal_handlers() -> None:
+    """LLVM installs its own SIGINT/SIGTERM handlers during codegen (they re-raise with the default action, so
+    the process dies without running Python cleanup). Put Python's handlers back before writing the artifact so
+    an interrupt then still removes the temp file."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        handler = signal.getsignal(signum)
+        if handler is not None:
+            signal.signal(signum, handler)
 
 
 def _load(model: Any, input_shapes: Mapping | None, example_inputs: Sequence | None) -> tuple[ir.Model, str, str]:

@@ -1,14 +1,22 @@
-"""Latency measurement of an artifact, optionally beside onnxruntime on the same inputs and thread counts."""
+"""Latency of an artifact, optionally beside onnxruntime on the same inputs and thread counts.
+
+Each measurement runs in its own process: TVM sizes its thread pool once per process, and its idle workers
+spin after a call, which slows an onnxruntime session sharing the process by 2-3×.
+"""
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from bitc.errors import BadInputError
+from bitc.errors import BadInputError, BitcError
 
 
 def summarize(latencies: Sequence[float]) -> dict[str, float]:
@@ -41,44 +49,71 @@ def bench_artifact(
     onnx_path: str | None = None,
 ) -> list[dict[str, Any]]:
     """One row per thread count: bitc's latency, and onnxruntime's and the speed ratio when `onnx_path` is set."""
-    from bitc.runtime import load
-    from bitc.runtime.tvm_loader import set_num_threads
-
-    model = load(artifact)
-    inputs = model.random_inputs()
-    session_for = onnxruntime_sessions(onnx_path) if onnx_path else None
     rows = []
     for count in threads:
         n = count or os.cpu_count() or 1
         if n < 1:
             raise BadInputError(f"thread counts must be >= 1, got {count}")
-        set_num_threads(n)
-        row: dict[str, Any] = {
-            "threads": n,
-            "runs": runs,
-            "bitc": summarize(model.benchmark(inputs, warmup=warmup, runs=runs)),
-        }
-        if session_for is not None:
-            session = session_for(n)
-            feeds = {k: v for k, v in inputs.items()}
-            ort_lat = time_calls(lambda s=session, f=feeds: s.run(None, f), runs=runs, warmup=warmup)
-            row["onnxruntime"] = summarize(ort_lat)
+        row: dict[str, Any] = {"threads": n, "runs": runs}
+        row["bitc"] = measure_in_subprocess("bitc", artifact, artifact, n, runs, warmup)
+        if onnx_path:
+            row["onnxruntime"] = measure_in_subprocess("onnxruntime", onnx_path, artifact, n, runs, warmup)
             row["speedup_vs_onnxruntime"] = row["onnxruntime"]["median_ms"] / row["bitc"]["median_ms"]
         rows.append(row)
     return rows
 
 
-def onnxruntime_sessions(onnx_path: str) -> Callable[[int], Any]:
+def measure_in_subprocess(engine: str, model: str, artifact: str, threads: int, runs: int, warmup: int) -> dict:
+    """Time `model` with `engine` in a fresh process on inputs made from `artifact`'s manifest (seed 0)."""
+    env = dict(os.environ, TVM_NUM_THREADS=str(threads), OMP_NUM_THREADS=str(threads))
+    args = [sys.executable, "-m", "bitc.bench", engine, model, artifact, str(threads), str(runs), str(warmup)]
+    done = subprocess.run(args, capture_output=True, text=True, env=env)
+    if done.returncode != 0:
+        lines = done.stderr.strip().splitlines() or ["no output"]
+        raise BitcError(f"{engine} measurement of {model} failed: {lines[-1]}")
+    return json.loads(done.stdout)
+
+
+def _measure(engine: str, model: str, artifact: str, threads: int, runs: int, warmup: int) -> dict[str, float]:
+    from bitc.runtime import load
+
+    compiled = load(artifact, num_threads=threads)
+    inputs = compiled.random_inputs(seed=0)
+    if engine == "bitc":
+        return summarize(compiled.benchmark(inputs, runs=runs, warmup=warmup))
+    session = onnxruntime_session(model, threads)
+    return summarize(time_calls(lambda: session.run(None, inputs), runs=runs, warmup=warmup))
+
+
+def onnxruntime_session(onnx_path: str, threads: int) -> Any:
     import onnxruntime as ort
 
-    def make(threads: int) -> Any:
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.log_severity_level = 3
-        try:
-            return ort.InferenceSession(onnx_path, options, providers=["CPUExecutionProvider"])
-        except Exception as exc:
-            raise BadInputError(f"{onnx_path}: onnxruntime cannot load it ({str(exc).splitlines()[0][:200]})") from None
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    try:
+        return ort.InferenceSession(onnx_path, options, providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        raise BadInputError(f"{onnx_path}: onnxruntime cannot load it ({str(exc).splitlines()[0][:200]})") from None
 
-    return make
+
+def _worker_main() -> int:
+    parser = argparse.ArgumentParser(description="one latency measurement (used by `bitc bench`)")
+    parser.add_argument("engine", choices=["bitc", "onnxruntime"])
+    parser.add_argument("model")
+    parser.add_argument("artifact")
+    parser.add_argument("threads", type=int)
+    parser.add_argument("runs", type=int)
+    parser.add_argument("warmup", type=int)
+    a = parser.parse_args()
+    try:
+        print(json.dumps(_measure(a.engine, a.model, a.artifact, a.threads, a.runs, a.warmup)))
+    except BitcError as exc:
+        print(str(exc), file=sys.stderr)
+        return exc.exit_code
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_worker_main())

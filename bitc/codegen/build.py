@@ -1,4 +1,4 @@
-"""Relax IRModule → optimised TIR → shared library bytes for a CPU target."""
+"""Relax IRModule → scheduled TIR → shared library bytes for a CPU target."""
 
 from __future__ import annotations
 
@@ -10,10 +10,11 @@ from typing import Any
 
 import onnx_ir as ir
 
-from bitc.codegen import tuning
+from bitc.codegen import nchwc, tuning
+from bitc.codegen.cpu_schedules import default_schedule_pass
 from bitc.codegen.relax_import import to_relax
 from bitc.codegen.target import CpuTarget
-from bitc.errors import CompileError, first_line
+from bitc.errors import BitcError, CompileError, first_line
 
 
 @dataclass
@@ -23,6 +24,27 @@ class BuildResult:
     tuning: dict[str, Any] = field(default_factory=dict)
 
 
+def lower_to_fused_tir(mod: Any, target: CpuTarget) -> Any:
+    """Blocked conv layout, legalisation to TIR and operator fusion: the form tuning and scheduling work on."""
+    import tvm
+    from tvm import relax
+
+    with target.tvm():
+        mod = nchwc.convert_conv_layout(mod, block=target.vector_lanes)
+        return tvm.transform.Sequential(
+            [
+                relax.transform.DecomposeOpsForInference(),
+                relax.transform.CanonicalizeBindings(),
+                relax.transform.FoldConstant(),
+                relax.transform.LegalizeOps(customize_legalize_map={"relax.nn.conv2d": nchwc.legalize_conv2d}),
+                relax.transform.AnnotateTIROpPattern(),
+                relax.transform.FoldConstant(),
+                relax.transform.FuseOps(),
+                relax.transform.FuseTIR(),
+            ]
+        )(mod)
+
+
 def build(
     model: ir.Model,
     target: CpuTarget,
@@ -30,25 +52,20 @@ def build(
     tuning_options: tuning.TuningOptions | None = None,
     source: str = "model",
 ) -> BuildResult:
-    """Import, legalise and fuse, tune or apply tuned schedules, and export one shared library."""
+    """Import, lower and fuse; tune or apply tuned schedules; default-schedule the rest; export one library."""
     import tvm
-    from tvm import relax
 
     start = time.perf_counter()
     tuning_options = tuning_options or tuning.TuningOptions()
     mod = to_relax(model, source)
-    tvm_target = target.tvm()
     try:
-        with tvm_target:
-            mod = tvm.transform.Sequential(
-                [
-                    relax.transform.DecomposeOpsForInference(),
-                    relax.transform.CanonicalizeBindings(),
-                    relax.get_pipeline("zero"),
-                ]
-            )(mod)
-        mod, tuning_report = tuning.schedule(mod, tvm_target, tuning_options)
-        executable = tvm.compile(mod, target=tvm_target)
+        mod = lower_to_fused_tir(mod, target)
+        mod, tuning_report = tuning.apply(mod, target, tuning_options)
+        with target.tvm():
+            mod = default_schedule_pass(target.num_cores, target.vector_lanes)(mod)
+        executable = tvm.compile(mod, target=target.tvm())
+    except BitcError:
+        raise
     except Exception as exc:
         raise CompileError(f"{source}: TVM compilation failed: {first_line(exc)}") from None
     with tempfile.TemporaryDirectory(prefix="bitc-build-") as tmp:

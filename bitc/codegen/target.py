@@ -6,6 +6,7 @@ The ISA features that the chosen CPU implies are recorded so the runtime can ref
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -30,12 +31,14 @@ class CpuTarget:
 
         return tvm.target.Target({"kind": "llvm", "mcpu": self.mcpu, "num-cores": self.num_cores})
 
+    @property
+    def vector_lanes(self) -> int:
+        """float32 lanes per vector register: 16 with AVX-512, else 8 (AVX2; also the layout block size)."""
+        return 16 if "avx512f" in self.cpu_features() else 8
+
     def cpu_features(self) -> list[str]:
         """The ISA flags (as /proc/cpuinfo spells them) that code for this CPU may use."""
-        import tvm
-
-        llvm_features = {_canonical(str(f)) for f in tvm.target.codegen.llvm_get_cpu_features(self.tvm())}
-        return sorted(flag for flag in ISA_FLAGS if _canonical(flag) in llvm_features)
+        return _cpu_features(self.mcpu)
 
     def to_manifest(self) -> dict[str, Any]:
         return {
@@ -65,6 +68,15 @@ def parse_target(text: str, num_cores: int | None = None) -> CpuTarget:
     if not tvm.target.codegen.llvm_is_valid_cpu(cpu, triple):
         raise BadInputError(f"target '{text}': '{cpu}' is not a CPU name LLVM knows for {triple}")
     return CpuTarget(mcpu=cpu, num_cores=cores)
+
+
+@functools.cache
+def _cpu_features(mcpu: str) -> list[str]:
+    import tvm
+
+    target = tvm.target.Target({"kind": "llvm", "mcpu": mcpu})
+    llvm_features = {_canonical(str(f)) for f in tvm.target.codegen.llvm_get_cpu_features(target)}
+    return sorted(flag for flag in ISA_FLAGS if _canonical(flag) in llvm_features)
 
 
 def _canonical(flag: str) -> str:

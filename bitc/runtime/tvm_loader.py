@@ -38,8 +38,13 @@ def _without_torch():
 
 @functools.cache
 def ffi() -> Any:
-    """The tvm_ffi module with libtvm_runtime.so loaded (global symbols, as TVM-built libraries expect)."""
+    """The tvm_ffi module with libtvm_runtime.so loaded (global symbols, as TVM-built libraries expect).
+
+    TVM sizes its worker pool once, from TVM_NUM_THREADS, when the pool starts; unset, it takes half the
+    hardware threads (1 on a 2-core machine), so bitc defaults it to every core.
+    """
     os.environ.setdefault("TVM_FFI_DISABLE_TORCH_C_DLPACK", "1")
+    os.environ.setdefault("TVM_NUM_THREADS", str(os.cpu_count() or 1))
     with _without_torch():
         try:
             import tvm_ffi
@@ -75,5 +80,11 @@ def create_vm(library_module: Any) -> Any:
 
 
 def set_num_threads(num_threads: int) -> None:
-    """Size TVM's worker pool for this process (TVM_NUM_THREADS is the same knob at start-up)."""
+    """Size TVM's worker pool. Reliable only before the first model runs (it sets TVM_NUM_THREADS); resizing a
+    running pool is best effort in TVM, so measure different thread counts in separate processes."""
+    if num_threads < 1:
+        raise BadInputError(f"thread count must be >= 1, got {num_threads}")
+    if ffi.cache_info().currsize == 0:
+        os.environ["TVM_NUM_THREADS"] = str(num_threads)
+        return
     ffi().get_global_func("runtime.config_threadpool")(1, int(num_threads))

@@ -1,0 +1,208 @@
+"""Default CPU schedules for fused TIR functions: fast code without tuning.
+
+The untuned pipeline compiles TIR as naive serial loops (no vectors, no threads: 20-300× slower than
+onnxruntime). This pass gives every fused function a schedule that is right for its shape of work:
+- an *anchor* (exactly one reduction block: conv, matmul, dense) gets a register-tiled, vectorised, parallel
+  schedule with its epilogue (bias, residual add, activation) fused into the accumulator write-back;
+- purely elementwise functions are fused into one loop, vectorised and split across cores;
+- the rest (softmax, layer norm, pooling) goes to dlight's CPU rules, then has its outer loop parallelised.
+Functions already scheduled (e.g. from a tuning database) are left alone.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+_SCHEDULED = "tirx.is_scheduled"
+
+
+def default_schedule_pass(num_cores: int, lanes: int) -> Any:
+    """A module pass that schedules every unscheduled PrimFunc; `lanes` = float32 lanes per vector register."""
+    import tvm
+    from tvm.s_tir import dlight
+
+    @tvm.transform.module_pass(opt_level=0, name="BitcDefaultCpuSchedules")
+    def schedule_functions(mod: Any, _ctx: Any) -> Any:
+        updates = {}
+        for gvar, func in mod.functions.items():
+            if not _is_unscheduled_primfunc(func):
+                continue
+            scheduled = _try(schedule_anchor, func, num_cores, lanes) or _try(
+                schedule_elementwise, func, num_cores, lanes
+            )
+            if scheduled is not None:
+                updates[gvar] = scheduled.with_attr(_SCHEDULED, True)
+        for gvar, func in updates.items():
+            mod[gvar] = func
+        return mod
+
+    @tvm.transform.module_pass(opt_level=0, name="BitcParallelizeOuterLoops")
+    def parallelize(mod: Any, _ctx: Any) -> Any:
+        updates = {}
+        for gvar, func in mod.functions.items():
+            if _is_primfunc(func) and (parallel := _try(parallelize_outer_loops, func, num_cores)) is not None:
+                updates[gvar] = parallel
+        for gvar, func in updates.items():
+            mod[gvar] = func
+        return mod
+
+    return tvm.transform.Sequential(
+        [schedule_functions, dlight.ApplyDefaultSchedule(dlight.cpu.GEMV(), dlight.cpu.Reduction()), parallelize]
+    )
+
+
+def schedule_anchor(func: Any, num_cores: int, vector_lanes: int) -> Any | None:
+    """Conv / matmul / depthwise conv: tile spatial loops (register tile × vector), reduce in registers."""
+    from tvm import tirx
+    from tvm.s_tir import Schedule
+
+    sch = Schedule(_module(func))
+    reductions = [b for b in _blocks(sch) if _has_reduction(sch.get(b))]
+    if len(reductions) != 1:
+        return None
+    block = reductions[0]
+    iter_vars = sch.get(block).iter_vars
+    loops = sch.get_loops(block)
+    if len(loops) != len(iter_vars):
+        return None
+    spatial = [lp for lp, iv in zip(loops, iter_vars, strict=True) if iv.iter_type == tirx.IterVar.DataPar]
+    reduce = [lp for lp, iv in zip(loops, iter_vars, strict=True) if iv.iter_type == tirx.IterVar.CommReduce]
+    extents = [int(sch.get(lp).extent) for lp in spatial]
+    if len(spatial) < 2 or not reduce or extents[-1] % 8:
+        return None
+    name = sch.get(block).name_hint
+    is_conv = name.startswith("conv2d_NCHWc")
+    is_depthwise = name.startswith("dwconv2d_NCHWc")
+    lanes = vector_lanes if extents[-1] % vector_lanes == 0 else 8
+    vectors = 1
+    if not (is_conv or is_depthwise):  # matmul: several vectors along N per register tile
+        vectors = 4 if extents[-1] % (4 * lanes) == 0 else 2 if extents[-1] % (2 * lanes) == 0 else 1
+    vec_outer, vec_inner = sch.split(spatial[-1], [None, lanes * vectors])
+    register_cap = 8 if is_depthwise else {1: 14, 2: 6, 4: 4}[vectors]
+    rows = _largest_divisor(extents[-2], register_cap)
+    if rows < 4 < extents[-2]:
+        rows = _largest_divisor(extents[-2], 16)
+    row_outer, row_inner = sch.split(spatial[-2], [None, rows])
+    outer = spatial[:-2]
+    sch.reorder(*outer, row_outer, vec_outer, *reduce, row_inner, vec_inner)
+
+    accumulator = sch.cache_write(block, 0, "local")
+    consumers = sch.get_consumers(accumulator)
+    while len(consumers) == 1 and _try(sch.reverse_compute_inline, consumers[0], ok=True):
+        consumers = sch.get_consumers(accumulator)
+    sch.reverse_compute_at(accumulator, vec_outer)
+    for producer in sch.get_producers(block):  # padding: its own parallel loop (inlining adds branches)
+        _try(_parallel_vectorized, sch, producer, lanes)
+
+    sch.parallel(sch.fuse(*outer, row_outer) if outer else row_outer)
+    sch.unroll(row_inner)
+    lane_outer, lane_inner = sch.split(vec_inner, [None, lanes])
+    sch.unroll(lane_outer)
+    sch.vectorize(lane_inner)
+    init = sch.decompose_reduction(block, reduce[0])
+    init_loops = sch.get_loops(init)
+    if sch.get(init_loops[-1]).kind != tirx.ForKind.VECTORIZED:
+        sch.vectorize(init_loops[-1])
+    write_loops = sch.get_loops(accumulator)
+    _, write_inner = sch.split(write_loops[-1], [None, lanes])
+    sch.vectorize(write_inner)
+    if is_depthwise:
+        sch.unroll(reduce[-1])
+    return sch.mod["main"]
+
+
+def schedule_elementwise(func: Any, num_cores: int, lanes: int) -> Any | None:
+    """Injective-only functions: inline producers, one fused loop, vectors of 16, chunks per core."""
+    from tvm import tirx
+    from tvm.s_tir import Schedule
+
+    sch = Schedule(_module(func))
+    blocks = _blocks(sch)
+    if not blocks or any(iv.iter_type != tirx.IterVar.DataPar for b in blocks for iv in sch.get(b).iter_vars):
+        return None
+    for block in blocks[:-1]:
+        _try(sch.compute_inline, block, ok=True)
+    for block in _blocks(sch):
+        loops = sch.get_loops(block)
+        if not loops:
+            continue
+        fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
+        extent = int(sch.get(fused).extent)
+        if extent >= 1024 and extent % lanes == 0:
+            outer, inner = sch.split(fused, [None, lanes])
+            sch.vectorize(inner)
+            if extent >= 16384 and num_cores > 1:
+                chunks, _ = sch.split(outer, [num_cores, None])
+                sch.parallel(chunks)
+    return sch.mod["main"]
+
+
+def parallelize_outer_loops(func: Any, num_cores: int) -> Any | None:
+    """Mark the outermost data-parallel loop of each top-level block parallel where nothing already is
+    (dlight's CPU rules vectorise softmax/layer-norm rows but run them on one core)."""
+    from tvm import tirx
+    from tvm.s_tir import Schedule
+
+    if num_cores < 2 or "parallel" in func.script():
+        return None
+    sch = Schedule(_module(func))
+    changed = False
+    seen: set[Any] = set()
+    for block in _blocks(sch):
+        loops = sch.get_loops(block)
+        if not loops or loops[0] in seen:
+            continue
+        seen.add(loops[0])
+        loop = sch.get(loops[0])
+        if loop.kind == tirx.ForKind.SERIAL and int(loop.extent) >= 2 and _try(sch.parallel, loops[0], ok=True):
+            changed = True
+    return sch.mod["main"] if changed else None
+
+
+def _parallel_vectorized(sch: Any, block: Any, lanes: int) -> None:
+    loops = sch.get_loops(block)
+    sch.parallel(sch.fuse(*loops[:2]) if len(loops) >= 2 else loops[0])
+    if len(loops) > 2 and int(sch.get(loops[-1]).extent) % lanes == 0:
+        sch.vectorize(loops[-1])
+
+
+def _module(func: Any) -> Any:
+    import tvm
+
+    return tvm.IRModule({"main": func})
+
+
+def _blocks(sch: Any) -> list[Any]:
+    try:
+        return list(sch.get_child_blocks(sch.get_sblock("root")))
+    except Exception:
+        return []
+
+
+def _has_reduction(block: Any) -> bool:
+    from tvm import tirx
+
+    return any(iv.iter_type == tirx.IterVar.CommReduce for iv in block.iter_vars)
+
+
+def _is_primfunc(func: Any) -> bool:
+    from tvm import tirx
+
+    return isinstance(func, tirx.PrimFunc)
+
+
+def _is_unscheduled_primfunc(func: Any) -> bool:
+    return _is_primfunc(func) and not (func.attrs is not None and func.attrs.get(_SCHEDULED, False))
+
+
+def _largest_divisor(n: int, cap: int) -> int:
+    return next(d for d in range(min(n, cap), 0, -1) if n % d == 0)
+
+
+def _try(fn: Any, *args: Any, ok: bool = False) -> Any:
+    """Schedule primitives refuse what they cannot do by raising; a refusal means 'leave it as it was'."""
+    try:
+        result = fn(*args)
+    except Exception:
+        return False if ok else None
+    return True if ok else result

@@ -8,6 +8,10 @@ class BitcError(Exception):
 
     exit_code = 1
 
+    def __init__(self, message: str = "") -> None:
+        # Names from the model (values, nodes, files) may hold line breaks; the message must stay one line.
+        super().__init__(" ".join(str(message).splitlines()))
+
 
 class BadInputError(BitcError):
     """The user's model, artifact, option or input is unusable (exit code 2)."""

@@ -12,6 +12,7 @@ def to_relax(model: ir.Model, source: str = "model"):
     import tvm
     from tvm.relax.frontend.onnx import from_onnx
 
+    ir.external_data.load_to_model(model)  # TVM would resolve external paths from the working directory
     proto = ir.to_proto(model)
     opset = model.opset_imports.get("", None)
     try:

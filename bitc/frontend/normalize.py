@@ -4,6 +4,8 @@ fixed input shapes where the user gave them, and inferred shapes on every value.
 from __future__ import annotations
 
 import logging
+import math
+import os
 from collections.abc import Mapping, Sequence
 
 import onnx
@@ -17,6 +19,8 @@ from bitc.errors import BadInputError, first_line
 MIN_OPSET = 7
 UPGRADE_TO_OPSET = 13
 MAX_OPSET = onnx.defs.onnx_opset_version()
+# Largest tensor bitc accepts: far beyond any CPU's memory, and its size arithmetic cannot overflow int64 in TVM.
+MAX_TENSOR_BYTES = 2**40
 
 
 def normalize(model: ir.Model, *, source: str, input_shapes: Mapping[str, Sequence[int]] | None = None) -> ir.Model:
@@ -26,14 +30,59 @@ def normalize(model: ir.Model, *, source: str, input_shapes: Mapping[str, Sequen
         raise BadInputError(f"{source}: the graph has no nodes")
     if not graph.outputs:
         raise BadInputError(f"{source}: the graph has no outputs")
+    _check_dataflow(graph, source)
     model = _checked_opset(model, source)
+    _drop_trailing_omitted_inputs(model)
     _unknown_negative_dims(model)
     common.RemoveInitializersFromInputsPass()(model)
     common.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0)(model)
     if input_shapes:
         set_input_shapes(model, input_shapes, source=source)
     infer_shapes(model, source=source)
+    _check_tensor_sizes(model, source)
     return model
+
+
+def _check_dataflow(graph: ir.Graph, source: str) -> None:
+    """Every node input must come from a graph input, an initializer or an earlier node, and every graph output
+    must exist: the ONNX checker says so for files, but an in-memory model (or check=False) skips it, and a cycle
+    or a missing initializer read from a file shows up here as a value nothing produces."""
+    available: set[ir.Value] = {*graph.inputs, *graph.initializers.values()}
+    for index, node in enumerate(graph):
+        for value in node.inputs:
+            if value is not None and value not in available:
+                raise BadInputError(
+                    f"{source}: node '{node.name or index}' ({node.op_type}) reads '{value.name}', which no graph "
+                    "input, initializer or earlier node produces (missing initializer, or a cycle)"
+                )
+        available.update(node.outputs)
+    for value in graph.outputs:
+        if value not in available:
+            raise BadInputError(f"{source}: graph output '{value.name}' is not produced by any node")
+
+
+def _check_tensor_sizes(model: ir.Model, source: str) -> None:
+    """Refuse absurd static shapes (e.g. [2**40, 2**40]) here, before anything sizes a buffer from them."""
+    graph = model.graph
+    values = [*graph.inputs, *graph.initializers.values(), *(out for node in graph for out in node.outputs)]
+    for value in values:
+        size = _static_bytes(value)
+        if size is not None and size > MAX_TENSOR_BYTES:
+            raise BadInputError(
+                f"{source}: value '{value.name}' of shape {list(value.shape)} would take {size} bytes, "
+                f"more than bitc supports ({MAX_TENSOR_BYTES >> 40} TiB)"
+            )
+
+
+def _static_bytes(value: ir.Value) -> int | None:
+    """Bytes of a value whose dimensions are all known (one byte per element when its type has no fixed width)."""
+    if value.shape is None or not all(isinstance(d, int) for d in value.shape):
+        return None
+    try:
+        bits = value.dtype.bitwidth if value.dtype is not None else 8
+    except TypeError:
+        bits = 8
+    return (math.prod(int(d) for d in value.shape) * bits + 7) // 8
 
 
 def set_input_shapes(model: ir.Model, input_shapes: Mapping[str, Sequence[int]], *, source: str) -> None:
@@ -97,7 +146,27 @@ def _checked_opset(model: ir.Model, source: str) -> ir.Model:
     if version >= UPGRADE_TO_OPSET:
         return model
     try:
-        upgraded = onnx.version_converter.convert_version(ir.to_proto(model), UPGRADE_TO_OPSET)
+        upgraded = ir.from_proto(onnx.version_converter.convert_version(ir.to_proto(model), UPGRADE_TO_OPSET))
     except Exception:
         return model  # the importer still handles the old opset; upgrading is best effort
-    return ir.from_proto(upgraded)
+    base_dir = _external_data_dir(model)
+    if base_dir:  # the round trip through protobuf forgets where external data lives
+        ir.external_data.set_base_dir(upgraded.graph, base_dir)
+    return upgraded
+
+
+def _external_data_dir(model: ir.Model) -> str | os.PathLike | None:
+    """The folder the model's external tensors (initializers or Constant values) are read from, if any."""
+    tensors = [value.const_value for value in model.graph.initializers.values()]
+    tensors += [attr.value for node in model.graph.all_nodes() for attr in node.attributes.values()]
+    return next((t.base_dir for t in tensors if isinstance(t, ir.ExternalTensor) and t.base_dir), None)
+
+
+def _drop_trailing_omitted_inputs(model: ir.Model) -> None:
+    """`Conv(x, w, "")` is `Conv(x, w)`; the rewrite rules of the passes expect the shorter form (an omitted
+    trailing input otherwise reaches them as None and crashes e.g. BatchNorm folding)."""
+    for node in model.graph.all_nodes():
+        count = len(node.inputs)
+        while count and node.inputs[count - 1] is None:
+            count -= 1
+        node.resize_inputs(count)

@@ -84,6 +84,7 @@ def read_artifact(path: str | os.PathLike) -> Artifact:
     """Open an artifact and verify every member against the manifest; refuse anything that does not match."""
     path = Path(path)
     with _open_zip(path) as archive:
+        _check_member_names(path, archive.namelist())
         manifest = _parse_manifest(path, archive)
         listed = manifest.get("members")
         if not isinstance(listed, dict) or LIBRARY_NAME not in listed:
@@ -97,10 +98,18 @@ def read_artifact(path: str | os.PathLike) -> Artifact:
                 data = archive.read(name)
             except (zipfile.BadZipFile, OSError, EOFError) as exc:
                 raise BadInputError(f"{path}: member '{name}' is damaged ({exc})") from None
-            if sha256_hex(data) != meta.get("sha256"):
+            if not isinstance(meta, dict) or sha256_hex(data) != meta.get("sha256"):
                 raise BadInputError(f"{path}: checksum of member '{name}' does not match the manifest")
             members[name] = data
     return Artifact(path, manifest, members)
+
+
+def _check_member_names(path: Path, names: list[str]) -> None:
+    """Members are only ever read into memory, but a name that could escape a folder marks a forged artifact."""
+    for name in names:
+        parts = name.replace("\\", "/").split("/")
+        if name.startswith(("/", "\\")) or ".." in parts or ":" in parts[0]:
+            raise BadInputError(f"{path}: member name {name!r} is absolute or leaves the archive (refused)")
 
 
 def _open_zip(path: Path) -> zipfile.ZipFile:

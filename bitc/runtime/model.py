@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from bitc.errors import BadInputError
+from bitc.errors import BadInputError, BitcError, first_line
 from bitc.runtime import tvm_loader
 from bitc.runtime.artifact import LIBRARY_NAME, read_artifact
 from bitc.runtime.hostcpu import host_arch, host_cpu_flags
@@ -39,19 +39,17 @@ class Model:
         artifact = read_artifact(path)
         self.path = artifact.path
         self.manifest = artifact.manifest
-        self.inputs = [TensorSpec.from_json(e) for e in self.manifest["inputs"]]
-        self.outputs = [TensorSpec.from_json(e) for e in self.manifest["outputs"]]
+        self.inputs = _specs(self.path, self.manifest, "inputs")
+        self.outputs = _specs(self.path, self.manifest, "outputs")
         _check_target(self.path, self.manifest.get("target", {}))
         if num_threads is not None:
             tvm_loader.set_num_threads(num_threads)
-        library = tvm_loader.load_library(artifact.library, LIBRARY_NAME)
-        self._vm = tvm_loader.create_vm(library)
-        self._main = self._vm[self.manifest.get("entry", "main")]
+        self._vm, self._main = _open_vm(self.path, artifact.library, self.manifest.get("entry", "main"))
 
     def __repr__(self) -> str:
         ins = ", ".join(map(str, self.inputs))
         outs = ", ".join(map(str, self.outputs))
-        return f"<bitc.Model {self.path.name} ({ins}) -> ({outs}) on {self.manifest['target']['name']}>"
+        return f"<bitc.Model {self.path.name} ({ins}) -> ({outs}) on {self.manifest['target'].get('name', '?')}>"
 
     def __call__(self, *args: np.ndarray, **kwargs: np.ndarray) -> np.ndarray | tuple[np.ndarray, ...]:
         """Run with positional or named inputs; one output comes back as an array, several as a tuple."""
@@ -114,8 +112,37 @@ class Model:
         return {spec.name: np.from_dlpack(v).copy() for spec, v in zip(self.outputs, values, strict=True)}
 
 
+def _specs(path: Any, manifest: Mapping[str, Any], key: str) -> list[TensorSpec]:
+    """The manifest's input or output specs; a malformed entry is refused here, not as a KeyError later."""
+    try:
+        specs = [TensorSpec.from_json(entry) for entry in manifest[key]]
+        dtypes = [np.dtype(spec.dtype) for spec in specs]
+    except (KeyError, TypeError, ValueError) as exc:
+        reason = f"{type(exc).__name__}: {first_line(exc)}"
+        raise BadInputError(f"{path}: manifest '{key}' is malformed ({reason})") from None
+    for spec, dtype in zip(specs, dtypes, strict=True):
+        if dtype.kind not in "biuf" or any(d < 0 for d in spec.shape):
+            raise BadInputError(f"{path}: manifest '{key}' has an unusable tensor spec {spec}")
+    return specs
+
+
+def _open_vm(path: Any, library: bytes, entry: Any) -> tuple[Any, Any]:
+    """The Relax VM over the artifact's library and its entry function; a library that loads but is no bitc
+    model (no VM executable, no such entry) is refused with the artifact's name."""
+    try:
+        vm = tvm_loader.create_vm(tvm_loader.load_library(library, LIBRARY_NAME))
+        return vm, vm[entry]
+    except BitcError as exc:
+        raise type(exc)(f"{path}: {exc}") from None
+    except Exception as exc:  # the FFI raises AttributeError/RuntimeError subclasses with C++ text
+        raise BadInputError(f"{path}: the library is not a runnable bitc model ({first_line(exc)})") from None
+
+
 def _checked(spec: TensorSpec, value: Any) -> np.ndarray:
-    array = np.asarray(value)
+    try:
+        array = np.asarray(value)
+    except (ValueError, TypeError) as exc:  # ragged nested lists, objects without an array form
+        raise BadInputError(f"input '{spec.name}': not an array ({first_line(exc)})") from None
     if array.dtype != np.dtype(spec.dtype):
         raise BadInputError(f"input '{spec.name}': dtype {array.dtype}, expected {spec.dtype}")
     if array.shape != spec.shape:
@@ -133,7 +160,9 @@ def _aligned(array: np.ndarray) -> np.ndarray:
     return out
 
 
-def _check_target(path: Any, target: Mapping[str, Any]) -> None:
+def _check_target(path: Any, target: Any) -> None:
+    if not isinstance(target, Mapping):
+        raise BadInputError(f"{path}: manifest 'target' is malformed (not an object)")
     kind = target.get("kind")
     if kind != "llvm":
         raise BadInputError(f"{path}: artifact targets '{kind}', this runtime runs CPU (llvm) artifacts")

@@ -5,7 +5,7 @@
 Models: ResNet-18 and MobileNetV2 (torch, seeded random weights, 1×3×224×224) and the real all-MiniLM-L6-v2
 sentence encoder (sequence length 128). Each is compiled with the default passes and whatever tuned schedules the
 tuning database holds (plus N more trials with --tune-trials); the ratio is onnxruntime latency / bitc latency
-(> 1 means bitc is faster). Also printed: the untuned build of the same model, so the effect of tuning shows.
+(> 1 means bitc is faster). The same inputs (seeded, from the artifact's manifest) go to both engines.
 """
 
 from __future__ import annotations
@@ -21,8 +21,7 @@ from rich.console import Console
 from rich.table import Table
 
 import bitc
-from bitc.bench import onnxruntime_sessions, summarize, time_calls
-from bitc.runtime.tvm_loader import set_num_threads
+from bitc.bench import bench_artifact, onnxruntime_session
 from bitc.zoo import cnn, real
 from bitc.zoo.export import export_onnx
 
@@ -42,48 +41,35 @@ def export(name: str, folder: Path) -> tuple[Path, dict[str, np.ndarray]]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default="resnet18,mobilenet_v2,minilm")
-    parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument("--runs", type=int, default=30)
     parser.add_argument("--threads", default="1,2")
     parser.add_argument("--tune-trials", type=int, default=0)
-    parser.add_argument("--no-untuned", action="store_true", help="skip the untuned build column")
     args = parser.parse_args()
     threads = [int(t) for t in args.threads.split(",")]
     console = Console()
     table = Table(
-        "model", "threads", "onnxruntime ms", "bitc ms", "ratio ort/bitc", "bitc untuned ms", "max abs err",
-        title="bitc vs onnxruntime fp32 (median latency)",
+        "model", "threads", "onnxruntime ms", "bitc ms", "ratio ort/bitc", "max abs err", "compile s",
+        title="bitc vs onnxruntime fp32 (median latency, each in its own process)",
     )  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="bitc-bench-") as tmp:
         folder = Path(tmp)
         for name in args.models.split(","):
             path, inputs = export(name, folder)
-            tuned = bitc.compile(path, folder / f"{name}.bitc", tune_trials=args.tune_trials)
-            model = bitc.load(tuned.path)
-            untuned = None
-            if not args.no_untuned:
-                untuned_result = bitc.compile(path, folder / f"{name}.untuned.bitc", use_tuning_db=False)
-                untuned = bitc.load(untuned_result.path)
-            sessions = onnxruntime_sessions(str(path))
-            for n in threads:
-                set_num_threads(n)
-                session = sessions(n)
-                reference = session.run(None, inputs)
-                error = max(
-                    float(np.abs(a - b).max()) for a, b in zip(model.run(inputs).values(), reference, strict=True)
-                )
-                ort_ms = summarize(time_calls(lambda s=session, f=inputs: s.run(None, f), runs=args.runs, warmup=3))
-                bitc_ms = summarize(model.benchmark(inputs, runs=args.runs, warmup=3))
-                untuned_ms = summarize(untuned.benchmark(inputs, runs=3, warmup=1)) if untuned else None
+            result = bitc.compile(path, folder / f"{name}.bitc", tune_trials=args.tune_trials)
+            got = bitc.load(result.path).run(inputs).values()
+            reference = onnxruntime_session(str(path), 1).run(None, inputs)
+            error = max(float(np.abs(a - b).max()) for a, b in zip(got, reference, strict=True))
+            for row in bench_artifact(str(result.path), threads=threads, runs=args.runs, onnx_path=str(path)):
                 table.add_row(
                     name,
-                    str(n),
-                    f"{ort_ms['median_ms']:.2f}",
-                    f"{bitc_ms['median_ms']:.2f}",
-                    f"{ort_ms['median_ms'] / bitc_ms['median_ms']:.2f}",
-                    f"{untuned_ms['median_ms']:.1f}" if untuned_ms else "-",
-                    f"{error:.2e}",
+                    str(row["threads"]),
+                    f"{row['onnxruntime']['median_ms']:.2f}",
+                    f"{row['bitc']['median_ms']:.2f}",
+                    f"{row['speedup_vs_onnxruntime']:.2f}",
+                    f"{error:.1e}",
+                    f"{sum(result.seconds.values()):.1f}",
                 )
-            console.print(f"{name}: tuning {tuned.manifest['tuning']}", style="dim")
+            console.print(f"{name}: tuning {result.manifest['tuning']}", style="dim")
     console.print(table)
     return 0
 

@@ -20,6 +20,7 @@ from bitc.codegen.build import build
 from bitc.codegen.target import parse_target
 from bitc.errors import BadInputError
 from bitc.frontend import from_torch, load_onnx, normalize
+from bitc.layers import layer_table, summarize_layers
 from bitc.passes import PassRecord, run_pipeline
 from bitc.passes.verify import static_shape
 from bitc.runtime.artifact import FORMAT, FORMAT_VERSION, LIBRARY_NAME, write_artifact
@@ -79,6 +80,7 @@ def compile(
     built = build(ir_model, cpu_target, tuning_options=options, source=source)
     timings["build"] = built.seconds
 
+    layers = layer_table(ir_model)
     manifest = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -90,7 +92,8 @@ def compile(
         "versions": _versions(ir_model),
         "passes": [r.to_json(timing=False) for r in records],
         "tuning": built.tuning,
-        "stats": {"nodes": len(ir_model.graph), "parameters": _parameter_count(ir_model)},
+        "stats": {"nodes": len(ir_model.graph), "parameters": _parameter_count(ir_model), **summarize_layers(layers)},
+        "layers": layers,
     }
     _reinstall_python_signal_handlers()
     start = time.perf_counter()

@@ -99,6 +99,8 @@ def print_inspect(info: dict[str, Any], verbose: bool = False) -> None:
         _out.print(f"passes: {', '.join(p['name'] for p in m['passes'])}")
         for name, meta in m["members"].items():
             _out.print(f"member {name}: {meta['size']} bytes sha256 {meta['sha256'][:16]}…")
+        if m.get("layers"):
+            _print_layers(m["layers"], m["stats"], verbose)
         if verbose:
             _out.print_json(data=m)
         return
@@ -111,6 +113,27 @@ def print_inspect(info: dict[str, Any], verbose: bool = False) -> None:
     for op, count in info["ops"].items():
         table.add_row(op, str(count))
     _out.print(table)
+    if info.get("layers"):
+        _print_layers(info["layers"], info["summary"], verbose)
+
+
+def _print_layers(layers: list[dict[str, Any]], summary: dict[str, Any], verbose: bool, limit: int = 40) -> None:
+    """Per-layer cost table; the heaviest `limit` layers by MACs unless verbose."""
+    shown = layers if verbose else sorted(layers, key=lambda r: -r["macs"])[:limit]
+    total = max(summary.get("macs", 0), 1)
+    title = (
+        f"layers ({summary['layers']}; {summary['params']:,} params, {summary['macs'] / 1e6:,.1f} M MACs, "
+        f"{summary['binary_mac_share']:.0%} binary)"
+    )
+    table = Table("layer", "op", "precision", "params", "MACs (M)", "MAC share", "bytes", title=title)
+    for r in shown:
+        table.add_row(
+            r["name"], r["op"], r["precision"], f"{r['params']:,}", f"{r['macs'] / 1e6:,.2f}",
+            f"{r['macs'] / total:.1%}", f"{r['bytes']:,}",
+        )  # fmt: skip
+    _out.print(table)
+    if len(shown) < len(layers):
+        _out.print(f"({len(layers) - len(shown)} lighter layers not shown; --verbose lists all)")
 
 
 def _print_values(inputs: list[dict[str, Any]], outputs: list[dict[str, Any]]) -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from bitc.errors import BadInputError
+from bitc.layers import layer_table, summarize_layers
 
 
 def inspect_file(path: str | Path) -> dict[str, Any]:
@@ -36,6 +37,7 @@ def inspect_onnx(path: Path) -> dict[str, Any]:
     )
     params = sum(int(v.const_value.size) for v in model.graph.initializers.values() if v.const_value is not None)
     param_bytes = sum(int(v.const_value.nbytes) for v in model.graph.initializers.values() if v.const_value)
+    layers = layer_table(model)
     return {
         "kind": "onnx",
         "path": str(path),
@@ -49,6 +51,8 @@ def inspect_onnx(path: Path) -> dict[str, Any]:
         "parameters": params,
         "parameter_bytes": param_bytes,
         "ir_version": model.ir_version,
+        "summary": summarize_layers(layers),
+        "layers": layers,
     }
 
 

@@ -1,0 +1,94 @@
+"""Per-layer accounting of a model: what each weighted op costs (parameters, MACs, bytes) and at what precision.
+
+`bitc inspect` prints it, the artifact's manifest stores it, `bitc report` plots it: what a user looks at to
+decide which layers to binarize or prune.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import onnx_ir as ir
+
+WEIGHTED_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul"}
+
+
+def layer_table(model: ir.Model) -> list[dict[str, Any]]:
+    """One row per Conv/Gemm/MatMul node (and any node carrying constant weights), in graph order."""
+    rows = []
+    for node in model.graph:
+        weights = [v for v in node.inputs if _is_weight(v)]
+        if node.op_type not in WEIGHTED_OPS and not weights:
+            continue
+        params = sum(int(w.const_value.size) for w in weights)
+        rows.append(
+            {
+                "name": node.name or node.outputs[0].name,
+                "op": node.op_type if not node.domain else f"{node.domain}::{node.op_type}",
+                "precision": _precision(node, weights),
+                "params": params,
+                "bytes": sum(int(w.const_value.nbytes) for w in weights),
+                "macs": macs(node),
+            }
+        )
+    return rows
+
+
+def summarize_layers(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    total_macs = sum(r["macs"] for r in rows)
+    binary_macs = sum(r["macs"] for r in rows if r["precision"] == "1-bit")
+    return {
+        "layers": len(rows),
+        "params": sum(r["params"] for r in rows),
+        "bytes": sum(r["bytes"] for r in rows),
+        "macs": total_macs,
+        "binary_mac_share": binary_macs / total_macs if total_macs else 0.0,
+    }
+
+
+def macs(node: ir.Node) -> int:
+    """Multiply-accumulates of one Conv/ConvTranspose/Gemm/MatMul (0 for other ops or unknown shapes)."""
+    out = node.outputs[0].shape if node.outputs else None
+    if out is None or not _static(out):
+        return 0
+    if node.op_type in ("Conv", "ConvTranspose"):
+        weight = node.inputs[1].shape if len(node.inputs) > 1 and node.inputs[1] is not None else None
+        if weight is None or not _static(weight):
+            return 0
+        per_output = math.prod(int(d) for d in weight.dims[1:])  # C_in/groups × kernel window
+        if node.op_type == "ConvTranspose":
+            x = node.inputs[0].shape
+            return (
+                math.prod(int(d) for d in x.dims) * int(weight.dims[1]) * math.prod(weight.dims[2:])
+                if _static(x)
+                else 0
+            )
+        return math.prod(int(d) for d in out.dims) * per_output
+    if node.op_type in ("Gemm", "MatMul"):
+        a = node.inputs[0].shape
+        if a is None or not _static(a) or len(a) == 0:
+            return 0
+        transposed = node.op_type == "Gemm" and node.attributes.get_int("transA", 0)
+        k = int(a.dims[0] if transposed and len(a) == 2 else a.dims[-1])
+        return math.prod(int(d) for d in out.dims) * k
+    return 0
+
+
+def _precision(node: ir.Node, weights: list[ir.Value]) -> str:
+    if node.domain == "bitc":
+        return node.attributes.get_string("precision", "1-bit")
+    if not weights:
+        return "fp32"
+    main = max(weights, key=lambda w: w.const_value.size).const_value.dtype  # the weight, not a shape or bias
+    names = {ir.DataType.FLOAT: "fp32", ir.DataType.FLOAT16: "fp16", ir.DataType.BFLOAT16: "bf16"}
+    return names.get(main, main.name.lower())
+
+
+def _is_weight(value: ir.Value | None) -> bool:
+    """A constant input that is data, not a shape, axis list or index table (those are integer)."""
+    return value is not None and value.const_value is not None and not value.const_value.dtype.is_integer()
+
+
+def _static(shape: ir.Shape) -> bool:
+    return all(isinstance(d, int) for d in shape.dims)

@@ -59,12 +59,13 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compile", help="compile an ONNX model into a .bitc artifact")
     p.add_argument("model", help="ONNX file (external data beside it is read)")
     p.add_argument("-o", "--output", help="artifact path (default: MODEL name with .bitc)")
-    p.add_argument("--target", default="cpu", help="cpu (this machine) or cpu:<llvm cpu name> (default: cpu)")
+    p.add_argument("--config", metavar="bitc.toml", help="compile options from a TOML file (flags override it)")
+    p.add_argument("--target", help="cpu (this machine) or cpu:<llvm cpu name> (default: cpu)")
     p.add_argument("--passes", help="comma-separated pass pipeline (default: the standard clean-ups); see 'passes'")
     p.add_argument("--input-shape", action="append", default=[], metavar="NAME=D0,D1,...", help="fix input shapes")
-    p.add_argument("--tune-trials", type=int, default=0, metavar="N", help="MetaSchedule trials to run (default 0)")
+    p.add_argument("--tune-trials", type=int, metavar="N", help="MetaSchedule trials to run (default 0)")
     p.add_argument("--tuning-db", metavar="DIR", help="tuning database folder (default: ~/.cache/bitc/tuning)")
-    p.add_argument("--no-tuning-db", action="store_true", help="ignore tuned schedules (untuned build)")
+    p.add_argument("--no-tuning-db", action="store_true", help="ignore tuned schedules (default schedules only)")
     p.add_argument("--dump-ir", metavar="DIR", help="write the model after each pass as DIR/NN_pass.onnx")
     p.add_argument("--verify", action="store_true", help="check each pass numerically with onnxruntime")
     p.add_argument("--json", action="store_true", help="print the compile summary as JSON")
@@ -106,22 +107,10 @@ def _compile(args: argparse.Namespace) -> int:
     from bitc.compiler import compile as compile_model
     from bitc.console import CompileProgress
 
-    shapes = dict(_parse_shape(item) for item in args.input_shape)
     output = args.output or Path(Path(args.model).name).with_suffix(".bitc")
     with CompileProgress(enabled=not args.json) as progress:
         result = compile_model(
-            args.model,
-            output,
-            target=args.target,
-            passes=args.passes,
-            input_shapes=shapes or None,
-            tune_trials=args.tune_trials,
-            tuning_db=args.tuning_db,
-            use_tuning_db=not args.no_tuning_db,
-            dump_ir=args.dump_ir,
-            verify=args.verify,
-            on_pass=progress.on_pass,
-            on_tuning=progress.on_tuning,
+            args.model, output, **_compile_options(args), on_pass=progress.on_pass, on_tuning=progress.on_tuning
         )
     summary = {
         "artifact": str(result.path),
@@ -138,6 +127,25 @@ def _compile(args: argparse.Namespace) -> int:
 
         print_compile_summary(summary, verbose=args.verbose)
     return 0
+
+
+def _compile_options(args: argparse.Namespace) -> dict[str, Any]:
+    """bitc.toml (if given) overlaid with the flags that were given on the command line."""
+    from bitc.config import load_config
+
+    options = load_config(args.config) if args.config else {}
+    flags = {
+        "target": args.target,
+        "passes": args.passes,
+        "input_shapes": dict(_parse_shape(item) for item in args.input_shape) or None,
+        "tune_trials": args.tune_trials,
+        "tuning_db": args.tuning_db,
+        "use_tuning_db": False if args.no_tuning_db else None,
+        "dump_ir": args.dump_ir,
+        "verify": True if args.verify else None,
+    }
+    options.update({key: value for key, value in flags.items() if value is not None})
+    return options
 
 
 def _run(args: argparse.Namespace) -> int:

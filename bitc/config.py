@@ -1,0 +1,84 @@
+"""`bitc.toml`: compile options in a file, equivalent to the CLI flags (flags given on the command line win).
+
+    target = "cpu"
+    tune_trials = 0
+    verify = true
+    passes = ["fold_constants", "fold_batchnorm", "remove_unused"]   # or [[passes]] tables with options
+    [input_shapes]
+    image = [1, 3, 224, 224]
+
+`load_config(path)` returns keyword arguments for `bitc.compile`.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from bitc.errors import BadInputError, first_line
+
+# key → (expected type(s), keyword of bitc.compile)
+_SCALARS: dict[str, tuple[type | tuple[type, ...], str]] = {
+    "target": (str, "target"),
+    "tune_trials": (int, "tune_trials"),
+    "tuning_db": (str, "tuning_db"),
+    "use_tuning_db": (bool, "use_tuning_db"),
+    "dump_ir": (str, "dump_ir"),
+    "verify": (bool, "verify"),
+    "num_cores": (int, "num_cores"),
+}
+
+
+def load_config(path: str | os.PathLike) -> dict[str, Any]:
+    """Parse and validate a bitc.toml; relative paths in it are relative to the file's folder."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise BadInputError(f"{path}: no such config file") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError, OSError) as exc:
+        raise BadInputError(f"{path}: not a valid TOML file ({first_line(exc)})") from None
+    options: dict[str, Any] = {}
+    for key, value in data.items():
+        if key in _SCALARS:
+            expected, keyword = _SCALARS[key]
+            if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+                raise BadInputError(f"{path}: '{key}' must be {_type_name(expected)}, got {value!r}")
+            options[keyword] = str(path.parent / value) if key in ("tuning_db", "dump_ir") else value
+        elif key == "input_shapes":
+            options["input_shapes"] = _input_shapes(path, value)
+        elif key == "passes":
+            options["passes"] = _passes(path, value)
+        else:
+            known = sorted([*_SCALARS, "input_shapes", "passes"])
+            raise BadInputError(f"{path}: unknown key '{key}'; known keys: {', '.join(known)}")
+    return options
+
+
+def _input_shapes(path: Path, value: Any) -> dict[str, list[int]]:
+    if not isinstance(value, dict) or not all(
+        isinstance(dims, list) and dims and all(isinstance(d, int) and not isinstance(d, bool) for d in dims)
+        for dims in value.values()
+    ):
+        raise BadInputError(f"{path}: [input_shapes] maps input names to lists of integers, e.g. x = [1, 3, 224, 224]")
+    return {name: list(dims) for name, dims in value.items()}
+
+
+def _passes(path: Path, value: Any) -> list[Any]:
+    if not isinstance(value, list):
+        raise BadInputError(f"{path}: 'passes' must be a list of names or of {{name = ..., options = {{...}}}} tables")
+    specs: list[Any] = []
+    for item in value:
+        if isinstance(item, str):
+            specs.append(item)
+        elif isinstance(item, dict) and isinstance(item.get("name"), str) and set(item) <= {"name", "options"}:
+            specs.append((item["name"], dict(item.get("options", {}))))
+        else:
+            raise BadInputError(f"{path}: bad entry in 'passes': {item!r}")
+    return specs
+
+
+def _type_name(expected: type | tuple[type, ...]) -> str:
+    return {str: "a string", int: "an integer", bool: "true or false"}.get(expected, str(expected))  # type: ignore[call-overload]

@@ -97,6 +97,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true")
     p.set_defaults(handler=_inspect)
 
+    p = sub.add_parser("report", help="HTML report: latency per kernel, size, error and layers vs the source model")
+    p.add_argument("model", help="the source ONNX model")
+    p.add_argument("artifact", help="the .bitc artifact compiled from it")
+    p.add_argument("-o", "--output", default="report.html")
+    p.add_argument("--runs", type=int, default=20)
+    p.add_argument("-v", "--verbose", action="store_true")
+    p.set_defaults(handler=_report)
+
     p = sub.add_parser("passes", help="list the available passes")
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=_passes)
@@ -209,6 +217,16 @@ def _inspect(args: argparse.Namespace) -> int:
         from bitc.console import print_inspect
 
         print_inspect(info, verbose=args.verbose)
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from bitc.report import write_report
+
+    if args.runs < 1:
+        raise BadInputError("--runs must be >= 1")
+    path = write_report(args.model, args.artifact, args.output, runs=args.runs)
+    print(f"wrote {path}")
     return 0
 
 

@@ -112,3 +112,15 @@ def test_interrupted_compile_leaves_no_file(tmp_path, delay):
         import bitc as bitc_api
 
         assert bitc_api.load(tmp_path / "m.bitc").outputs[0].shape == (1, 10)
+
+
+def test_report_is_written_with_measurements(workdir):
+    assert bitc("compile", "m.onnx", "-o", "m.bitc", "--verify", cwd=workdir).returncode == 0
+    out = bitc("report", "m.onnx", "m.bitc", "-o", "out/report.html", "--runs", "3", cwd=workdir)
+    assert out.returncode == 0, out.stderr
+    page = (workdir / "out" / "report.html").read_text()
+    for section in ("Latency", "Error against onnxruntime", "Time per kernel", "Layers", "Passes"):
+        assert f"<h2>{section}" in page
+    assert "data:image/png;base64," in page  # charts
+    assert "fused_conv2d" in page  # a profiled kernel
+    assert "fold_batchnorm" in page

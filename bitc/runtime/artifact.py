@@ -46,11 +46,20 @@ def write_artifact(path: str | os.PathLike, manifest: Mapping[str, Any], members
                 _write_member(archive, name, data)
         with open(tmp_name, "rb+") as handle:
             os.fsync(handle.fileno())
+        os.chmod(tmp_name, default_file_mode())
         os.replace(tmp_name, path)
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
         raise
     return path
+
+
+def default_file_mode() -> int:
+    """What open() would give a new file (0o666 less the umask); mkstemp's 0o600 would hide artifacts from
+    the service account that deploys them."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 def _write_member(archive: zipfile.ZipFile, name: str, data: bytes) -> None:

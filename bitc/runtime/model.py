@@ -81,6 +81,10 @@ class Model:
             latencies.append(time.perf_counter() - start)
         return latencies
 
+    def set_instrument(self, callback: Any | None) -> None:
+        """Call `callback(func, symbol, before, ret, *args)` around every VM call (None removes it): profiling."""
+        self._vm["set_instrument"](callback)
+
     def random_inputs(self, seed: int = 0) -> dict[str, np.ndarray]:
         """Inputs of the right names, shapes and dtypes (normal floats, small non-negative integers)."""
         rng = np.random.default_rng(seed)

@@ -118,7 +118,12 @@ def _compile(args: argparse.Namespace) -> int:
     output = args.output or Path(Path(args.model).name).with_suffix(".bitc")
     with CompileProgress(enabled=not args.json) as progress:
         result = compile_model(
-            args.model, output, **_compile_options(args), on_pass=progress.on_pass, on_tuning=progress.on_tuning
+            args.model,
+            output,
+            **_compile_options(args),
+            on_pass=progress.on_pass,
+            on_tuning=progress.on_tuning,
+            on_stage=progress.on_stage,
         )
     summary = {
         "artifact": str(result.path),

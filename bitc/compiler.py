@@ -50,16 +50,20 @@ def compile(
     num_cores: int | None = None,
     on_pass: Callable[[PassRecord], None] | None = None,
     on_tuning: Callable[[int, int], None] | None = None,
+    on_stage: Callable[[str], None] | None = None,
 ) -> CompileResult:
     """Compile an ONNX file, an `onnx_ir.Model` or a torch `nn.Module` (with `example_inputs`) for `target`.
 
     Returns where the artifact went and its manifest. `output` defaults to the ONNX file's name with `.bitc`.
+    `on_pass`, `on_tuning(done, total)` and `on_stage(name)` report progress (the CLI draws it).
     """
+    stage = on_stage or (lambda _name: None)
     timings: dict[str, float] = {}
     cpu_target = parse_target(target, num_cores)
     if tune_trials < 0:
         raise BadInputError(f"--tune-trials must be >= 0, got {tune_trials}")
 
+    stage("loading")
     start = time.perf_counter()
     ir_model, source, source_sha = _load(model, input_shapes, example_inputs)
     output_path = _output_path(output, model)
@@ -67,6 +71,7 @@ def compile(
         static_shape(value)
     timings["frontend"] = time.perf_counter() - start
 
+    stage("passes")
     start = time.perf_counter()
     ir_model, records = run_pipeline(ir_model, passes, dump_dir=dump_ir, verify_numerics=verify, on_pass=on_pass)
     timings["passes"] = time.perf_counter() - start
@@ -77,6 +82,7 @@ def compile(
         use_database=use_tuning_db,
         on_progress=on_tuning,
     )
+    stage("tuning and building" if tune_trials else "building (TVM)")
     built = build(ir_model, cpu_target, tuning_options=options, source=source)
     timings["build"] = built.seconds
 
@@ -96,6 +102,7 @@ def compile(
         "layers": layers,
     }
     _reinstall_python_signal_handlers()
+    stage("writing")
     start = time.perf_counter()
     write_artifact(output_path, manifest, {LIBRARY_NAME: built.library})
     timings["write"] = time.perf_counter() - start

@@ -19,6 +19,7 @@ class CompileProgress:
         self.enabled = enabled and _err.is_terminal
         self._progress: Progress | None = None
         self._tuning_task: Any = None
+        self._stage_task: Any = None
 
     def __enter__(self) -> CompileProgress:
         if self.enabled:
@@ -38,9 +39,18 @@ class CompileProgress:
         if self._progress is not None:
             self._progress.stop()
 
+    def on_stage(self, name: str) -> None:
+        if self._progress is None:
+            return
+        if self._stage_task is None:
+            self._stage_task = self._progress.add_task(name, total=None)
+        self._progress.update(self._stage_task, description=name)
+
     def on_pass(self, record: Any) -> None:
         if self._progress is not None:
-            self._progress.console.log(f"pass {record.name}: {record.nodes_before} → {record.nodes_after} nodes")
+            self._progress.console.print(
+                f"pass {record.name}: {record.nodes_before} → {record.nodes_after} nodes", style="dim", highlight=False
+            )
 
     def on_tuning(self, done: int, total: int) -> None:
         if self._progress is None:

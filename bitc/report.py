@@ -7,14 +7,13 @@ import base64
 import html
 import io
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from bitc.atomic import atomic_output
 from bitc.errors import BadInputError
-from bitc.runtime.artifact import default_file_mode
 
 
 def build_report(onnx_path: str | Path, artifact_path: str | Path, *, runs: int = 20) -> str:
@@ -44,18 +43,9 @@ def build_report(onnx_path: str | Path, artifact_path: str | Path, *, runs: int 
 def write_report(onnx_path: str | Path, artifact_path: str | Path, output: str | Path, *, runs: int = 20) -> Path:
     """Build the report and write it atomically."""
     page = build_report(onnx_path, artifact_path, runs=runs)
-    output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{output.name}.", dir=output.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(page)
-        os.chmod(tmp, default_file_mode())
-        os.replace(tmp, output)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return output
+    with atomic_output(output) as handle:
+        handle.write(page.encode("utf-8"))
+    return Path(output)
 
 
 def _error_row(name: str, got: np.ndarray, expected: np.ndarray) -> dict[str, Any]:

@@ -10,12 +10,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from bitc.atomic import atomic_output
 from bitc.errors import BadInputError
 
 FORMAT = "bitc-artifact"
@@ -30,36 +30,18 @@ def sha256_hex(data: bytes) -> str:
 
 
 def write_artifact(path: str | os.PathLike, manifest: Mapping[str, Any], members: Mapping[str, bytes]) -> Path:
-    """Write the artifact atomically: a temp file in the target folder, fsync, then rename over `path`."""
+    """Write the artifact atomically (see `bitc.atomic`): never a partial file at `path`."""
     path = Path(path)
     manifest = dict(manifest)
     manifest["members"] = {
         name: {"sha256": sha256_hex(data), "size": len(data)} for name, data in sorted(members.items())
     }
     manifest_bytes = json.dumps(manifest, indent=2, sort_keys=True).encode() + b"\n"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as raw, zipfile.ZipFile(raw, "w") as archive:
-            _write_member(archive, MANIFEST_NAME, manifest_bytes)
-            for name, data in sorted(members.items()):
-                _write_member(archive, name, data)
-        with open(tmp_name, "rb+") as handle:
-            os.fsync(handle.fileno())
-        os.chmod(tmp_name, default_file_mode())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    with atomic_output(path) as raw, zipfile.ZipFile(raw, "w") as archive:
+        _write_member(archive, MANIFEST_NAME, manifest_bytes)
+        for name, data in sorted(members.items()):
+            _write_member(archive, name, data)
     return path
-
-
-def default_file_mode() -> int:
-    """What open() would give a new file (0o666 less the umask); mkstemp's 0o600 would hide artifacts from
-    the service account that deploys them."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
 
 
 def _write_member(archive: zipfile.ZipFile, name: str, data: bytes) -> None:

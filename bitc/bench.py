@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from bitc.errors import BadInputError, BitcError
+from bitc.runtime.hostcpu import physical_cores
 
 
 def summarize(latencies: Sequence[float]) -> dict[str, float]:
@@ -51,7 +52,7 @@ def bench_artifact(
     """One row per thread count: bitc's latency, and onnxruntime's and the speed ratio when `onnx_path` is set."""
     rows = []
     for count in threads:
-        n = count or os.cpu_count() or 1
+        n = count or physical_cores()
         if n < 1:
             raise BadInputError(f"thread counts must be >= 1, got {count}")
         row: dict[str, Any] = {"threads": n, "runs": runs}

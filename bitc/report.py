@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import html
 import io
-import os
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,7 @@ def build_report(onnx_path: str | Path, artifact_path: str | Path, *, runs: int 
     """Measure and render the report as an HTML string."""
     from bitc.bench import measure_in_subprocess, onnxruntime_session
     from bitc.runtime import load
+    from bitc.runtime.hostcpu import physical_cores
     from bitc.runtime.profile import profile_kernels
 
     onnx_path, artifact_path = Path(onnx_path), Path(artifact_path)
@@ -28,10 +28,10 @@ def build_report(onnx_path: str | Path, artifact_path: str | Path, *, runs: int 
     model = load(artifact_path)
     inputs = model.random_inputs(seed=0)
     got = model.run(inputs)
-    session = onnxruntime_session(str(onnx_path), os.cpu_count() or 1)
+    session = onnxruntime_session(str(onnx_path), physical_cores())
     expected = session.run(None, inputs)
     errors = [_error_row(name, g, e) for (name, g), e in zip(got.items(), expected, strict=True)]
-    threads = os.cpu_count() or 1
+    threads = physical_cores()
     latency = {
         engine: measure_in_subprocess(engine, str(path), str(artifact_path), threads, runs, 3)
         for engine, path in (("bitc", artifact_path), ("onnxruntime", onnx_path))

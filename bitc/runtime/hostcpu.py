@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import platform
 from pathlib import Path
 
@@ -25,6 +26,30 @@ def host_cpu_flags() -> frozenset[str]:
         if line.startswith("flags"):
             return frozenset(line.split(":", 1)[1].split()) & frozenset(ISA_FLAGS)
     return frozenset()
+
+
+@functools.cache
+def physical_cores() -> int:
+    """Cores this process may run on, counting SMT siblings once (compute-bound kernels gain nothing from a
+    core's second hardware thread); falls back to the logical count where /proc/cpuinfo says nothing."""
+    allowed = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set(range(os.cpu_count() or 1))
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return max(1, len(allowed))
+    cores = set()
+    for block in text.strip().split("\n\n"):
+        fields = dict(line.split(":", 1) for line in block.splitlines() if ":" in line)
+        fields = {k.strip(): v.strip() for k, v in fields.items()}
+        if fields.get("processor", "").isdigit() and int(fields["processor"]) in allowed:
+            cores.add(
+                (
+                    fields.get("physical id"),
+                    fields.get("core id"),
+                    fields["processor"] if "core id" not in fields else None,
+                )
+            )
+    return max(1, len(cores) or len(allowed))
 
 
 def host_arch() -> str:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from bitc.errors import BadInputError, BitcError
+from bitc.runtime.hostcpu import physical_cores
 
 DL_CPU = 1
 _POOLED_ALLOCATOR = 2
@@ -41,10 +42,10 @@ def ffi() -> Any:
     """The tvm_ffi module with libtvm_runtime.so loaded (global symbols, as TVM-built libraries expect).
 
     TVM sizes its worker pool once, from TVM_NUM_THREADS, when the pool starts; unset, it takes half the
-    hardware threads (1 on a 2-core machine), so bitc defaults it to every core.
+    hardware threads (1 on a 2-core machine without SMT), so bitc defaults it to every physical core.
     """
     os.environ.setdefault("TVM_FFI_DISABLE_TORCH_C_DLPACK", "1")
-    os.environ.setdefault("TVM_NUM_THREADS", str(os.cpu_count() or 1))
+    os.environ.setdefault("TVM_NUM_THREADS", str(physical_cores()))
     with _without_torch():
         try:
             import tvm_ffi

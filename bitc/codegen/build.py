@@ -11,7 +11,7 @@ from typing import Any
 
 import onnx_ir as ir
 
-from bitc.codegen import nchwc, tuning
+from bitc.codegen import fast_math, nchwc, tuning
 from bitc.codegen.cpu_schedules import default_schedule_pass
 from bitc.codegen.relax_import import to_relax
 from bitc.codegen.target import CpuTarget
@@ -39,13 +39,18 @@ def lower_to_fused_tir(mod: Any, target: CpuTarget) -> Any:
                 relax.transform.DecomposeOpsForInference(),
                 relax.transform.CanonicalizeBindings(),
                 relax.transform.FoldConstant(),
-                relax.transform.LegalizeOps(customize_legalize_map={"relax.nn.conv2d": nchwc.legalize_conv2d}),
+                relax.transform.LegalizeOps(customize_legalize_map=_legalize_map()),
                 relax.transform.AnnotateTIROpPattern(),
                 relax.transform.FoldConstant(),
                 relax.transform.FuseOps(),
                 relax.transform.FuseTIR(),
             ]
         )(mod)
+
+
+def _legalize_map() -> dict[str, Any]:
+    """Our TE computes where TVM's legalization is missing (blocked conv) or slow on CPUs (exp, erf, softmax)."""
+    return {**fast_math.legalize_map(), "relax.nn.conv2d": nchwc.legalize_conv2d}
 
 
 def build(
@@ -66,7 +71,7 @@ def build(
         mod, tuning_report = tuning.apply(mod, target, tuning_options)
         with target.tvm():
             mod = default_schedule_pass(target.num_cores, target.vector_lanes)(mod)
-        executable = tvm.compile(mod, target=target.tvm())
+        executable = tvm.compile(mod, target=target.tvm(reassociate=True))
     except BitcError:
         raise
     except Exception as exc:

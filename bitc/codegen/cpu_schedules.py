@@ -74,30 +74,42 @@ def schedule_anchor(func: Any, num_cores: int, vector_lanes: int) -> Any | None:
     is_conv = name.startswith("conv2d_NCHWc")
     is_depthwise = name.startswith("dwconv2d_NCHWc")
     lanes = vector_lanes if extents[-1] % vector_lanes == 0 else 8
-    vectors = 1
-    if not (is_conv or is_depthwise):  # matmul: several vectors along N per register tile
-        vectors = 4 if extents[-1] % (4 * lanes) == 0 else 2 if extents[-1] % (2 * lanes) == 0 else 1
+    is_gemv = not (is_conv or is_depthwise) and extents[-2] == 1
+    if is_gemv:  # M = 1: a wide strip of accumulators in L1, so B streams row by row (not in strided columns)
+        vectors = _gemv_vectors(extents[-1] // lanes, num_cores)
+    else:
+        vectors = 1 if is_conv or is_depthwise else _matmul_vectors(extents[-1] // lanes)
     vec_outer, vec_inner = sch.split(spatial[-1], [None, lanes * vectors])
-    register_cap = 8 if is_depthwise else {1: 14, 2: 6, 4: 4}[vectors]
+    register_cap = 7 if is_depthwise else 14 if vectors == 1 else 6 if vectors == 2 else 4
     rows = _largest_divisor(extents[-2], register_cap)
     if rows < 4 < extents[-2]:
         rows = _largest_divisor(extents[-2], 16)
     row_outer, row_inner = sch.split(spatial[-2], [None, rows])
     outer = spatial[:-2]
-    sch.reorder(*outer, row_outer, vec_outer, *reduce, row_inner, vec_inner)
+    # matmul: column tiles outside row tiles, so a K × (vector tile) panel of B stays in L2 while all rows pass
+    # (B re-read per row tile would move cols/rows = 16× more data; that limited two-thread scaling)
+    tiles = [row_outer, vec_outer] if is_conv or is_depthwise else [vec_outer, row_outer]
+    sch.reorder(*outer, *tiles, *reduce, row_inner, vec_inner)
+    if is_depthwise and outer:  # serial column tiles keep the padding conditions simple for LLVM
+        parallel, tile = sch.fuse(*outer), tiles[-1]
+    else:  # column tiles in parallel too: a GEMV (M = 1) has a single row tile
+        parallel = tile = sch.fuse(*outer, *tiles)
 
     accumulator = sch.cache_write(block, 0, "local")
     consumers = sch.get_consumers(accumulator)
     while len(consumers) == 1 and _try(sch.reverse_compute_inline, consumers[0], ok=True):
         consumers = sch.get_consumers(accumulator)
-    sch.reverse_compute_at(accumulator, vec_outer)
-    for producer in sch.get_producers(block):  # padding: its own parallel loop (inlining adds branches)
-        _try(_parallel_vectorized, sch, producer, lanes)
-
-    sch.parallel(sch.fuse(*outer, row_outer) if outer else row_outer)
+    sch.reverse_compute_at(accumulator, tile)
+    for producer in sch.get_producers(block):
+        if is_depthwise:  # 9 loads per FMA-tap: a padded copy costs more memory traffic than the branches
+            _try(sch.compute_inline, producer, ok=True)
+        else:  # padding: its own parallel loop (inlining puts branches in the inner loop)
+            _try(_parallel_vectorized, sch, producer, lanes)
+    sch.parallel(parallel)
     sch.unroll(row_inner)
     lane_outer, lane_inner = sch.split(vec_inner, [None, lanes])
-    sch.unroll(lane_outer)
+    if not is_gemv:
+        sch.unroll(lane_outer)
     sch.vectorize(lane_inner)
     init = sch.decompose_reduction(block, reduce[0])
     init_loops = sch.get_loops(init)
@@ -107,7 +119,8 @@ def schedule_anchor(func: Any, num_cores: int, vector_lanes: int) -> Any | None:
     _, write_inner = sch.split(write_loops[-1], [None, lanes])
     sch.vectorize(write_inner)
     if is_depthwise:
-        sch.unroll(reduce[-1])
+        for loop in reduce:
+            sch.unroll(loop)
     return sch.mod["main"]
 
 
@@ -160,8 +173,9 @@ def parallelize_outer_loops(func: Any, num_cores: int) -> Any | None:
 
 
 def _parallel_vectorized(sch: Any, block: Any, lanes: int) -> None:
+    """All loops but the innermost in parallel (an image's 3 channels alone would split 2:1 over 2 cores)."""
     loops = sch.get_loops(block)
-    sch.parallel(sch.fuse(*loops[:2]) if len(loops) >= 2 else loops[0])
+    sch.parallel(sch.fuse(*loops[:-1]) if len(loops) > 2 else loops[0])
     if len(loops) > 2 and int(sch.get(loops[-1]).extent) % lanes == 0:
         sch.vectorize(loops[-1])
 
@@ -193,6 +207,19 @@ def _is_primfunc(func: Any) -> bool:
 
 def _is_unscheduled_primfunc(func: Any) -> bool:
     return _is_primfunc(func) and not (func.attrs is not None and func.attrs.get(_SCHEDULED, False))
+
+
+def _matmul_vectors(blocks: int) -> int:
+    """Vectors per register-tile row for a matmul with `blocks` vectors along N: more columns per row halves the
+    broadcasts per FMA; 5 covers N = 1000 (a classifier) in ymm vectors."""
+    return next(v for v in (4, 5, 3, 2, 1) if blocks % v == 0)
+
+
+def _gemv_vectors(blocks: int, num_cores: int, cap: int = 256) -> int:
+    """Vectors per GEMV strip: the row split into the fewest strips that give every core one and keep a strip's
+    accumulators (a stack buffer) within `cap` vectors."""
+    strips = next(d for d in range(min(num_cores, blocks), blocks + 1) if blocks % d == 0 and blocks // d <= cap)
+    return blocks // strips
 
 
 def _largest_divisor(n: int, cap: int) -> int:

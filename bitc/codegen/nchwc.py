@@ -3,7 +3,7 @@
 With 16 channels innermost, a conv's inner loop is one 512-bit FMA per input channel and tap; ConvertLayout
 propagates the layout through elementwise ops so transforms only appear at the model's boundaries, and
 FoldConstant pre-blocks the weights at compile time. TVM has no legalization for conv2d in a blocked layout,
-so this module provides the TE compute (regular and depthwise).
+so this module provides the TE compute (regular, depthwise, and plain-NCHW input with blocked output for stems).
 """
 
 from __future__ import annotations
@@ -14,10 +14,114 @@ BLOCK = 16
 
 
 def convert_conv_layout(mod: Any, block: int = BLOCK) -> Any:
-    """conv2d NCHW/OIHW → NCHW{b}c/OIHW{b}i{b}o (TVM skips grouped convs and channel counts not divisible by b)."""
+    """conv2d NCHW/OIHW → blocked layouts chosen per conv (see `conv_layouts`); ConvertLayout carries them through
+    the elementwise ops in between, so layout transforms only remain where a conv has no blocked form."""
     from tvm import relax
 
-    return relax.transform.ConvertLayout({"relax.nn.conv2d": [f"NCHW{block}c", f"OIHW{block}i{block}o"]})(mod)
+    mod = clip_to_relax_ops(mod)
+    return relax.transform.ConvertLayout({}, layout_cb=lambda call: conv_layouts(call, block))(mod)
+
+
+def clip_to_relax_ops(mod: Any) -> Any:
+    """Turn the ONNX importer's Clip (`call_tir` of a TE max/min against a scalar) into relax maximum/minimum.
+
+    ConvertLayout cannot see into `call_tir`, so every ReLU6 would otherwise go back to NCHW and forth again
+    (two layout transforms per activation in MobileNet); relax ops keep the blocked layout and fuse into the conv.
+    """
+    from tvm import relax
+
+    @relax.expr_functor.mutator
+    class ClipRewriter(relax.PyExprMutator):
+        def visit_call_(self, call: Any) -> Any:
+            call = self.visit_expr_post_order(call)
+            rewritten = _clip_as_relax_op(self.builder_.get(), call)
+            return call if rewritten is None else rewritten
+
+    rewriter = ClipRewriter(mod)
+    for gvar, func in list(mod.functions.items()):
+        if isinstance(func, relax.Function):
+            rewriter.builder_.update_func(gvar, rewriter.visit_expr(func))
+    return relax.transform.DeadCodeElimination()(rewriter.builder_.get())
+
+
+def _clip_as_relax_op(mod: Any, call: Any) -> Any | None:
+    """relax.maximum/minimum(x, bound) for a call_tir of an elementwise max/min with a 0-d or constant bound."""
+    import tvm
+    from tvm import relax, tirx
+
+    if not (isinstance(call.op, tvm.ir.Op) and call.op.name == "relax.call_tir") or len(call.args) < 2:
+        return None
+    callee, args = call.args[0], list(call.args[1].fields) if isinstance(call.args[1], relax.Tuple) else []
+    func = mod.functions.get(callee) if isinstance(callee, relax.GlobalVar) else None
+    store = _single_store(func) if isinstance(func, tirx.PrimFunc) and len(func.params) == len(args) + 1 else None
+    if store is None or not isinstance(store.value, tirx.Max | tirx.Min) or not args:
+        return None
+    load, bound = store.value.a, store.value.b
+    elementwise = len(load.indices) == len(store.indices) and all(
+        i.same_as(j) for i, j in zip(load.indices, store.indices, strict=True)
+    )
+    if not (elementwise and load.source.same_as(func.params[0]) and store.buffer.same_as(func.params[-1])):
+        return None
+    dtype = str(args[0].ty.dtype)
+    if isinstance(bound, tirx.FloatImm | tirx.IntImm) and len(args) == 1:
+        bound_expr = relax.const(bound.value, dtype)
+    elif len(args) == 2 and not bound.indices and bound.source.same_as(func.params[1]):
+        bound_expr = args[1]
+    else:
+        return None
+    op = relax.op.maximum if isinstance(store.value, tirx.Max) else relax.op.minimum
+    return op(args[0], bound_expr)
+
+
+def _single_store(func: Any) -> Any | None:
+    """The store of a PrimFunc made of exactly one block (a TE elementwise op), else None."""
+    import tvm
+    from tvm import tirx
+    from tvm.s_tir import Schedule
+
+    try:
+        sch = Schedule(tvm.IRModule({"main": func}))
+        blocks = sch.get_child_blocks(sch.get_sblock("root"))
+    except Exception:
+        return None
+    body = sch.get(blocks[0]).body if len(blocks) == 1 else None
+    return body if isinstance(body, tirx.BufferStore) else None
+
+
+def conv_layouts(call: Any, block: int = BLOCK) -> dict[str, list[str]]:
+    """Desired [data, kernel, output] layouts for one call (ConvertLayout's per-call hook; non-convs get none).
+
+    TVM's single desired layout (OIHW16i16o) cannot block depthwise kernels (I = 1) or channel counts that 16 does
+    not divide, so each conv gets its own: the widest block in {block, 8} that divides each channel count (24
+    channels become NCHW8c, so tensors shared by several convs get one layout and no transforms between them),
+    OIHW1i{b}o for depthwise, and plain NCHW data with a blocked output for inputs with few channels (the stem)."""
+    import tvm
+
+    if not (isinstance(call.op, tvm.ir.Op) and call.op.name == "relax.nn.conv2d"):
+        return {}
+    attrs = call.attrs
+    unchanged = {"relax.nn.conv2d": [str(attrs.data_layout), str(attrs.kernel_layout), str(attrs.out_layout)]}
+    shape = call.args[1].ty.shape
+    if attrs.data_layout != "NCHW" or attrs.kernel_layout != "OIHW" or shape is None:
+        return unchanged
+    out_channels, group_channels = int(shape[0]), int(shape[1])
+    groups = int(attrs.groups)
+    out_block = _channel_block(out_channels, block)
+    if out_block is None:
+        return {"relax.nn.conv2d": ["NCHW", "OIHW", "NCHW"]}
+    if groups > 1:
+        if group_channels != 1 or groups != out_channels:  # grouped but not depthwise: no blocked compute
+            return {"relax.nn.conv2d": ["NCHW", "OIHW", "NCHW"]}
+        return {"relax.nn.conv2d": [f"NCHW{out_block}c", f"OIHW1i{out_block}o", f"NCHW{out_block}c"]}
+    in_block = _channel_block(group_channels, block)
+    if in_block is None:
+        return {"relax.nn.conv2d": ["NCHW", f"OIHW{out_block}o", f"NCHW{out_block}c"]}
+    return {"relax.nn.conv2d": [f"NCHW{in_block}c", f"OIHW{in_block}i{out_block}o", f"NCHW{out_block}c"]}
+
+
+def _channel_block(channels: int, block: int) -> int | None:
+    """The vector block for a channel count: a full register if it divides, else half of one (AVX2 width)."""
+    return next((b for b in (block, 8) if b <= block and channels % b == 0), None)
 
 
 def legalize_conv2d(bb: Any, call: Any) -> Any:
@@ -42,23 +146,39 @@ def legalize_conv2d(bb: Any, call: Any) -> Any:
 
 
 def conv2d_nchwc(data: Any, kernel: Any, strides: Any, padding: Any, dilation: Any, groups: int, out_dtype: str) -> Any:
-    """data (N, C/b, H, W, b) ⊛ kernel (O/b, I/b, KH, KW, b, b) → (N, O/b, OH, OW, b); depthwise when groups > 1."""
+    """data (N, C/b, H, W, b) ⊛ kernel (O/b', I/b, KH, KW, b, b') → (N, O/b', OH, OW, b'); depthwise when groups > 1;
+    plain NCHW data (a stem with 3 channels) with kernel (O/b', I, KH, KW, b')."""
     from tvm import te, topi
 
-    _, in_blocks, height, width, _ = (int(x) for x in data.shape)
-    out_blocks, _, kh_size, kw_size, _, out_lanes = (int(x) for x in kernel.shape)
+    plain = len(data.shape) == 4
+    height, width = (int(x) for x in data.shape[2:4])
+    out_blocks, kh_size, kw_size, out_lanes = (int(kernel.shape[i]) for i in (0, 2, 3, -1))
     pad_top, pad_left, pad_bottom, pad_right = (int(p) for p in padding)
     stride_h, stride_w = (int(s) for s in strides)
     dil_h, dil_w = (int(d) for d in dilation)
     out_h = (height + pad_top + pad_bottom - (kh_size - 1) * dil_h - 1) // stride_h + 1
     out_w = (width + pad_left + pad_right - (kw_size - 1) * dil_w - 1) // stride_w + 1
     if pad_top or pad_left or pad_bottom or pad_right:
-        data = topi.nn.pad(data, [0, 0, pad_top, pad_left, 0], [0, 0, pad_bottom, pad_right, 0], name="data_pad")
+        tail = [] if plain else [0]
+        data = topi.nn.pad(
+            data, [0, 0, pad_top, pad_left, *tail], [0, 0, pad_bottom, pad_right, *tail], name="data_pad"
+        )
     kh = te.reduce_axis((0, kh_size), "kh")
     kw = te.reduce_axis((0, kw_size), "kw")
     shape = (int(data.shape[0]), out_blocks, out_h, out_w, out_lanes)
+    if plain:
+        ic = te.reduce_axis((0, int(data.shape[1])), "ic")
+        return te.compute(
+            shape,
+            lambda n, oc, oh, ow, oci: te.sum(
+                data[n, ic, oh * stride_h + kh * dil_h, ow * stride_w + kw * dil_w].astype(out_dtype)
+                * kernel[oc, ic, kh, kw, oci].astype(out_dtype),
+                axis=[ic, kh, kw],
+            ),
+            name="conv2d_NCHWc",
+        )
     if groups == 1:
-        ico = te.reduce_axis((0, in_blocks), "ico")
+        ico = te.reduce_axis((0, int(data.shape[1])), "ico")
         ici = te.reduce_axis((0, int(data.shape[4])), "ici")
         return te.compute(
             shape,

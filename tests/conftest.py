@@ -10,6 +10,16 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+# Lines that tests want in the run's closing summary (the fuzzers' case counts), shown without `pytest -s`.
+SUMMARY_LINES: list[str] = []
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    if SUMMARY_LINES:
+        terminalreporter.write_sep("-", "fuzzing")
+        for line in SUMMARY_LINES:
+            terminalreporter.write_line(line)
+
 
 @pytest.fixture(autouse=True)
 def _private_tuning_db(tmp_path_factory, monkeypatch):

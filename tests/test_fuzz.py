@@ -1,7 +1,7 @@
 """Property-based fuzzing of the frontend and the pass pipeline: mutated valid models must load and pass cleanly
 or fail with a one-line BitcError, never another exception.
 
-Deterministic (derandomize=True, no example database) so CI sees the same cases every run. `pytest -s` prints
+Deterministic (derandomize=True, no example database) so CI sees the same cases every run. The run summary prints
 how many cases each fuzzer ran and how they ended.
 """
 
@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from conftest import make_conv_bn_model
+from conftest import SUMMARY_LINES, make_conv_bn_model
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
@@ -367,7 +367,7 @@ def load_and_run_passes(path: Path) -> str:
 
 def _report(name: str, outcomes: collections.Counter, expected: int) -> None:
     total = sum(outcomes.values())
-    print(f"\n{name}: {total} cases: {dict(outcomes)}")
+    SUMMARY_LINES.append(f"{name}: {total} cases: {dict(outcomes)}")
     assert total >= expected, f"{name} ran only {total} cases: {dict(outcomes)}"
 
 

@@ -98,6 +98,7 @@ def compile(
         "versions": _versions(ir_model),
         "passes": [r.to_json(timing=False) for r in records],
         "tuning": built.tuning,
+        "codegen": {"conv_layout": built.conv_layout},
         "stats": {"nodes": len(ir_model.graph), "parameters": _parameter_count(ir_model), **summarize_layers(layers)},
         "layers": layers,
     }

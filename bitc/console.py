@@ -107,6 +107,7 @@ def print_inspect(info: dict[str, Any], verbose: bool = False) -> None:
         _out.print(f"versions: {', '.join(f'{k} {v}' for k, v in m['versions'].items())}")
         _print_values(m["inputs"], m["outputs"])
         _out.print(f"passes: {', '.join(p['name'] for p in m['passes'])}")
+        _out.print(f"conv layout: {m.get('codegen', {}).get('conv_layout', '?')}")
         for name, meta in m["members"].items():
             _out.print(f"member {name}: {meta['size']} bytes sha256 {meta['sha256'][:16]}…")
         if m.get("layers"):

@@ -41,6 +41,7 @@ def test_manifest_describes_the_artifact(compiled):
     assert manifest["target"]["kind"] == "llvm" and manifest["target"]["mcpu"]
     assert {"bitc", "apache-tvm", "onnx", "onnx-ir", "opsets"} <= set(manifest["versions"])
     assert [p["name"] for p in manifest["passes"]] == list(bitc.passes.DEFAULT_PIPELINE)
+    assert manifest["codegen"] == {"conv_layout": "blocked"}
     with zipfile.ZipFile(result.path) as archive:
         stored = json.loads(archive.read(MANIFEST_NAME))
         library = archive.read(LIBRARY_NAME)

@@ -25,6 +25,7 @@ LIGHT_RUN = {"light_squeezenet.onnx", "light_shufflenet.onnx", "light_bvlc_alexn
 
 def _compile_and_compare(path: Path, out: Path, inputs: dict[str, np.ndarray], **kwargs) -> list[np.ndarray]:
     result = bitc.compile(path, out, **kwargs)
+    assert result.manifest["codegen"]["conv_layout"] == "blocked"  # the fast conv path, not the NCHW fallback
     return _compare(bitc.load(result.path), path, inputs)
 
 

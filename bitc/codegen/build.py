@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -23,18 +22,24 @@ class BuildResult:
     library: bytes
     seconds: float
     tuning: dict[str, Any] = field(default_factory=dict)
+    conv_layout: str = "blocked"
 
 
-def lower_to_fused_tir(mod: Any, target: CpuTarget) -> Any:
-    """Blocked conv layout, legalisation to TIR and operator fusion: the form tuning and scheduling work on."""
+def lower_to_fused_tir(mod: Any, target: CpuTarget) -> tuple[Any, str]:
+    """Blocked conv layout, legalisation to TIR and operator fusion: the form tuning and scheduling work on.
+
+    Returns the module and the conv layout used: "blocked", or "NCHW" with the reason where TVM's layout
+    inference refused the graph (e.g. 5-D BatchNorm) — that still compiles, with slower convs.
+    """
     import tvm
     from tvm import relax
 
     with target.tvm():
-        # TVM's layout inference refuses some graphs (e.g. 5-D BatchNorm); those compile in plain NCHW.
-        with contextlib.suppress(Exception):
-            mod = nchwc.convert_conv_layout(mod, block=target.vector_lanes)
-        return tvm.transform.Sequential(
+        try:
+            mod, conv_layout = nchwc.convert_conv_layout(mod, block=target.vector_lanes), "blocked"
+        except Exception as exc:
+            conv_layout = f"NCHW (layout conversion refused: {first_line(exc, 160)})"
+        lowered = tvm.transform.Sequential(
             [
                 relax.transform.DecomposeOpsForInference(),
                 relax.transform.CanonicalizeBindings(),
@@ -46,6 +51,7 @@ def lower_to_fused_tir(mod: Any, target: CpuTarget) -> Any:
                 relax.transform.FuseTIR(),
             ]
         )(mod)
+    return lowered, conv_layout
 
 
 def _legalize_map() -> dict[str, Any]:
@@ -67,7 +73,7 @@ def build(
     tuning_options = tuning_options or tuning.TuningOptions()
     mod = to_relax(model, source)
     try:
-        mod = lower_to_fused_tir(mod, target)
+        mod, conv_layout = lower_to_fused_tir(mod, target)
         mod, tuning_report = tuning.apply(mod, target, tuning_options)
         with target.tvm():
             mod = default_schedule_pass(target.num_cores, target.vector_lanes)(mod)
@@ -80,4 +86,5 @@ def build(
         lib_path = Path(tmp) / "model.so"
         executable.export_library(str(lib_path))
         library = lib_path.read_bytes()
-    return BuildResult(library=library, seconds=time.perf_counter() - start, tuning=tuning_report)
+    seconds = time.perf_counter() - start
+    return BuildResult(library=library, seconds=seconds, tuning=tuning_report, conv_layout=conv_layout)

@@ -42,7 +42,8 @@ class TuningOptions:
 
 def apply(mod: Any, target: Any, options: TuningOptions) -> tuple[Any, dict[str, Any]]:
     """Tune first if asked, then use the database's record for a function only where it measures faster than
-    the default schedule (a short tuning run easily finds something worse than a hand-written schedule)."""
+    the default schedule (a short tuning run easily finds something worse than a hand-written schedule).
+    With a database, the returned module is already default-scheduled wherever no tuned record won."""
     report: dict[str, Any] = {"trials": options.trials}
     if options.trials > 0:
         report.update(tune(mod, target, options))
@@ -62,10 +63,10 @@ def apply(mod: Any, target: Any, options: TuningOptions) -> tuple[Any, dict[str,
     for gvar, func in tuned.functions.items():
         fresh = _is_scheduled(func) and not _is_scheduled(mod[gvar])
         if fresh and _seconds(func, target) < _seconds(default[gvar], target):
-            mod[gvar] = func
+            default[gvar] = func
             kept += 1
     report["tuned_functions"] = kept
-    return mod, report
+    return default, report
 
 
 def _is_scheduled(func: Any) -> bool:

@@ -8,22 +8,13 @@ import numpy as np
 import onnx_ir as ir
 
 from bitc.errors import BadInputError
+from bitc.runtime.model import random_array
 
 
 def random_feeds(model: ir.Model, seed: int = 0) -> dict[str, np.ndarray]:
     """Seeded random inputs for every graph input: normal floats, small non-negative integers, random bools."""
     rng = np.random.default_rng(seed)
-    feeds = {}
-    for value in model.graph.inputs:
-        shape = static_shape(value)
-        dtype = value.dtype.numpy()
-        if np.issubdtype(dtype, np.floating):
-            feeds[value.name] = rng.standard_normal(shape).astype(dtype)
-        elif dtype == np.bool_:
-            feeds[value.name] = rng.integers(0, 2, shape).astype(np.bool_)
-        else:
-            feeds[value.name] = rng.integers(0, 2, shape).astype(dtype)
-    return feeds
+    return {v.name: random_array(rng, static_shape(v), v.dtype.numpy()) for v in model.graph.inputs}
 
 
 def static_shape(value: ir.Value) -> tuple[int, ...]:

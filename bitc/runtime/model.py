@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -71,15 +70,10 @@ class Model:
 
     def benchmark(self, inputs: Mapping[str, np.ndarray], *, warmup: int = 3, runs: int = 20) -> list[float]:
         """Latencies in seconds of `runs` calls after `warmup` calls, with inputs prepared once."""
+        from bitc.bench import time_calls
+
         tensors = self._prepare(inputs)
-        for _ in range(warmup):
-            self._main(*tensors)
-        latencies = []
-        for _ in range(runs):
-            start = time.perf_counter()
-            self._main(*tensors)
-            latencies.append(time.perf_counter() - start)
-        return latencies
+        return time_calls(lambda: self._main(*tensors), runs=runs, warmup=warmup)
 
     def set_instrument(self, callback: Any | None) -> None:
         """Call `callback(func, symbol, before, ret, *args)` around every VM call (None removes it): profiling."""
@@ -88,15 +82,7 @@ class Model:
     def random_inputs(self, seed: int = 0) -> dict[str, np.ndarray]:
         """Inputs of the right names, shapes and dtypes (normal floats, small non-negative integers)."""
         rng = np.random.default_rng(seed)
-        arrays = {}
-        for spec in self.inputs:
-            if np.issubdtype(np.dtype(spec.dtype), np.floating):
-                arrays[spec.name] = rng.standard_normal(spec.shape).astype(spec.dtype)
-            elif spec.dtype == "bool":
-                arrays[spec.name] = rng.integers(0, 2, spec.shape).astype(bool)
-            else:
-                arrays[spec.name] = rng.integers(0, 2, spec.shape).astype(spec.dtype)
-        return arrays
+        return {spec.name: random_array(rng, spec.shape, spec.dtype) for spec in self.inputs}
 
     def _prepare(self, inputs: Mapping[str, np.ndarray]) -> list[Any]:
         expected = [spec.name for spec in self.inputs]
@@ -140,6 +126,13 @@ def _open_vm(path: Any, library: bytes, entry: Any) -> tuple[Any, Any]:
         raise type(exc)(f"{path}: {exc}") from None
     except Exception as exc:  # the FFI raises AttributeError/RuntimeError subclasses with C++ text
         raise BadInputError(f"{path}: the library is not a runnable bitc model ({first_line(exc)})") from None
+
+
+def random_array(rng: np.random.Generator, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+    """Normal floats, or 0/1 for integers and bools: valid for token ids, masks and indices alike."""
+    if np.issubdtype(np.dtype(dtype), np.floating):
+        return rng.standard_normal(shape).astype(dtype)
+    return rng.integers(0, 2, shape).astype(dtype)
 
 
 def _checked(spec: TensorSpec, value: Any) -> np.ndarray:

@@ -71,7 +71,7 @@ def build(
 
     start = time.perf_counter()
     tuning_options = tuning_options or tuning.TuningOptions()
-    mod = to_relax(model, source)
+    mod = to_relax(model, source, lanes=target.vector_lanes)
     try:
         mod, conv_layout = lower_to_fused_tir(mod, target)
         mod, tuning_report = tuning.apply(mod, target, tuning_options)

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from bitc.codegen import binary_schedules
+
 _SCHEDULED = "tirx.is_scheduled"
 
 
@@ -27,8 +29,10 @@ def default_schedule_pass(num_cores: int, lanes: int) -> Any:
         for gvar, func in mod.functions.items():
             if not _is_unscheduled_primfunc(func):
                 continue
-            scheduled = _try(schedule_anchor, func, num_cores, lanes) or _try(
-                schedule_elementwise, func, num_cores, lanes
+            scheduled = (
+                binary_schedules.schedule(func, num_cores)
+                or _try(schedule_anchor, func, num_cores, lanes)
+                or _try(schedule_elementwise, func, num_cores, lanes)
             )
             if scheduled is not None:
                 updates[gvar] = scheduled.with_attr(_SCHEDULED, True)

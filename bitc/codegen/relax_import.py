@@ -1,19 +1,36 @@
-"""onnx-ir model → TVM Relax IRModule, through TVM's public ONNX importer; unsupported ops are named."""
+"""onnx-ir model → TVM Relax IRModule, through TVM's public ONNX importer; unsupported ops are named.
+
+The importer knows no custom domains, so a model with bitc ops is imported in runs: each maximal run of standard
+nodes becomes a small ONNX model imported as its own (private) Relax function, each bitc node a call to our
+kernel, all chained in one `main`; inlining the private functions then leaves one ordinary Relax function.
+"""
 
 from __future__ import annotations
 
+import itertools
+from typing import Any
+
+import onnx
 import onnx_ir as ir
 
+from bitc import ops
+from bitc.codegen import bitc_relax
 from bitc.errors import BadInputError, CompileError, first_line
 
 
-def to_relax(model: ir.Model, source: str = "model"):
-    """Import the (already normalised, static-shape) model with its weights bound as constants."""
+def to_relax(model: ir.Model, source: str = "model", lanes: int = 16):
+    """Import the (already normalised, static-shape) model with its weights bound as constants; `lanes` is the
+    output-channel block of the binary kernels (the target's 32-bit vector lanes)."""
+    ir.external_data.load_to_model(model)  # TVM would resolve external paths from the working directory
+    if not any(ops.is_bitc(node) for node in model.graph):
+        return _from_onnx(ir.to_proto(model), model, source)
+    return _import_mixed(model, source, lanes)
+
+
+def _from_onnx(proto: onnx.ModelProto, model: ir.Model, source: str) -> Any:
     import tvm
     from tvm.relax.frontend.onnx import from_onnx
 
-    ir.external_data.load_to_model(model)  # TVM would resolve external paths from the working directory
-    proto = ir.to_proto(model)
     opset = model.opset_imports.get("", None)
     try:
         return from_onnx(proto, opset=opset, keep_params_in_input=False)
@@ -21,6 +38,111 @@ def to_relax(model: ir.Model, source: str = "model"):
         raise BadInputError(_unsupported_message(model, source, str(exc))) from None
     except Exception as exc:
         raise CompileError(f"{source}: TVM's ONNX importer failed: {first_line(exc)}") from None
+
+
+def _import_mixed(model: ir.Model, source: str, lanes: int) -> Any:
+    from tvm import relax
+
+    model.graph.sort()
+    nodes = list(model.graph)
+    full = ir.to_proto(model)
+    position = {id(node): index for index, node in enumerate(nodes)}
+    initializers = {tensor.name: tensor for tensor in full.graph.initializer}
+    graph_outputs = {value.name for value in model.graph.outputs}
+    bb = relax.BlockBuilder()
+    params = [relax.Var(_var_name(v.name), _struct_info(v)) for v in model.graph.inputs]
+    env: dict[str, Any] = {v.name: p for v, p in zip(model.graph.inputs, params, strict=True)}
+    with bb.function("main", params, attrs={"num_input": len(params)}):
+        with bb.dataflow():
+            for index, (is_bitc, run) in enumerate(itertools.groupby(nodes, key=ops.is_bitc)):
+                run = list(run)
+                if is_bitc:
+                    for node in run:
+                        (output,) = bitc_relax.emit(bb, node, [env[node.inputs[0].name]], lanes)
+                        env[node.outputs[0].name] = output
+                    continue
+                last = position[id(run[-1])]
+                inputs, outputs = _run_boundary(run, last, graph_outputs, initializers)
+                sub = _segment_proto(full, run, inputs, outputs, initializers, position)
+                func = _add_segment(bb, _from_onnx(sub, model, source), f"segment_{index}")
+                gvar = bb.add_func(func, f"segment_{index}")
+                call = bb.emit(relax.Call(gvar, [env[v.name] for v in inputs]))
+                for i, value in enumerate(outputs):
+                    env[value.name] = call if len(outputs) == 1 else bb.emit(relax.TupleGetItem(call, i))
+            results = [env[v.name] for v in model.graph.outputs]
+            result = bb.emit_output(results[0] if len(results) == 1 else relax.Tuple(results))
+        bb.emit_func_output(result)
+    try:
+        return relax.transform.InlinePrivateFunctions()(bb.get())
+    except Exception as exc:
+        raise CompileError(f"{source}: joining imported segments failed: {first_line(exc)}") from None
+
+
+def _add_segment(bb: Any, mod: Any, prefix: str) -> Any:
+    """Add the segment module's helper functions (its own TIR kernels) under fresh names; return its `main`,
+    private and calling them by those names (two segments may both have made a kernel called 'maximum')."""
+    from tvm.relax.expr_functor import PyExprMutator, mutator
+
+    renamed = {}
+    for gvar, func in mod.functions.items():
+        if gvar.name_hint != "main":
+            renamed[gvar] = bb.add_func(func, f"{prefix}_{gvar.name_hint}")
+
+    @mutator
+    class Rename(PyExprMutator):
+        def visit_global_var_(self, op: Any) -> Any:
+            return renamed.get(op, op)
+
+    return Rename().visit_expr(mod["main"]).without_attr("global_symbol")
+
+
+def _run_boundary(
+    run: list[ir.Node], last: int, graph_outputs: set[str], initializers: dict[str, Any]
+) -> tuple[list[ir.Value], list[ir.Value]]:
+    """Values a run of nodes reads from outside (not weights) and values it produces for later nodes."""
+    inside = {id(node) for node in run}
+    inputs: dict[str, ir.Value] = {}
+    outputs: dict[str, ir.Value] = {}
+    for node in run:
+        for value in node.inputs:
+            if value is None or value.name in initializers or value.name in inputs:
+                continue
+            if value.producer() is None or id(value.producer()) not in inside:
+                inputs[value.name] = value
+        for value in node.outputs:
+            if value.name in graph_outputs or any(id(user) not in inside for user, _ in value.uses()):
+                outputs[value.name] = value
+    return list(inputs.values()), list(outputs.values())
+
+
+def _segment_proto(
+    full: onnx.ModelProto,
+    run: list[ir.Node],
+    inputs: list[ir.Value],
+    outputs: list[ir.Value],
+    initializers: dict[str, Any],
+    position: dict[int, int],
+) -> onnx.ModelProto:
+    node_protos = [full.graph.node[position[id(node)]] for node in run]
+    used = {name for proto in node_protos for name in proto.input}
+    graph = onnx.helper.make_graph(
+        node_protos,
+        "segment",
+        [ir.serde.serialize_value(v) for v in inputs],
+        [ir.serde.serialize_value(v) for v in outputs],
+        initializer=[initializers[name] for name in sorted(used & initializers.keys())],
+    )
+    return onnx.helper.make_model(graph, opset_imports=list(full.opset_import), ir_version=full.ir_version)
+
+
+def _struct_info(value: ir.Value) -> Any:
+    from tvm import relax
+
+    return relax.TensorType([int(d) for d in value.shape], value.dtype.numpy().name)
+
+
+def _var_name(name: str) -> str:
+    return "".join(c if c.isalnum() or c == "_" else "_" for c in name) or "input"
 
 
 def _unsupported_message(model: ir.Model, source: str, text: str) -> str:

@@ -13,7 +13,9 @@ import onnx.version_converter
 import onnx_ir as ir
 import onnx_ir.passes.common as common
 
+from bitc import ops
 from bitc.errors import BadInputError, first_line
+from bitc.frontend import qonnx
 
 # Oldest opset we accept at all, and the one older models are upgraded to (the TVM importer's best-covered range).
 MIN_OPSET = 7
@@ -36,9 +38,13 @@ def normalize(model: ir.Model, *, source: str, input_shapes: Mapping[str, Sequen
     _unknown_negative_dims(model)
     common.RemoveInitializersFromInputsPass()(model)
     common.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0)(model)
+    if qonnx.has_qonnx(model):
+        qonnx.to_standard_onnx(model, source)
     if input_shapes:
         set_input_shapes(model, input_shapes, source=source)
     infer_shapes(model, source=source)
+    if any(ops.is_bitc(node) for node in model.graph):
+        infer_bitc_shapes(model, source=source)
     _check_tensor_sizes(model, source)
     return model
 
@@ -123,6 +129,19 @@ def infer_shapes(model: ir.Model, *, source: str) -> None:
         logger.removeHandler(failures)
     if failures.error is not None:
         raise BadInputError(f"{source}: shape inference failed: {first_line(failures.error)}")
+
+
+def infer_bitc_shapes(model: ir.Model, *, source: str) -> None:
+    """onnx's inference stops at bitc nodes: give them their shapes (our rules), then infer the rest again."""
+    for node in model.graph:
+        if ops.is_bitc(node):
+            if node.op_type not in ops.registered():
+                raise BadInputError(f"{source}: node '{node.name}': unknown bitc op {node.op_type}")
+            try:
+                ops.infer_shapes(node)
+            except Exception as exc:
+                raise BadInputError(f"{source}: node '{node.name}' ({node.op_type}): {first_line(exc)}") from None
+    infer_shapes(model, source=source)
 
 
 class _FailureRecorder(logging.Handler):

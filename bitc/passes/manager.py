@@ -13,7 +13,16 @@ import onnx_ir as ir
 from bitc.errors import BitcError, CompileError, first_line
 from bitc.passes import registry, verify
 
-DEFAULT_PIPELINE = ("fold_constants", "simplify", "eliminate_identity", "fold_batchnorm", "cse", "remove_unused")
+DEFAULT_PIPELINE = (
+    "fold_constants",
+    "simplify",
+    "eliminate_identity",
+    "fold_batchnorm",
+    "lower_binary",
+    "fuse_binary",
+    "cse",
+    "remove_unused",
+)
 
 PassSpec = str | tuple[str, Mapping[str, Any]]
 
@@ -31,6 +40,7 @@ class PassRecord:
     max_abs_error: float | None = None
     max_rel_error: float | None = None
     note: str | None = None
+    details: dict[str, Any] | None = None
 
     def to_json(self, timing: bool = True) -> dict[str, Any]:
         """As a dict; `timing=False` drops the wall time so that manifests are reproducible byte for byte."""
@@ -77,7 +87,8 @@ def run_pipeline(
         record = PassRecord(name=name, options=options, nodes_before=len(model.graph))
         start = time.perf_counter()
         try:
-            result = registry.create(name, options)(model)
+            instance = registry.create(name, options)
+            result = instance(model)
         except BitcError:
             raise
         except Exception as exc:
@@ -87,6 +98,8 @@ def run_pipeline(
         record.seconds = time.perf_counter() - start
         record.modified = bool(result.modified)
         record.nodes_after = len(model.graph)
+        if (report := getattr(instance, "report", None)) is not None:
+            record.details = report.to_json()
         if feeds is not None:
             current = _reference(model, feeds)
             if isinstance(previous, str) or isinstance(current, str):
@@ -103,10 +116,11 @@ def run_pipeline(
 
 
 def _reference(model: ir.Model, feeds: Mapping | None) -> list | str | None:
-    """Outputs of the model under onnxruntime, or a note saying why it could not run."""
+    """Outputs of the model under onnxruntime (with bitc ops: onnx's reference evaluator plus our numpy
+    references), or a note saying why it could not run."""
     if feeds is None:
         return None
     try:
-        return verify.run_onnxruntime(model, feeds)
+        return verify.run_reference(model, feeds)
     except Exception as exc:
-        return f"not verified: onnxruntime cannot run this model ({first_line(exc, 160)})"
+        return f"not verified: the reference cannot run this model ({first_line(exc, 160)})"

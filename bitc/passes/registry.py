@@ -47,4 +47,4 @@ def summary(cls: type) -> str:
 
 
 def _import_builtin_passes() -> None:
-    from bitc.passes import cleanup, fold_batchnorm  # noqa: F401  (registration happens on import)
+    from bitc.passes import binarize, binary_fusion, cleanup, fold_batchnorm, lower_binary  # noqa: F401  (registration)

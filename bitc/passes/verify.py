@@ -36,6 +36,15 @@ def run_onnxruntime(model: ir.Model, feeds: Mapping[str, np.ndarray], threads: i
     return session.run(None, dict(feeds))
 
 
+def run_reference(model: ir.Model, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+    """onnxruntime for standard ONNX; onnx's reference evaluator with our numpy references once bitc ops appear."""
+    from bitc import ops
+
+    if any(ops.is_bitc(node) for node in model.graph):
+        return list(ops.reference_evaluator(model).run(None, dict(feeds)))
+    return run_onnxruntime(model, feeds)
+
+
 def max_errors(reference: list[np.ndarray], actual: list[np.ndarray]) -> tuple[float, float]:
     """Largest absolute error, and largest error relative to the reference's largest magnitude, over outputs."""
     worst_abs, worst_rel = 0.0, 0.0

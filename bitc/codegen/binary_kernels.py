@@ -1,0 +1,265 @@
+"""TE compute definitions of the bitc ops: what each kernel computes, in the layouts the schedules want.
+
+Weights arrive in the ops' canonical packed layout and are re-blocked here for the target: output channels in
+blocks of `lanes` innermost, so one vector of xor + popcount serves `lanes` output channels at once. Zero padding
+is computed as +1 padding minus a per-edge correction table (built once from the weights, tiny: rows × cols
+classes × O), so the inner loop has no branches.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from bitc.ops.binary_conv import conv_output_size
+from bitc.ops.packing import WORD_BITS, to_pm1, unpack_signs, words
+
+KERNEL_ATTR = "bitc.kernel"
+
+
+@dataclass(frozen=True)
+class ConvGeometry:
+    n: int
+    h: int
+    w: int
+    in_channels: int
+    out_channels: int
+    kh: int
+    kw: int
+    strides: tuple[int, int]
+    pads: tuple[int, int, int, int]
+    planes: int
+
+    @property
+    def out_h(self) -> int:
+        return conv_output_size(self.h, self.kh, self.strides[0], self.pads[0], self.pads[2])
+
+    @property
+    def out_w(self) -> int:
+        return conv_output_size(self.w, self.kw, self.strides[1], self.pads[1], self.pads[3])
+
+    @property
+    def in_words(self) -> int:
+        return words(self.in_channels)
+
+
+def block_weights(packed: np.ndarray, lanes: int) -> np.ndarray:
+    """[P, O, *K, CW] → [P·⌈O/lanes⌉, *K, CW, lanes]: output channels innermost (padded filters are all zero bits)."""
+    planes, out_channels = packed.shape[:2]
+    blocks = -(-out_channels // lanes)
+    padded = np.zeros((planes, blocks * lanes, *packed.shape[2:]), dtype=packed.dtype)
+    padded[:, :out_channels] = packed
+    padded = padded.reshape(planes * blocks, lanes, *packed.shape[2:])
+    return np.ascontiguousarray(np.moveaxis(padded, 1, -1))
+
+
+def edge_classes(size: int, out_size: int, kernel: int, stride: int, pad_begin: int) -> tuple[int, int, np.ndarray]:
+    """Output rows (or columns) grouped by which taps fall in the padding: (#top classes, #bottom classes, for
+    each class the boolean tap mask). Rows between top and bottom all read only real input (one interior class)."""
+    masks = []
+    for o in range(out_size):
+        taps = np.arange(kernel) + o * stride - pad_begin
+        masks.append((taps < 0) | (taps >= size))
+    top = next((i for i, m in enumerate(masks) if not m.any()), out_size)
+    bottom = next((i for i, m in enumerate(reversed(masks)) if not m.any()), out_size)
+    if top + bottom >= out_size:  # tiny input: every row is its own class
+        return out_size, 0, np.array(masks)
+    classes = [*masks[:top], masks[top], *masks[out_size - bottom :]]
+    return top, bottom, np.array(classes)
+
+
+def zero_pad_correction(packed: np.ndarray, geometry: ConvGeometry) -> tuple[np.ndarray, int, int, int, int]:
+    """Per plane, row class, column class and output channel: Σ of the weights over the taps that fall in the
+    padding. Subtracting it from the +1-padded dot gives the zero-padded dot exactly."""
+    weight_sums = to_pm1(unpack_signs(packed, geometry.in_channels), np.int64).sum(axis=-1)  # P O KH KW
+    top, bottom, rows = edge_classes(geometry.h, geometry.out_h, geometry.kh, geometry.strides[0], geometry.pads[0])
+    left, right, cols = edge_classes(geometry.w, geometry.out_w, geometry.kw, geometry.strides[1], geometry.pads[1])
+    outside = rows[:, None, :, None] | cols[None, :, None, :]  # RC CC KH KW
+    table = np.einsum("rcij,poij->prco", outside.astype(np.int64), weight_sums)
+    return table.astype(np.int32), top, bottom, left, right
+
+
+def _class_index(index: Any, size: int, top: int, bottom: int) -> Any:
+    from tvm import tirx
+
+    if bottom == 0 and top == size:
+        return index
+    return tirx.Select(index < top, index, tirx.Select(index >= size - bottom, index - (size - bottom) + top + 1, top))
+
+
+def binary_conv(
+    x: Any,
+    weights: Any,
+    epilogue: list[Any],
+    correction: Any | None,
+    geometry: ConvGeometry,
+    *,
+    lanes: int,
+    output: str,
+    classes: tuple[int, int, int, int] = (0, 0, 0, 0),
+) -> Any:
+    """popc[n, oh, ow, block, lane] over the window on +1-padded words, then the epilogue in the output layout."""
+    from tvm import te, tirx
+
+    g = geometry
+    top, left, bottom, right = g.pads
+    blocks = -(-g.out_channels // lanes)
+    if any(g.pads):
+        padded = te.compute(
+            (g.n, g.h + top + bottom, g.w + left + right, g.in_words),
+            lambda n, h, w, c: tirx.if_then_else(
+                tirx.all(h >= top, h < g.h + top, w >= left, w < g.w + left),
+                x[n, h - top, w - left, c],
+                tirx.const(0, "uint32"),
+            ),
+            name="pad",
+        )
+    else:
+        padded = x
+    kh = te.reduce_axis((0, g.kh), "kh")
+    kw = te.reduce_axis((0, g.kw), "kw")
+    cw = te.reduce_axis((0, g.in_words), "cw")
+    sh, sw = g.strides
+    popc = te.compute(
+        (g.n, g.out_h, g.out_w, g.planes * blocks, lanes),
+        lambda n, oh, ow, b, lane: te.sum(
+            tirx.popcount(padded[n, oh * sh + kh, ow * sw + kw, cw] ^ weights[b, kh, kw, cw, lane]).astype("int32"),
+            axis=[kh, kw, cw],
+        ),
+        name="popc",
+    )
+    full = g.in_channels * g.kh * g.kw
+    row_top, row_bottom, col_left, col_right = classes
+
+    def dot(plane: int, n: Any, oh: Any, ow: Any, o: Any) -> Any:
+        value = full - 2 * popc[n, oh, ow, plane * blocks + o // lanes, o % lanes]
+        if correction is not None:
+            rc = _class_index(oh, g.out_h, row_top, row_bottom)
+            cc = _class_index(ow, g.out_w, col_left, col_right)
+            value = value - correction[plane, rc, cc, o]
+        return value
+
+    if output == "packed":
+        (threshold,) = epilogue
+
+        def packed_word(n: Any, oh: Any, ow: Any, word: Any) -> Any:
+            return _sign_bits(lambda o: dot(0, n, oh, ow, o), threshold, word, g.out_channels)
+
+        return te.compute((g.n, g.out_h, g.out_w, words(g.out_channels)), packed_word, name="threshold")
+    scale, bias = epilogue
+
+    def float_out(n: Any, o: Any, oh: Any, ow: Any) -> Any:
+        value = dot(0, n, oh, ow, o).astype("float32") * scale[0, o]
+        for plane in range(1, g.planes):
+            value = value + dot(plane, n, oh, ow, o).astype("float32") * scale[plane, o]
+        return value + bias[o]
+
+    return te.compute((g.n, g.out_channels, g.out_h, g.out_w), float_out, name="epilogue")
+
+
+def binary_dense(
+    x: Any,
+    weights: Any,
+    epilogue: list[Any],
+    *,
+    in_features: int,
+    out_features: int,
+    planes: int,
+    lanes: int,
+    output: str,
+) -> Any:
+    """popc[m, block, lane] over the packed K axis, then a float or packed epilogue."""
+    from tvm import te, tirx
+
+    m_rows, k_words = (int(d) for d in x.shape)
+    blocks = -(-out_features // lanes)
+    k = te.reduce_axis((0, k_words), "k")
+    popc = te.compute(
+        (m_rows, planes * blocks, lanes),
+        lambda m, b, lane: te.sum(tirx.popcount(x[m, k] ^ weights[b, k, lane]).astype("int32"), axis=k),
+        name="popc",
+    )
+
+    def dot(plane: int, m: Any, o: Any) -> Any:
+        return in_features - 2 * popc[m, plane * blocks + o // lanes, o % lanes]
+
+    if output == "packed":
+        (threshold,) = epilogue
+
+        def packed_word(m: Any, word: Any) -> Any:
+            return _sign_bits(lambda o: dot(0, m, o), threshold, word, out_features)
+
+        return te.compute((m_rows, words(out_features)), packed_word, name="threshold")
+    scale, bias = epilogue
+
+    def float_out(m: Any, o: Any) -> Any:
+        value = dot(0, m, o).astype("float32") * scale[0, o]
+        for plane in range(1, planes):
+            value = value + dot(plane, m, o).astype("float32") * scale[plane, o]
+        return value + bias[o]
+
+    return te.compute((m_rows, out_features), float_out, name="epilogue")
+
+
+def _sign_bits(dot: Any, threshold: Any, word: Any, channels: int) -> Any:
+    """One packed output word: bit b set where channel word·32 + b exists and its dot is below its threshold.
+    Written out as 32 terms (not a reduction) so the schedules can place it freely."""
+    from tvm import tirx
+
+    value = tirx.const(0, "uint32")
+    for bit in range(WORD_BITS):
+        o = word * WORD_BITS + bit
+        negative = tirx.all(o < channels, dot(o) < threshold[tirx.min(o, channels - 1)])
+        value = value | tirx.Select(negative, tirx.const(1 << bit, "uint32"), tirx.const(0, "uint32"))
+    return value
+
+
+def bitpack(x: Any) -> Any:
+    """sign + pack along channels: NCHW float → NHWC words (or [M, K] → [M, words]); 32 terms per word, no
+    reduction, so the schedule can vectorise across pixels."""
+    from tvm import te, tirx
+
+    shape = [int(d) for d in x.shape]
+    channels = shape[1]
+
+    def word(*index: Any) -> Any:
+        value = tirx.const(0, "uint32")
+        for bit in range(WORD_BITS):
+            channel = index[-1] * WORD_BITS + bit
+            clamped = tirx.min(channel, channels - 1)
+            element = x[index[0], clamped, index[1], index[2]] if len(shape) == 4 else x[index[0], clamped]
+            negative = tirx.all(channel < channels, element < tirx.const(0, x.dtype))
+            value = value | tirx.Select(negative, tirx.const(1 << bit, "uint32"), tirx.const(0, "uint32"))
+        return value
+
+    out_shape = (shape[0], shape[2], shape[3], words(channels)) if len(shape) == 4 else (shape[0], words(channels))
+    return te.compute(out_shape, word, name="bitpack")
+
+
+def packed_max_pool(x: Any, kernel: tuple[int, int], strides: tuple[int, int], pads: tuple[int, ...]) -> Any:
+    """AND over the window of packed words; padding reads all-ones (the AND identity)."""
+    from tvm import te, tirx
+
+    n, h, w, cw = (int(d) for d in x.shape)
+    top, left, bottom, right = pads
+    out_h = conv_output_size(h, kernel[0], strides[0], top, bottom)
+    out_w = conv_output_size(w, kernel[1], strides[1], left, right)
+    ones = tirx.const(0xFFFFFFFF, "uint32")
+    both = te.comm_reducer(lambda a, b: a & b, lambda dtype: tirx.const(0xFFFFFFFF, dtype), name="bitwise_and")
+    rh = te.reduce_axis((0, kernel[0]), "rh")
+    rw = te.reduce_axis((0, kernel[1]), "rw")
+
+    def window(b: Any, oh: Any, ow: Any, c: Any) -> Any:
+        ih = oh * strides[0] + rh - top
+        iw = ow * strides[1] + rw - left
+        inside = tirx.all(ih >= 0, ih < h, iw >= 0, iw < w)
+        return both(
+            tirx.if_then_else(
+                inside, x[b, tirx.max(tirx.min(ih, h - 1), 0), tirx.max(tirx.min(iw, w - 1), 0), c], ones
+            ),
+            axis=[rh, rw],
+        )
+
+    return te.compute((n, out_h, out_w, cw), window, name="packed_max_pool")

@@ -1,0 +1,139 @@
+"""Default schedules for the bitc kernels (`binary_kernels`), dispatched by kernel name and target kind.
+
+CPU binary conv: one output row per task across cores; within it a register tile of `ow` pixels × `block`
+vectors of output channels, each step one broadcast input word xor'ed with a vector of weight words, then a vector
+popcount (vpopcntd on AVX-512 VPOPCNTDQ) into the accumulators. The epilogue reads the row back from L1.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from bitc.codegen.binary_kernels import KERNEL_ATTR
+
+
+def schedule(func: Any, num_cores: int, target_kind: str = "llvm") -> Any | None:
+    """Schedule a bitc kernel PrimFunc; None if it is not one of ours."""
+    if func.attrs is None or KERNEL_ATTR not in func.attrs:
+        return None
+    table = _SCHEDULES.get(target_kind, {})
+    rule = table.get(str(func.attrs[KERNEL_ATTR]))
+    return rule(func, num_cores) if rule else None
+
+
+def _binary_conv_cpu(func: Any, num_cores: int) -> Any:
+    from tvm.s_tir import Schedule
+
+    sch = Schedule(_module(func))
+    popc = sch.get_sblock("popc")
+    names = {sch.get(b).name_hint for b in sch.get_child_blocks(sch.get_sblock("root"))}
+    if "pad" in names:
+        sch.compute_inline(sch.get_sblock("pad"))
+    extents = [int(sch.get(loop).extent) for loop in sch.get_loops(popc)]
+    if "epilogue" in names:
+        out = sch.get_sblock("epilogue")
+        n, o, oh, ow = sch.get_loops(out)
+        sch.reorder(n, oh, o, ow)
+    else:
+        out = sch.get_sblock("threshold")
+        n, oh = sch.get_loops(out)[:2]
+    row = sch.fuse(n, oh)
+    sch.compute_at(popc, row)
+    sch.parallel(row)
+    # compute_at drops unit loops: name the remaining ones by the extents they had before
+    roles = ["ow", "block", "lane", "kh", "kw", "cw"]
+    loops = dict(
+        zip([r for r, e in zip(roles, extents[2:], strict=True) if e > 1], sch.get_loops(popc)[1:], strict=True)
+    )
+    reduce = [loops[r] for r in ("kh", "kw", "cw") if r in loops]
+    pixel_tile = block_tile = 1
+    if "block" in loops:
+        block_tile = 2 if extents[3] % 2 == 0 else 1
+    if "ow" in loops:
+        pixel_tile = _pixel_tile(extents[2], 16 // block_tile)
+    order = []
+    inner = []
+    if "block" in loops:
+        block_outer, block_inner = sch.split(loops["block"], [None, block_tile])
+        order.append(block_outer)
+        inner.append(block_inner)
+    if "ow" in loops:
+        ow_outer, ow_inner = sch.split(loops["ow"], [None, pixel_tile])
+        order.append(ow_outer)
+        inner.insert(0, ow_inner)
+    sch.reorder(*order, *reduce, *inner, loops["lane"])
+    sch.vectorize(loops["lane"])
+    for loop in inner:
+        sch.unroll(loop)
+    if reduce:
+        sch.decompose_reduction(popc, reduce[0])
+    return sch.mod["main"]
+
+
+def _pixel_tile(width: int, cap: int) -> int:
+    """Pixels per register tile: a divisor of the row (no tail predicate), 4-8 preferred."""
+    for tile in (8, 7, 6, 5, 4):
+        if tile <= cap and width % tile == 0:
+            return tile
+    return next(t for t in range(min(cap, width), 0, -1) if width % t == 0)
+
+
+def _binary_dense_cpu(func: Any, num_cores: int) -> Any:
+    from tvm.s_tir import Schedule
+
+    sch = Schedule(_module(func))
+    popc = sch.get_sblock("popc")
+    m, block, lane, k = sch.get_loops(popc)
+    blocks = int(sch.get(block).extent)
+    tile = next(t for t in (4, 2, 1) if blocks % t == 0)
+    block_outer, block_inner = sch.split(block, [None, tile])
+    sch.reorder(m, block_outer, k, block_inner, lane)
+    sch.parallel(sch.fuse(m, block_outer))
+    sch.vectorize(lane)
+    sch.unroll(block_inner)
+    sch.decompose_reduction(popc, k)
+    return sch.mod["main"]
+
+
+def _bitpack_cpu(func: Any, num_cores: int) -> Any:
+    from tvm.s_tir import Schedule
+
+    sch = Schedule(_module(func))
+    block = sch.get_sblock("bitpack")
+    loops = sch.get_loops(block)
+    if len(loops) == 4:
+        n, h, w, word = loops
+        width = int(sch.get(w).extent)
+        sch.reorder(n, h, word, w)
+        sch.parallel(sch.fuse(n, h))
+        lanes = next((v for v in (16, 8) if width % v == 0), 0)
+        if lanes:
+            _, w_inner = sch.split(w, [None, lanes])
+            sch.vectorize(w_inner)
+    return sch.mod["main"]
+
+
+def _packed_max_pool_cpu(func: Any, num_cores: int) -> Any:
+    from tvm.s_tir import Schedule
+
+    sch = Schedule(_module(func))
+    loops = sch.get_loops(sch.get_sblock("packed_max_pool"))
+    sch.parallel(sch.fuse(loops[0], loops[1]))
+    return sch.mod["main"]
+
+
+def _module(func: Any) -> Any:
+    import tvm
+
+    return tvm.IRModule({"main": func})
+
+
+_SCHEDULES: dict[str, dict[str, Callable[[Any, int], Any]]] = {
+    "llvm": {
+        "binary_conv": _binary_conv_cpu,
+        "binary_dense": _binary_dense_cpu,
+        "bitpack": _bitpack_cpu,
+        "packed_max_pool": _packed_max_pool_cpu,
+    },
+}

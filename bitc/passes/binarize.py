@@ -1,0 +1,168 @@
+"""Post-training binarization of a float model by a policy: which layers, how many weight planes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import onnx_ir as ir
+
+from bitc.errors import BadInputError
+from bitc.passes.binary_patterns import add_initializer, constant, replace_output
+from bitc.passes.registry import register
+
+_LAYER_OPS = ("Conv", "Gemm", "MatMul")
+
+
+@dataclass
+class BinarizeReport:
+    layers: dict[str, dict[str, Any]] = field(default_factory=dict)
+    kept: dict[str, str] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"binarized": len(self.layers), "layers": self.layers, "kept_in_float": self.kept}
+
+
+def residual_planes(weights: np.ndarray, planes: int) -> tuple[np.ndarray, np.ndarray]:
+    """W ≈ Σᵢ αᵢ·Bᵢ per output channel (axis 0): Bᵢ = sign of what the previous planes left, αᵢ = its mean |·|.
+    Returns signs [planes, *W.shape] (±1) and scales [planes, O]."""
+    rest = weights.astype(np.float64)
+    signs, scales = [], []
+    for _ in range(planes):
+        sign = np.where(rest >= 0, 1.0, -1.0)
+        alpha = np.abs(rest).reshape(rest.shape[0], -1).mean(axis=1)
+        signs.append(sign)
+        scales.append(alpha)
+        rest = rest - alpha.reshape(-1, *([1] * (rest.ndim - 1))) * sign
+    return np.stack(signs), np.stack(scales)
+
+
+@register("binarize")
+class Binarize(ir.passes.InPlacePass):
+    """Binarize float Conv/Gemm/MatMul layers (post-training): sign activations, W ≈ Σ αᵢ·Bᵢ (1-4 planes).
+
+    Default policy: every Conv/Gemm/MatMul with constant weights except the first and the last layer (and grouped
+    convs, which stay float). `layers` names exactly which to binarize, `exclude` which to keep. `activations`:
+    "sign" (1-bit, the fast xor/popcount path) or "float" (weights only). The rewrite is standard ONNX
+    (Where-sign + one conv per plane, summed), which `lower_binary` then turns into packed kernels; the report
+    gives each layer's relative weight error.
+    """
+
+    def __init__(
+        self,
+        planes: int = 1,
+        activations: str = "sign",
+        layers: list[str] | None = None,
+        exclude: list[str] | None = None,
+        keep_first_last: bool = True,
+    ) -> None:
+        super().__init__()
+        if not 1 <= int(planes) <= 4:
+            raise BadInputError(f"binarize: planes must be 1-4, got {planes}")
+        if activations not in ("sign", "float"):
+            raise BadInputError(f"binarize: activations must be 'sign' or 'float', got {activations!r}")
+        self.planes = int(planes)
+        self.activations = activations
+        self.layers = list(layers) if layers is not None else None
+        self.exclude = set(exclude or [])
+        self.keep_first_last = keep_first_last
+        self.report = BinarizeReport()
+        self._signs: dict[int, ir.Value] = {}
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        self.report = BinarizeReport()
+        self._signs = {}
+        graph = model.graph
+        candidates = [n for n in graph if n.op_type in _LAYER_OPS and n.domain in ("", "ai.onnx")]
+        if self.layers is not None:
+            unknown = set(self.layers) - {n.name for n in candidates}
+            if unknown:
+                raise BadInputError(f"binarize: no Conv/Gemm/MatMul named {', '.join(sorted(unknown))}")
+        for index, node in enumerate(candidates):
+            reason = self._excluded(node, index, len(candidates))
+            if reason:
+                self.report.kept[node.name] = reason
+                continue
+            weights = constant(node.inputs[1])
+            self.report.layers[node.name] = self._binarize(graph, node, weights)
+        return ir.passes.PassResult(model, bool(self.report.layers))
+
+    def _excluded(self, node: ir.Node, index: int, count: int) -> str:
+        if self.layers is not None:
+            return "" if node.name in self.layers else "not listed"
+        if node.name in self.exclude:
+            return "excluded"
+        if self.keep_first_last and index == 0:
+            return "first layer"
+        if self.keep_first_last and index == count - 1:
+            return "last layer"
+        weights = constant(node.inputs[1])
+        if weights is None:
+            return "weights not constant"
+        if node.op_type == "Conv" and node.attributes.get_int("group", 1) != 1:
+            return "grouped conv"
+        if node.op_type == "Gemm" and node.attributes.get_int("transA", 0):
+            return "Gemm with transA"
+        if node.op_type == "MatMul" and (weights.ndim != 2 or len(node.inputs[0].shape or []) != 2):
+            return "MatMul is not 2-D"
+        return ""
+
+    def _binarize(self, graph: ir.Graph, node: ir.Node, weights: np.ndarray) -> dict[str, Any]:
+        # per-output-channel axis first; MatMul / Gemm without transB keep outputs in the last axis
+        transposed = node.op_type == "MatMul" or (node.op_type == "Gemm" and not node.attributes.get_int("transB", 0))
+        oriented = weights.T if transposed else weights
+        signs, scales = residual_planes(oriented, self.planes)
+        approx = np.einsum("po,po...->o...", scales, signs)
+        error = float(np.linalg.norm(approx - oriented) / max(np.linalg.norm(oriented), 1e-30))
+        x = node.inputs[0]
+        if self.activations == "sign":
+            if id(x) not in self._signs:
+                self._signs[id(x)] = _sign(graph, node, x)
+            x = self._signs[id(x)]
+        name = node.name or node.outputs[0].name
+        total = None
+        for plane in range(self.planes):
+            plane_weights = scales[plane].reshape(-1, *([1] * (oriented.ndim - 1))) * signs[plane]
+            plane_weights = (plane_weights.T if transposed else plane_weights).astype(np.float32)
+            w = add_initializer(graph, plane_weights, f"{name}__plane{plane}")
+            inputs = [x, w, *(node.inputs[2:] if plane == 0 else [])]
+            layer = ir.node(
+                node.op_type, inputs, attributes=list(node.attributes.values()), name=f"{name}__plane{plane}"
+            )
+            layer.outputs[0].name = f"{name}__plane{plane}_out"
+            graph.insert_before(node, layer)
+            _copy_type(node.outputs[0], layer.outputs[0])
+            out = layer.outputs[0]
+            if total is not None:
+                add = ir.node("Add", [total, out], name=f"{name}__sum{plane}")
+                add.outputs[0].name = f"{name}__sum{plane}"
+                graph.insert_before(node, add)
+                _copy_type(node.outputs[0], add.outputs[0])
+                out = add.outputs[0]
+            total = out
+        replace_output(graph, node.outputs[0], total)
+        graph.remove(node, safe=True)
+        return {"op": node.op_type, "planes": self.planes, "weight_rel_error": round(error, 6)}
+
+
+def _sign(graph: ir.Graph, anchor: ir.Node, x: ir.Value) -> ir.Value:
+    """Where(x >= 0, 1, −1): sign with sign(0) = +1, in standard ONNX."""
+    name = x.name or "x"
+    zero = add_initializer(graph, np.zeros((), np.float32), f"{name}__zero")
+    plus = add_initializer(graph, np.ones((), np.float32), f"{name}__plus")
+    minus = add_initializer(graph, -np.ones((), np.float32), f"{name}__minus")
+    compare = ir.node("GreaterOrEqual", [x, zero], name=f"{name}__ge")
+    where = ir.node("Where", [compare.outputs[0], plus, minus], name=f"{name}__sign")
+    compare.outputs[0].name = f"{name}__ge"
+    where.outputs[0].name = f"{name}__sign"
+    graph.insert_before(anchor, [compare, where])
+    compare.outputs[0].dtype = ir.DataType.BOOL
+    compare.outputs[0].shape = x.shape
+    _copy_type(x, where.outputs[0])
+    return where.outputs[0]
+
+
+def _copy_type(source: ir.Value, target: ir.Value) -> None:
+    target.dtype = source.dtype
+    target.shape = source.shape

@@ -1,0 +1,166 @@
+"""Recognising ±1 tensors in a graph and building their bit-packed twins: shared by the binary passes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx_ir as ir
+
+from bitc import ops
+from bitc.ops.packing import words
+
+# Relative tolerance for "all weights of a channel have the same magnitude" (folded BN rescales them in float32).
+MAGNITUDE_RTOL = 1e-5
+
+
+def constant(value: ir.Value | None) -> np.ndarray | None:
+    if value is None or value.const_value is None:
+        return None
+    return value.const_value.numpy()
+
+
+def scalar(value: ir.Value | None) -> float | None:
+    array = constant(value)
+    if array is None or array.size != 1:
+        return None
+    return float(array.reshape(-1)[0])
+
+
+@dataclass
+class SignSource:
+    """`value` = scale · sign(source) with sign(0) = +1 (scale > 0)."""
+
+    source: ir.Value
+    scale: float
+    onnx_sign: bool = False  # from ONNX Sign, whose sign(0) is 0: treated as +1
+
+
+def sign_source(value: ir.Value) -> SignSource | None:
+    """Where(x >= 0, s, −s), Sign(x), or either times a positive scalar."""
+    node = value.producer()
+    if node is None or node.domain not in ("", "ai.onnx"):
+        return None
+    if node.op_type == "Mul":
+        for this, other in ((0, 1), (1, 0)):
+            factor = scalar(node.inputs[other])
+            if factor is not None and factor > 0 and (inner := sign_source(node.inputs[this])) is not None:
+                return SignSource(inner.source, inner.scale * factor, inner.onnx_sign)
+        return None
+    if node.op_type == "Sign":
+        return SignSource(node.inputs[0], 1.0, onnx_sign=True)
+    if node.op_type == "Where":
+        condition = node.inputs[0].producer()
+        plus, minus = scalar(node.inputs[1]), scalar(node.inputs[2])
+        if condition is None or plus is None or minus is None or plus <= 0 or minus != -plus:
+            return None
+        if condition.op_type == "GreaterOrEqual" and scalar(condition.inputs[1]) == 0.0:
+            return SignSource(condition.inputs[0], plus)
+    return None
+
+
+def channel_magnitudes(weights: np.ndarray) -> np.ndarray | None:
+    """α per output channel (axis 0) if every weight of that channel is ±α, else None."""
+    flat = np.abs(weights.reshape(weights.shape[0], -1).astype(np.float64))
+    alpha = flat.max(axis=1)
+    if np.all(np.abs(flat - alpha[:, None]) <= MAGNITUDE_RTOL * np.maximum(alpha[:, None], 1e-30)):
+        return alpha
+    return None
+
+
+@dataclass
+class Packer:
+    """Creates (once per value) the packed twin of a ±1 tensor, inserting the nodes before `anchor`."""
+
+    graph: ir.Graph
+    made: dict[int, ir.Value] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def packed(self, value: ir.Value, anchor: ir.Node) -> tuple[ir.Value, float, list[int]] | None:
+        """(packed value, activation scale, float shape it stands for), or None if `value` is not ±s."""
+        if (sign := sign_source(value)) is not None:
+            shape = [int(d) for d in sign.source.shape]
+            if len(shape) not in (2, 4):
+                return None
+            if sign.onnx_sign:
+                self.notes.append(f"{value.producer().name}: ONNX Sign read as sign(0) = +1")
+            packed = self._memo(sign.source, lambda: self._node("BitPack", [sign.source], {}, anchor))
+            return packed, sign.scale, shape
+        node = value.producer()
+        if node is None:
+            return None
+        if node.op_type == "MaxPool" and _plain_max_pool(node):
+            inner = self.packed(node.inputs[0], anchor)
+            if inner is None or len(inner[2]) != 4:
+                return None
+            attrs = {
+                "kernel_shape": list(node.attributes.get_ints("kernel_shape")),
+                "strides": list(node.attributes.get_ints("strides", [1, 1])),
+                "pads": list(node.attributes.get_ints("pads", [0, 0, 0, 0])),
+            }
+            pooled = self._memo(node.outputs[0], lambda: self._node("PackedMaxPool", [inner[0]], attrs, anchor))
+            return pooled, inner[1], [int(d) for d in value.shape]
+        if node.op_type in ("Reshape", "Flatten") and value.shape is not None and len(value.shape) == 2:
+            inner = self.packed(node.inputs[0], anchor)
+            if inner is None or len(inner[2]) != 4:
+                return None
+            n, c, h, w = inner[2]
+            if int(value.shape[0]) != n or int(value.shape[1]) != c * h * w:
+                return None
+            shape = ir.tensor(np.array([n, h * w * words(c)], dtype=np.int64), name=f"{node.name}__packed_shape")
+            target = ir.Value(
+                name=shape.name, const_value=shape, shape=ir.Shape([2]), type=ir.TensorType(ir.DataType.INT64)
+            )
+            self.graph.register_initializer(target)
+            flat = self._memo(node.outputs[0], lambda: self._node("Reshape", [inner[0], target], {}, anchor, domain=""))
+            return flat, inner[1], [n, c, h, w]
+        return None
+
+    def _memo(self, key: ir.Value, make) -> ir.Value:
+        if id(key) not in self.made:
+            self.made[id(key)] = make()
+        return self.made[id(key)]
+
+    def _node(self, op_type: str, inputs: list[ir.Value], attrs: dict, anchor: ir.Node, domain: str = ops.DOMAIN):
+        base = inputs[0].name or "x"
+        node = ir.node(op_type, inputs, attributes=attrs, domain=domain, name=f"{base}__{op_type.lower()}")
+        node.outputs[0].name = f"{base}__{op_type.lower()}"
+        self.graph.insert_before(anchor, node)
+        if domain == ops.DOMAIN:
+            ops.infer_shapes(node)
+        else:
+            node.outputs[0].dtype = ir.DataType.UINT32
+            node.outputs[0].shape = ir.Shape([int(d) for d in constant(inputs[1])])
+        return node.outputs[0]
+
+
+def _plain_max_pool(node: ir.Node) -> bool:
+    return (
+        len(node.outputs) == 1
+        and node.attributes.get_int("ceil_mode", 0) == 0
+        and set(node.attributes.get_ints("dilations", [1, 1])) == {1}
+        and node.attributes.get_string("auto_pad", "NOTSET") == "NOTSET"
+        and len(node.attributes.get_ints("kernel_shape", [])) == 2
+    )
+
+
+def add_initializer(graph: ir.Graph, array: np.ndarray, name: str) -> ir.Value:
+    """Register a constant under `name` (suffixed with a number if that name is taken)."""
+    base, count = name, 1
+    while name in graph.initializers:
+        name, count = f"{base}_{count}", count + 1
+    tensor = ir.tensor(np.ascontiguousarray(array), name=name)
+    value = ir.Value(name=name, const_value=tensor, shape=ir.Shape(array.shape), type=ir.TensorType(tensor.dtype))
+    graph.register_initializer(value)
+    return value
+
+
+def replace_output(graph: ir.Graph, old: ir.Value, new: ir.Value) -> None:
+    """Route every use of `old` to `new`; a graph output keeps its name."""
+    ir.convenience.replace_all_uses_with(old, new)
+    for index, value in enumerate(graph.outputs):
+        if value is old:
+            name = old.name
+            old.name = f"{name}__replaced"
+            new.name = name
+            graph.outputs[index] = new

@@ -94,15 +94,17 @@ def _replace_with_constant(graph: ir.Graph, node: ir.Node, array: np.ndarray) ->
     constant.shape = ir.Shape(array.shape)
     constant.dtype = ir.DataType.FLOAT
     graph.register_initializer(constant)
-    ir.convenience.replace_all_uses_with(output, constant)
-    _keep_graph_output_name(graph, output, constant)
+    _replace(output, constant)
     graph.remove(node, safe=True)
 
 
-def _keep_graph_output_name(graph: ir.Graph, old: ir.Value, new: ir.Value) -> None:
-    for index, value in enumerate(graph.outputs):
-        if value is old:
-            graph.outputs[index] = new
+def _replace(old: ir.Value, new: ir.Value) -> None:
+    """Route every use of `old` to `new`; as a graph output, `new` takes the old name."""
+    if old.is_graph_output():
+        name = old.name
+        old.name = f"{name}__quant"
+        new.name = name
+    ir.convenience.replace_all_uses_with(old, new, replace_graph_outputs=True)
 
 
 def _bipolar(graph: ir.Graph, node: ir.Node, source: str) -> None:
@@ -174,6 +176,5 @@ def _splice(graph: ir.Graph, node: ir.Node, tape: ir.tape.Tape, result: ir.Value
     graph.insert_before(node, tape.nodes)
     output = node.outputs[0]
     result.name = output.name + "__std" if output.name else None
-    ir.convenience.replace_all_uses_with(output, result)
-    _keep_graph_output_name(graph, output, result)
+    _replace(output, result)
     graph.remove(node, safe=True)

@@ -128,7 +128,7 @@ class Binarize(ir.passes.InPlacePass):
             w = add_initializer(graph, plane_weights, f"{name}__plane{plane}")
             inputs = [x, w, *(node.inputs[2:] if plane == 0 else [])]
             layer = ir.node(
-                node.op_type, inputs, attributes=list(node.attributes.values()), name=f"{name}__plane{plane}"
+                node.op_type, inputs, attributes=dict(node.attributes), name=f"{name}__plane{plane}"
             )
             layer.outputs[0].name = f"{name}__plane{plane}_out"
             graph.insert_before(node, layer)

@@ -157,10 +157,8 @@ def add_initializer(graph: ir.Graph, array: np.ndarray, name: str) -> ir.Value:
 
 def replace_output(graph: ir.Graph, old: ir.Value, new: ir.Value) -> None:
     """Route every use of `old` to `new`; a graph output keeps its name."""
-    ir.convenience.replace_all_uses_with(old, new)
-    for index, value in enumerate(graph.outputs):
-        if value is old:
-            name = old.name
-            old.name = f"{name}__replaced"
-            new.name = name
-            graph.outputs[index] = new
+    if any(value is old for value in graph.outputs):
+        name = old.name
+        old.name = f"{name}__replaced"
+        new.name = name
+    ir.convenience.replace_all_uses_with(old, new, replace_graph_outputs=True)

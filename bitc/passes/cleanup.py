@@ -29,7 +29,7 @@ def _quiet(logger_name: str):
 class FoldConstants(ir.passes.InPlacePass):
     """Evaluate constant subgraphs into initializers; turn inference-mode Dropout into Identity."""
 
-    def __init__(self, input_size_limit: int = 1 << 20, output_size_limit: int = 1 << 22):
+    def __init__(self, input_size_limit: int = 1 << 27, output_size_limit: int = 1 << 27):
         super().__init__()
         self.input_size_limit = input_size_limit
         self.output_size_limit = output_size_limit

@@ -1,0 +1,207 @@
+"""Small hand-built graphs with bitc ops or binary patterns, for the op, kernel and pass tests."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+from onnx import TensorProto, helper, numpy_helper
+
+from bitc import ops
+from bitc.ops.packing import pack_conv_weights, pack_dense_weights
+
+
+def pm1(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+    return np.where(rng.standard_normal(shape) >= 0, 1, -1)
+
+
+def _model(nodes, inputs, outputs, initializers, bitc: bool = True) -> onnx.ModelProto:
+    graph = helper.make_graph(nodes, "g", inputs, outputs, initializers)
+    opsets = [helper.make_opsetid("", 17)] + ([helper.make_opsetid(ops.DOMAIN, 1)] if bitc else [])
+    proto = helper.make_model(graph, opset_imports=opsets)
+    if not bitc:
+        return proto
+    model = ir.from_proto(proto)  # give the graph output its shape (ONNX's inference skips bitc ops)
+    for node in model.graph:
+        ops.infer_shapes(node)
+    last = model.graph.node(-1).outputs[0]
+    model.graph.outputs[0].shape, model.graph.outputs[0].dtype = last.shape, last.dtype
+    return ir.to_proto(model)
+
+
+def binary_conv_model(
+    *,
+    n: int = 2,
+    c: int = 37,
+    o: int = 45,
+    h: int = 9,
+    w: int = 11,
+    k: int = 3,
+    stride: int = 1,
+    pad: int = 1,
+    pad_value: int = 0,
+    output_format: str = "float",
+    planes: int = 1,
+    seed: int = 0,
+) -> onnx.ModelProto:
+    """x (float NCHW) → BitPack → BinaryConv, with random ±1 weights and epilogue."""
+    rng = np.random.default_rng(seed)
+    inits = [numpy_helper.from_array(pack_conv_weights(pm1(rng, (planes, o, c, k, k))), "w")]
+    if output_format == "float":
+        inits += [
+            numpy_helper.from_array(rng.standard_normal((planes, o)).astype(np.float32), "scale"),
+            numpy_helper.from_array(rng.standard_normal(o).astype(np.float32), "bias"),
+        ]
+        epilogue = ["scale", "bias"]
+    else:
+        reach = c * k * k
+        inits.append(numpy_helper.from_array(rng.integers(-reach // 3, reach // 3, o).astype(np.int32), "threshold"))
+        epilogue = ["threshold"]
+    nodes = [
+        helper.make_node("BitPack", ["x"], ["xp"], domain=ops.DOMAIN, name="pack"),
+        helper.make_node(
+            "BinaryConv",
+            ["xp", "w", *epilogue],
+            ["y"],
+            domain=ops.DOMAIN,
+            name="bconv",
+            in_channels=c,
+            strides=[stride, stride],
+            pads=[pad] * 4,
+            pad_value=pad_value,
+            output_format=output_format,
+        ),
+    ]
+    out_type = TensorProto.FLOAT if output_format == "float" else TensorProto.UINT32
+    return _model(
+        nodes,
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [n, c, h, w])],
+        [helper.make_tensor_value_info("y", out_type, None)],
+        inits,
+    )
+
+
+def binary_dense_model(
+    *, m: int = 3, k: int = 100, n: int = 45, output_format: str = "float", planes: int = 1, seed: int = 0
+) -> onnx.ModelProto:
+    rng = np.random.default_rng(seed)
+    inits = [numpy_helper.from_array(pack_dense_weights(pm1(rng, (planes, n, k))), "w")]
+    if output_format == "float":
+        inits += [
+            numpy_helper.from_array(rng.standard_normal((planes, n)).astype(np.float32), "scale"),
+            numpy_helper.from_array(rng.standard_normal(n).astype(np.float32), "bias"),
+        ]
+        epilogue = ["scale", "bias"]
+    else:
+        inits.append(numpy_helper.from_array(rng.integers(-k // 3, k // 3, n).astype(np.int32), "threshold"))
+        epilogue = ["threshold"]
+    nodes = [
+        helper.make_node("BitPack", ["x"], ["xp"], domain=ops.DOMAIN, name="pack"),
+        helper.make_node(
+            "BinaryDense",
+            ["xp", "w", *epilogue],
+            ["y"],
+            domain=ops.DOMAIN,
+            name="bdense",
+            in_features=k,
+            output_format=output_format,
+        ),
+    ]
+    out_type = TensorProto.FLOAT if output_format == "float" else TensorProto.UINT32
+    return _model(
+        nodes,
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [m, k])],
+        [helper.make_tensor_value_info("y", out_type, None)],
+        inits,
+    )
+
+
+def packed_pool_model(*, c: int = 70, h: int = 9, w: int = 10, pad: int = 1, stride: int = 2) -> onnx.ModelProto:
+    nodes = [
+        helper.make_node("BitPack", ["x"], ["xp"], domain=ops.DOMAIN, name="pack"),
+        helper.make_node(
+            "PackedMaxPool",
+            ["xp"],
+            ["y"],
+            domain=ops.DOMAIN,
+            name="pool",
+            kernel_shape=[3, 3],
+            strides=[stride, stride],
+            pads=[pad] * 4,
+        ),
+    ]
+    return _model(
+        nodes,
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, c, h, w])],
+        [helper.make_tensor_value_info("y", TensorProto.UINT32, None)],
+        [],
+    )
+
+
+def sign_conv_model(
+    *,
+    c: int = 20,
+    o: int = 24,
+    hw: int = 10,
+    stride: int = 1,
+    pad: int = 1,
+    bn_gamma: np.ndarray | None = None,
+    then_sign_conv: bool = True,
+    explicit_pad: float | None = None,
+    onnx_sign: bool = False,
+    seed: int = 0,
+) -> onnx.ModelProto:
+    """x → sign → Conv(±α weights) → BN → [sign → Conv(±α)] : the shape of a torch/Brevitas BNN block."""
+    rng = np.random.default_rng(seed)
+    alpha = (0.1 + rng.random((o, 1, 1, 1))).astype(np.float32)
+    inits = [
+        numpy_helper.from_array((alpha * pm1(rng, (o, c, 3, 3))).astype(np.float32), "w1"),
+        numpy_helper.from_array(np.float32(0), "zero"),
+        numpy_helper.from_array(np.float32(1), "one"),
+        numpy_helper.from_array(np.float32(-1), "minus_one"),
+        numpy_helper.from_array(bn_gamma if bn_gamma is not None else (0.5 + rng.random(o)).astype(np.float32), "g"),
+        numpy_helper.from_array(rng.standard_normal(o).astype(np.float32), "b"),
+        numpy_helper.from_array(rng.standard_normal(o).astype(np.float32), "mean"),
+        numpy_helper.from_array((0.5 + rng.random(o)).astype(np.float32), "var"),
+    ]
+
+    def sign(src: str, dst: str) -> list[onnx.NodeProto]:
+        if onnx_sign:
+            return [helper.make_node("Sign", [src], [dst], name=f"sign_{dst}")]
+        return [
+            helper.make_node("GreaterOrEqual", [src, "zero"], [f"{dst}_ge"], name=f"ge_{dst}"),
+            helper.make_node("Where", [f"{dst}_ge", "one", "minus_one"], [dst], name=f"where_{dst}"),
+        ]
+
+    nodes = sign("x", "s1")
+    conv_in, conv_pads = "s1", [pad] * 4
+    if explicit_pad is not None:
+        inits += [
+            numpy_helper.from_array(np.array([0, 0, pad, pad, 0, 0, pad, pad], np.int64), "pads"),
+            numpy_helper.from_array(np.float32(explicit_pad), "pad_value"),
+        ]
+        nodes.append(helper.make_node("Pad", ["s1", "pads", "pad_value"], ["s1p"], name="pad"))
+        conv_in, conv_pads = "s1p", [0, 0, 0, 0]
+    nodes += [
+        helper.make_node("Conv", [conv_in, "w1"], ["c1"], name="conv1", pads=conv_pads, strides=[stride, stride]),
+        helper.make_node("BatchNormalization", ["c1", "g", "b", "mean", "var"], ["bn1"], name="bn1"),
+    ]
+    out = "bn1"
+    if then_sign_conv:
+        inits.append(numpy_helper.from_array((0.3 * pm1(rng, (16, o, 3, 3))).astype(np.float32), "w2"))
+        nodes += sign("bn1", "s2")
+        nodes.append(helper.make_node("Conv", ["s2", "w2"], ["c2"], name="conv2", pads=[1, 1, 1, 1]))
+        out = "c2"
+    return _model(
+        nodes,
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, c, hw, hw])],
+        [helper.make_tensor_value_info(out, TensorProto.FLOAT, None)],
+        inits,
+        bitc=False,
+    )
+
+
+def as_ir(proto: onnx.ModelProto) -> ir.Model:
+    from bitc.frontend import normalize
+
+    return normalize(ir.from_proto(proto), source="test")

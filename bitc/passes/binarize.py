@@ -127,9 +127,7 @@ class Binarize(ir.passes.InPlacePass):
             plane_weights = (plane_weights.T if transposed else plane_weights).astype(np.float32)
             w = add_initializer(graph, plane_weights, f"{name}__plane{plane}")
             inputs = [x, w, *(node.inputs[2:] if plane == 0 else [])]
-            layer = ir.node(
-                node.op_type, inputs, attributes=dict(node.attributes), name=f"{name}__plane{plane}"
-            )
+            layer = ir.node(node.op_type, inputs, attributes=dict(node.attributes), name=f"{name}__plane{plane}")
             layer.outputs[0].name = f"{name}__plane{plane}_out"
             graph.insert_before(node, layer)
             _copy_type(node.outputs[0], layer.outputs[0])

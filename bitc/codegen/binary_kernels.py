@@ -99,8 +99,10 @@ def binary_conv(
     lanes: int,
     output: str,
     classes: tuple[int, int, int, int] = (0, 0, 0, 0),
+    out_block: int | None = None,
 ) -> Any:
-    """popc[n, oh, ow, block, lane] over the window on +1-padded words, then the epilogue in the output layout."""
+    """popc[n, oh, ow, block, lane] over the window on +1-padded words, then the epilogue in the output layout
+    (NCHW, or NCHW{out_block}c, which lets the float parts around it stay in the blocked layout)."""
     from tvm import te, tirx
 
     g = geometry
@@ -156,6 +158,12 @@ def binary_conv(
             value = value + dot(plane, n, oh, ow, o).astype("float32") * scale[plane, o]
         return value + bias[o]
 
+    if out_block:
+        return te.compute(
+            (g.n, g.out_channels // out_block, g.out_h, g.out_w, out_block),
+            lambda n, ob, oh, ow, ol: float_out(n, ob * out_block + ol, oh, ow),
+            name="epilogue",
+        )
     return te.compute((g.n, g.out_channels, g.out_h, g.out_w), float_out, name="epilogue")
 
 
@@ -217,24 +225,31 @@ def _sign_bits(dot: Any, threshold: Any, word: Any, channels: int) -> Any:
 
 
 def bitpack(x: Any) -> Any:
-    """sign + pack along channels: NCHW float → NHWC words (or [M, K] → [M, words]); 32 terms per word, no
-    reduction, so the schedule can vectorise across pixels."""
+    """sign + pack along channels: NCHW (or NCHW{b}c) float → NHWC words, or [M, K] → [M, words]; 32 terms per
+    word, no reduction, so the schedule can vectorise across pixels."""
     from tvm import te, tirx
 
     shape = [int(d) for d in x.shape]
-    channels = shape[1]
+    block = shape[4] if len(shape) == 5 else None
+    channels = shape[1] * block if block else shape[1]
+
+    def element_at(index: tuple, channel: Any) -> Any:
+        if block:
+            return x[index[0], channel // block, index[1], index[2], channel % block]
+        if len(shape) == 4:
+            return x[index[0], channel, index[1], index[2]]
+        return x[index[0], channel]
 
     def word(*index: Any) -> Any:
         value = tirx.const(0, "uint32")
         for bit in range(WORD_BITS):
             channel = index[-1] * WORD_BITS + bit
-            clamped = tirx.min(channel, channels - 1)
-            element = x[index[0], clamped, index[1], index[2]] if len(shape) == 4 else x[index[0], clamped]
+            element = element_at(index, tirx.min(channel, channels - 1))
             negative = tirx.all(channel < channels, element < tirx.const(0, x.dtype))
             value = value | tirx.Select(negative, tirx.const(1 << bit, "uint32"), tirx.const(0, "uint32"))
         return value
 
-    out_shape = (shape[0], shape[2], shape[3], words(channels)) if len(shape) == 4 else (shape[0], words(channels))
+    out_shape = (shape[0], shape[2], shape[3], words(channels)) if len(shape) >= 4 else (shape[0], words(channels))
     return te.compute(out_shape, word, name="bitpack")
 
 

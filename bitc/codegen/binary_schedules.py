@@ -33,8 +33,14 @@ def _binary_conv_cpu(func: Any, num_cores: int) -> Any:
     extents = [int(sch.get(loop).extent) for loop in sch.get_loops(popc)]
     if "epilogue" in names:
         out = sch.get_sblock("epilogue")
-        n, o, oh, ow = sch.get_loops(out)
-        sch.reorder(n, oh, o, ow)
+        out_loops = sch.get_loops(out)
+        if len(out_loops) == 5:  # blocked NCHW{b}c output: whole vectors of channels per pixel
+            n, o, oh, ow, lanes = out_loops
+            sch.reorder(n, oh, o, ow, lanes)
+            sch.vectorize(lanes)
+        else:
+            n, o, oh, ow = out_loops
+            sch.reorder(n, oh, o, ow)
     else:
         out = sch.get_sblock("threshold")
         n, oh = sch.get_loops(out)[:2]
@@ -102,7 +108,7 @@ def _bitpack_cpu(func: Any, num_cores: int) -> Any:
     sch = Schedule(_module(func))
     block = sch.get_sblock("bitpack")
     loops = sch.get_loops(block)
-    if len(loops) == 4:
+    if len(loops) == 4 and len(func.params[0].shape) == 4:
         n, h, w, word = loops
         width = int(sch.get(w).extent)
         sch.reorder(n, h, word, w)

@@ -41,7 +41,24 @@ def _relax_const(array: np.ndarray) -> Any:
 
 
 def _bitpack(bb: Any, node: ir.Node, args: list[Any], lanes: int) -> Any:
-    return bb.emit_te(kernels.bitpack, args[0], primfunc_name_hint="bitc_bitpack", **_attrs("bitpack"))
+    x = args[0]
+    shape = [int(d) for d in node.inputs[0].shape]
+    if len(shape) == 4 and shape[1] % lanes == 0:  # read the blocked layout the float convs around us use
+        x = bb.emit(to_blocked(x, lanes))
+    return bb.emit_te(kernels.bitpack, x, primfunc_name_hint="bitc_bitpack", **_attrs("bitpack"))
+
+
+def to_blocked(x: Any, block: int) -> Any:
+    """NCHW → NCHW{block}c. `cancel_layout_round_trips` removes it where the producer is blocked already."""
+    from tvm import relax
+
+    return relax.op.layout_transform(x, index_map=lambda n, c, h, w: (n, c // block, h, w, c % block))
+
+
+def from_blocked(x: Any, block: int) -> Any:
+    from tvm import relax
+
+    return relax.op.layout_transform(x, index_map=lambda n, cb, h, w, cl: (n, cb * block + cl, h, w))
 
 
 def _binary_conv(bb: Any, node: ir.Node, args: list[Any], lanes: int) -> Any:
@@ -68,6 +85,8 @@ def _binary_conv(bb: Any, node: ir.Node, args: list[Any], lanes: int) -> Any:
         correction = _relax_const(table)
     blocked = _relax_const(kernels.block_weights(packed, lanes))
 
+    out_block = lanes if attrs["output_format"] == "float" and out_channels % lanes == 0 else None
+
     def compute(x: Any, weights: Any, *rest: Any) -> Any:
         epilogue_tensors = list(rest[: len(epilogue)])
         table = rest[len(epilogue)] if correction is not None else None
@@ -80,12 +99,14 @@ def _binary_conv(bb: Any, node: ir.Node, args: list[Any], lanes: int) -> Any:
             lanes=lanes,
             output=attrs["output_format"],
             classes=tuple(classes),
+            out_block=out_block,
         )
 
     extra = [correction] if correction is not None else []
-    return bb.emit_te(
+    out = bb.emit_te(
         compute, args[0], blocked, *epilogue, *extra, primfunc_name_hint="bitc_binary_conv", **_attrs("binary_conv")
     )
+    return bb.emit(from_blocked(out, out_block)) if out_block else out
 
 
 def _binary_dense(bb: Any, node: ir.Node, args: list[Any], lanes: int) -> Any:
@@ -127,3 +148,61 @@ _EMITTERS = {
     "BinaryDense": _binary_dense,
     "PackedMaxPool": _packed_max_pool,
 }
+
+
+def cancel_layout_round_trips(mod: Any) -> Any:
+    """layout_transform(layout_transform(x)) that maps every index back to itself → x.
+
+    The binary kernels read and write the blocked layout; after ConvertLayout has blocked the float ops around
+    them, the transform pairs between the two meet back to back and cancel."""
+    from tvm import relax
+
+    @relax.expr_functor.mutator
+    class Cancel(relax.PyExprMutator):
+        def visit_call_(self, call: Any) -> Any:
+            call = self.visit_expr_post_order(call)
+            inner = _bound_layout_transform(self, call.args[0]) if _is_layout_transform(call) else None
+            if inner is not None and _round_trip_is_identity(inner, call):
+                return inner.args[0]
+            return call
+
+    cancel = Cancel(mod)
+    for gvar, func in list(mod.functions.items()):
+        if isinstance(func, relax.Function):
+            cancel.builder_.update_func(gvar, cancel.visit_expr(func))
+    return relax.transform.DeadCodeElimination()(cancel.builder_.get())
+
+
+def _is_layout_transform(call: Any) -> bool:
+    import tvm
+
+    return isinstance(call.op, tvm.ir.Op) and call.op.name == "relax.layout_transform"
+
+
+def _bound_layout_transform(mutator: Any, value: Any) -> Any | None:
+    from tvm import relax
+
+    if isinstance(value, relax.Var):
+        value = mutator.lookup_binding(value)
+    if isinstance(value, relax.Call) and _is_layout_transform(value) and value.attrs.pad_value is None:
+        return value
+    return None
+
+
+def _round_trip_is_identity(inner: Any, outer: Any) -> bool:
+    """Both maps are affine div/mod maps: checking corners and a spread of points of the input decides it."""
+    if outer.attrs.pad_value is not None:
+        return False
+    try:
+        shape = [int(d) for d in inner.args[0].ty.shape]
+        if [int(d) for d in outer.ty.shape] != shape:
+            return False
+    except (AttributeError, TypeError, ValueError):
+        return False
+    rng = np.random.default_rng(0)
+    points = [[0] * len(shape), [d - 1 for d in shape]] + [[int(rng.integers(d)) for d in shape] for _ in range(32)]
+    for point in points:
+        middle = [int(v) for v in inner.attrs.index_map.map_indices(point)]
+        if [int(v) for v in outer.attrs.index_map.map_indices(middle)] != point:
+            return False
+    return True

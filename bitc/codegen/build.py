@@ -11,6 +11,7 @@ from typing import Any
 import onnx_ir as ir
 
 from bitc.codegen import fast_math, nchwc, tuning
+from bitc.codegen.bitc_relax import cancel_layout_round_trips
 from bitc.codegen.cpu_schedules import default_schedule_pass
 from bitc.codegen.relax_import import to_relax
 from bitc.codegen.target import CpuTarget
@@ -39,6 +40,7 @@ def lower_to_fused_tir(mod: Any, target: CpuTarget) -> tuple[Any, str]:
             mod, conv_layout = nchwc.convert_conv_layout(mod, block=target.vector_lanes), "blocked"
         except Exception as exc:
             conv_layout = f"NCHW (layout conversion refused: {first_line(exc, 160)})"
+        mod = cancel_layout_round_trips(mod)
         lowered = tvm.transform.Sequential(
             [
                 relax.transform.DecomposeOpsForInference(),

@@ -63,6 +63,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--target", help="cpu (this machine) or cpu:<llvm cpu name> (default: cpu)")
     p.add_argument("--passes", help="comma-separated pass pipeline (default: the standard clean-ups); see 'passes'")
     p.add_argument("--input-shape", action="append", default=[], metavar="NAME=D0,D1,...", help="fix input shapes")
+    p.add_argument(
+        "--binarize",
+        action="store_true",
+        help="binarize a float model (post-training): all Conv/Gemm/MatMul but the first and last, sign activations",
+    )
+    p.add_argument("--binarize-planes", type=int, metavar="K", help="weight planes W ≈ Σ αᵢ·Bᵢ, 1-4 (default 1)")
+    p.add_argument("--binarize-exclude", metavar="NODE,...", help="layers to keep in float")
+    p.add_argument("--binarize-layers", metavar="NODE,...", help="binarize exactly these layers")
+    p.add_argument("--binarize-weights-only", action="store_true", help="keep activations in float")
     p.add_argument("--tune-trials", type=int, metavar="N", help="MetaSchedule trials to run (default 0)")
     p.add_argument("--tuning-db", metavar="DIR", help="tuning database folder (default: ~/.cache/bitc/tuning)")
     p.add_argument("--no-tuning-db", action="store_true", help="ignore tuned schedules (default schedules only)")
@@ -158,7 +167,24 @@ def _compile_options(args: argparse.Namespace) -> dict[str, Any]:
         "verify": True if args.verify else None,
     }
     options.update({key: value for key, value in flags.items() if value is not None})
+    policy = _binarize_policy(args)
+    if policy is not None:
+        options["binarize"] = {**(options.get("binarize") or {}), **policy}
     return options
+
+
+def _binarize_policy(args: argparse.Namespace) -> dict[str, Any] | None:
+    """The --binarize* flags as the binarize pass's options (None if none was given)."""
+    policy: dict[str, Any] = {}
+    if args.binarize_planes is not None:
+        policy["planes"] = args.binarize_planes
+    if args.binarize_exclude:
+        policy["exclude"] = [name.strip() for name in args.binarize_exclude.split(",") if name.strip()]
+    if args.binarize_layers:
+        policy["layers"] = [name.strip() for name in args.binarize_layers.split(",") if name.strip()]
+    if args.binarize_weights_only:
+        policy["activations"] = "float"
+    return policy if policy or args.binarize else None
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -6,6 +6,10 @@
     passes = ["fold_constants", "fold_batchnorm", "remove_unused"]   # or [[passes]] tables with options
     [input_shapes]
     image = [1, 3, 224, 224]
+    [binarize]                 # post-training binarization policy (the `binarize` pass's options)
+    planes = 2                 # weight planes W ≈ Σ αᵢ·Bᵢ, 1-4
+    activations = "sign"       # or "float" (weights only)
+    exclude = ["conv1"]        # or layers = [...] to name exactly which; keep_first_last = true
 
 `load_config(path)` returns keyword arguments for `bitc.compile`.
 """
@@ -51,8 +55,10 @@ def load_config(path: str | os.PathLike) -> dict[str, Any]:
             options["input_shapes"] = _input_shapes(path, value)
         elif key == "passes":
             options["passes"] = _passes(path, value)
+        elif key == "binarize":
+            options["binarize"] = _binarize(path, value)
         else:
-            known = sorted([*_SCALARS, "input_shapes", "passes"])
+            known = sorted([*_SCALARS, "binarize", "input_shapes", "passes"])
             raise BadInputError(f"{path}: unknown key '{key}'; known keys: {', '.join(known)}")
     return options
 
@@ -80,5 +86,28 @@ def _passes(path: Path, value: Any) -> list[Any]:
     return specs
 
 
+_BINARIZE_KEYS: dict[str, type | tuple[type, ...]] = {
+    "planes": int,
+    "activations": str,
+    "layers": list,
+    "exclude": list,
+    "keep_first_last": bool,
+}
+
+
+def _binarize(path: Path, value: Any) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise BadInputError(f"{path}: [binarize] must be a table, e.g. planes = 2")
+    for key, item in value.items():
+        if key not in _BINARIZE_KEYS:
+            raise BadInputError(f"{path}: unknown key '{key}' in [binarize]; known keys: {', '.join(_BINARIZE_KEYS)}")
+        expected = _BINARIZE_KEYS[key]
+        if not isinstance(item, expected) or (expected is int and isinstance(item, bool)):
+            raise BadInputError(f"{path}: [binarize] '{key}' must be {_type_name(expected)}, got {item!r}")
+        if expected is list and not all(isinstance(name, str) for name in item):
+            raise BadInputError(f"{path}: [binarize] '{key}' must be a list of layer names")
+    return dict(value)
+
+
 def _type_name(expected: type | tuple[type, ...]) -> str:
-    return {str: "a string", int: "an integer", bool: "true or false"}.get(expected, str(expected))  # type: ignore[call-overload]
+    return {str: "a string", int: "an integer", bool: "true or false", list: "a list"}.get(expected, str(expected))  # type: ignore[call-overload]

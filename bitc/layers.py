@@ -18,6 +18,9 @@ def layer_table(model: ir.Model) -> list[dict[str, Any]]:
     """One row per Conv/Gemm/MatMul node (and any node carrying constant weights), in graph order."""
     rows = []
     for node in model.graph:
+        if node.domain == "bitc" and node.op_type in ("BinaryConv", "BinaryDense"):
+            rows.append(_binary_row(node))
+            continue
         weights = [v for v in node.inputs if _is_weight(v)]
         if node.op_type not in WEIGHTED_OPS and not weights:
             continue
@@ -35,9 +38,36 @@ def layer_table(model: ir.Model) -> list[dict[str, Any]]:
     return rows
 
 
+def _binary_row(node: ir.Node) -> dict[str, Any]:
+    """A bit-packed layer: params are weight bits (×planes), bytes what the artifact stores, MACs binary ones."""
+    from bitc import ops
+
+    attrs = ops.get(node.op_type).attrs(node)
+    weights = node.inputs[1]
+    planes = int(weights.shape[0])
+    constants = [v for v in node.inputs[1:] if v is not None and v.const_value is not None]
+    if node.op_type == "BinaryConv":
+        per_output = int(attrs["in_channels"]) * int(weights.shape[2]) * int(weights.shape[3])
+        outputs = int(weights.shape[1])
+    else:
+        per_output, outputs = int(attrs["in_features"]), int(weights.shape[1])
+    out_shape = node.outputs[0].shape
+    positions = math.prod(int(d) for d in out_shape.dims) // (outputs if attrs["output_format"] == "float" else 1)
+    if attrs["output_format"] == "packed":  # packed output: [N, OH, OW, words] or [M, words]
+        positions = math.prod(int(d) for d in out_shape.dims[:-1])
+    return {
+        "name": node.name or node.outputs[0].name,
+        "op": f"bitc::{node.op_type}",
+        "precision": "1-bit" if planes == 1 else f"{planes}×1-bit",
+        "params": planes * outputs * per_output,
+        "bytes": sum(int(v.const_value.nbytes) for v in constants),
+        "macs": planes * positions * outputs * per_output,
+    }
+
+
 def summarize_layers(rows: list[dict[str, Any]]) -> dict[str, Any]:
     total_macs = sum(r["macs"] for r in rows)
-    binary_macs = sum(r["macs"] for r in rows if r["precision"] == "1-bit")
+    binary_macs = sum(r["macs"] for r in rows if r["precision"].endswith("1-bit"))
     return {
         "layers": len(rows),
         "params": sum(r["params"] for r in rows),

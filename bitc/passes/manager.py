@@ -10,7 +10,7 @@ from typing import Any
 
 import onnx_ir as ir
 
-from bitc.errors import BitcError, CompileError, first_line
+from bitc.errors import BadInputError, BitcError, CompileError, first_line
 from bitc.passes import registry, verify
 
 DEFAULT_PIPELINE = (
@@ -61,6 +61,23 @@ def parse_pipeline(text: str | Sequence[PassSpec] | None) -> list[tuple[str, dic
         name, options = (item, {}) if isinstance(item, str) else (item[0], dict(item[1]))
         registry.create(name, options)  # fail early on unknown names / bad options
         specs.append((name, options))
+    return specs
+
+
+def with_binarize(pipeline: str | Sequence[PassSpec] | None, policy: Mapping[str, Any]) -> list[PassSpec]:
+    """The pipeline with ("binarize", policy) inserted where it belongs: after BN folding (so it binarizes the
+    folded weights) and before `lower_binary` (added, with `fuse_binary`, if the pipeline lacks them)."""
+    specs: list[PassSpec] = [(name, options) for name, options in parse_pipeline(pipeline)]
+    names = [name for name, _ in specs]
+    if "binarize" in names:
+        raise BadInputError("binarization asked for twice: in the pass list and as a policy")
+    for required in ("lower_binary", "fuse_binary"):
+        if required not in names:
+            specs.append((required, {}))
+            names.append(required)
+    at = names.index("fold_batchnorm") + 1 if "fold_batchnorm" in names else names.index("lower_binary")
+    at = min(at, names.index("lower_binary"))
+    specs.insert(at, ("binarize", dict(policy)))
     return specs
 
 

@@ -16,7 +16,7 @@ SUMMARY_LINES: list[str] = []
 
 def pytest_terminal_summary(terminalreporter) -> None:
     if SUMMARY_LINES:
-        terminalreporter.write_sep("-", "fuzzing")
+        terminalreporter.write_sep("-", "fuzzing and accuracy")
         for line in SUMMARY_LINES:
             terminalreporter.write_line(line)
 

@@ -104,6 +104,10 @@ def set_input_shapes(model: ir.Model, input_shapes: Mapping[str, Sequence[int]],
         if any(int(d) <= 0 for d in dims):
             raise BadInputError(f"{source}: input '{name}': dimensions must be positive, got {list(dims)}")
         value.shape = ir.Shape([int(d) for d in dims])
+    # shapes recorded for the exported input size are stale now: inference derives them again
+    for node in model.graph.all_nodes():
+        for output in node.outputs:
+            output.shape = None
 
 
 def _unknown_negative_dims(model: ir.Model) -> None:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
+from conftest import SUMMARY_LINES
 
 import bitc
-from conftest import SUMMARY_LINES
 
 pytest.importorskip("brevitas")
 pytest.importorskip("qonnx")

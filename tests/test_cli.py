@@ -67,6 +67,8 @@ def test_passes_lists_every_pass():
         (["run", "missing.bitc", "--random"], 2, "no such artifact"),
         (["frobnicate"], 2, "invalid choice"),
         (["compile"], 2, "required"),
+        (["compile", "m.onnx", "--binarize-planes", "9"], 2, "planes must be 1-4"),
+        (["compile", "m.onnx", "--binarize-layers", "nope"], 2, "no Conv/Gemm/MatMul named nope"),
     ],
 )
 def test_bad_input_gives_one_line_and_exit_code(workdir, args, code, message):
@@ -124,3 +126,14 @@ def test_report_is_written_with_measurements(workdir):
     assert "data:image/png;base64," in page  # charts
     assert "fused_conv2d" in page  # a profiled kernel
     assert "fold_batchnorm" in page
+
+
+def test_binarize_flag_compiles_binary_layers_and_reports_their_error(workdir):
+    out = bitc("compile", "m.onnx", "-o", "bin.bitc", "--binarize", "--binarize-layers", "fc", "--json", cwd=workdir)
+    assert out.returncode == 0, out.stderr
+    passes = {p["name"]: p for p in json.loads(out.stdout)["passes"]}
+    layers = passes["binarize"]["details"]["layers"]
+    assert list(layers) == ["fc"] and 0 < layers["fc"]["weight_rel_error"] < 1
+    assert passes["lower_binary"]["details"]["lowered"] == 1
+    inspected = bitc("inspect", "bin.bitc", "--json", cwd=workdir)
+    assert "bitc::BinaryDense" in inspected.stdout

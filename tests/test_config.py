@@ -56,6 +56,10 @@ def test_flags_override_the_config(tmp_path):
         ("passes = 'fold_constants'\n", "'passes' must be a list"),
         ("passes = [{nom = 'x'}]\n", "bad entry in 'passes'"),
         ("target = \n", "not a valid TOML file"),
+        ("[binarize]\nplanez = 2\n", "unknown key 'planez' in \\[binarize\\]"),
+        ("[binarize]\nplanes = '2'\n", "'planes' must be an integer"),
+        ("[binarize]\nexclude = [1]\n", "list of layer names"),
+        ("binarize = 1\n", "must be a table"),
     ],
 )
 def test_bad_config_is_refused(tmp_path, text, message):
@@ -68,3 +72,21 @@ def test_missing_config_is_a_usage_error(tmp_path):
     make_conv_bn_model(tmp_path / "m.onnx")
     out = _bitc("compile", "m.onnx", "--config", "nope.toml", cwd=tmp_path)
     assert out.returncode == 2 and "nope.toml: no such config file" in out.stderr
+
+
+def test_binarize_table_equals_binarize_flags(tmp_path):
+    make_conv_bn_model(tmp_path / "m.onnx")
+    (tmp_path / "bitc.toml").write_text("[binarize]\nplanes = 2\nkeep_first_last = false\n")
+    by_config = _bitc("compile", "m.onnx", "-o", "a.bitc", "--config", "bitc.toml", "--json", cwd=tmp_path)
+    assert by_config.returncode == 0, by_config.stderr
+    (tmp_path / "all.toml").write_text("[binarize]\nkeep_first_last = false\n")
+    by_flags = _bitc(
+        "compile", "m.onnx", "-o", "b.bitc", "--config", "all.toml", "--binarize-planes", "2", "--json", cwd=tmp_path
+    )
+    assert by_flags.returncode == 0, by_flags.stderr
+    assert (tmp_path / "a.bitc").read_bytes() == (tmp_path / "b.bitc").read_bytes()
+    passes = {p["name"]: p for p in json.loads(by_config.stdout)["passes"]}
+    assert passes["binarize"]["options"] == {"planes": 2, "keep_first_last": False}
+    assert passes["binarize"]["details"]["binarized"] == 2
+    assert passes["lower_binary"]["details"]["lowered"] == 4  # one per plane, merged back into one op per layer:
+    assert passes["fuse_binary"]["details"]["merged_planes"] == 2

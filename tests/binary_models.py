@@ -42,11 +42,16 @@ def binary_conv_model(
     pad_value: int = 0,
     output_format: str = "float",
     planes: int = 1,
+    threshold_planes: int = 1,
+    input_thresholds: list[float] | None = None,
     seed: int = 0,
 ) -> onnx.ModelProto:
-    """x (float NCHW) → BitPack → BinaryConv, with random ±1 weights and epilogue."""
+    """x (float NCHW) → BitPack (thermometer planes with `input_thresholds`) → BinaryConv, with random ±1
+    weights and epilogue (`threshold_planes` output planes when packed)."""
     rng = np.random.default_rng(seed)
-    inits = [numpy_helper.from_array(pack_conv_weights(pm1(rng, (planes, o, c, k, k))), "w")]
+    pack_attrs = {"thresholds": input_thresholds} if input_thresholds else {}
+    in_channels = c * (len(input_thresholds) if input_thresholds else 1)
+    inits = [numpy_helper.from_array(pack_conv_weights(pm1(rng, (planes, o, in_channels, k, k))), "w")]
     if output_format == "float":
         inits += [
             numpy_helper.from_array(rng.standard_normal((planes, o)).astype(np.float32), "scale"),
@@ -54,18 +59,19 @@ def binary_conv_model(
         ]
         epilogue = ["scale", "bias"]
     else:
-        reach = c * k * k
-        inits.append(numpy_helper.from_array(rng.integers(-reach // 3, reach // 3, o).astype(np.int32), "threshold"))
+        reach = in_channels * k * k * planes
+        thresholds = np.sort(rng.integers(-reach // 3, reach // 3, (threshold_planes, o)), axis=0).astype(np.int32)
+        inits.append(numpy_helper.from_array(thresholds if threshold_planes > 1 else thresholds[0], "threshold"))
         epilogue = ["threshold"]
     nodes = [
-        helper.make_node("BitPack", ["x"], ["xp"], domain=ops.DOMAIN, name="pack"),
+        helper.make_node("BitPack", ["x"], ["xp"], domain=ops.DOMAIN, name="pack", **pack_attrs),
         helper.make_node(
             "BinaryConv",
             ["xp", "w", *epilogue],
             ["y"],
             domain=ops.DOMAIN,
             name="bconv",
-            in_channels=c,
+            in_channels=in_channels,
             strides=[stride, stride],
             pads=[pad] * 4,
             pad_value=pad_value,
@@ -82,7 +88,14 @@ def binary_conv_model(
 
 
 def binary_dense_model(
-    *, m: int = 3, k: int = 100, n: int = 45, output_format: str = "float", planes: int = 1, seed: int = 0
+    *,
+    m: int = 3,
+    k: int = 100,
+    n: int = 45,
+    output_format: str = "float",
+    planes: int = 1,
+    threshold_planes: int = 1,
+    seed: int = 0,
 ) -> onnx.ModelProto:
     rng = np.random.default_rng(seed)
     inits = [numpy_helper.from_array(pack_dense_weights(pm1(rng, (planes, n, k))), "w")]
@@ -93,7 +106,8 @@ def binary_dense_model(
         ]
         epilogue = ["scale", "bias"]
     else:
-        inits.append(numpy_helper.from_array(rng.integers(-k // 3, k // 3, n).astype(np.int32), "threshold"))
+        thresholds = np.sort(rng.integers(-k // 3, k // 3, (threshold_planes, n)), axis=0).astype(np.int32)
+        inits.append(numpy_helper.from_array(thresholds if threshold_planes > 1 else thresholds[0], "threshold"))
         epilogue = ["threshold"]
     nodes = [
         helper.make_node("BitPack", ["x"], ["xp"], domain=ops.DOMAIN, name="pack"),

@@ -28,6 +28,15 @@ def test_packing_round_trips_odd_channel_counts(channels):
     assert np.all(unpack_signs(packed, packed.shape[-1] * 32)[..., channels:] == 0)  # unused bits stay 0
 
 
+def test_bitpack_thermometer_planes_encode_a_ternary_quantizer():
+    """Two planes at −0.5 and just above +0.5: ½·(S₁ + S₂) = round-half-even(clip(x, −1, 1))."""
+    x = np.array([[-2.0, -0.6, -0.5, -0.2, 0.0, 0.3, 0.5, 0.50001, 1.7]], np.float32)
+    thresholds = [-0.5, float(np.nextafter(np.float32(0.5), np.float32(np.inf)))]
+    planes = unpack_signs(pack_activations(x, thresholds), 2 * x.shape[1]).reshape(2, -1)
+    value = 0.5 * np.where(planes, -1, 1).sum(axis=0)
+    assert np.array_equal(value, np.round(np.clip(x[0], -1, 1)))
+
+
 def test_bitpack_maps_zero_to_plus_one():
     x = np.array([[-1.0, -0.0, 0.0, 1e-30, -1e-30]], np.float32)
     assert np.array_equal(unpack_signs(pack_activations(x), 5), [[True, False, False, False, True]])
@@ -92,6 +101,8 @@ CONV_CASES = {
     "two_planes": {"planes": 2},
     "packed_output": {"output_format": "packed"},
     "packed_output_stride2_odd": {"output_format": "packed", "stride": 2, "c": 100, "o": 33},
+    "packed_output_two_planes": {"output_format": "packed", "planes": 2, "threshold_planes": 2},
+    "thermometer_input": {"input_thresholds": [-0.5, 0.5000001]},
 }
 
 
@@ -108,7 +119,16 @@ def test_compiled_binary_conv_matches_reference(tmp_path, case):
 
 
 @pytest.mark.parametrize(
-    "case", [{}, {"k": 64}, {"k": 784, "n": 10}, {"planes": 3}, {"output_format": "packed"}, {"m": 1, "k": 33}]
+    "case",
+    [
+        {},
+        {"k": 64},
+        {"k": 784, "n": 10},
+        {"planes": 3},
+        {"output_format": "packed"},
+        {"m": 1, "k": 33},
+        {"output_format": "packed", "planes": 2, "threshold_planes": 3},
+    ],
 )
 def test_compiled_binary_dense_matches_reference(tmp_path, case):
     proto = binary_dense_model(**case)

@@ -103,7 +103,7 @@ def test_non_binary_weights_are_left_in_float_with_a_reason():
     _, lowered, records = _lowered(proto)
     assert _counts(lowered)["Conv"] == 1
     skipped = next(r.details for r in records if r.name == "lower_binary")["skipped"]
-    assert list(skipped.values()) == ["weights are not ±α per output channel"]
+    assert list(skipped.values()) == ["weights are not ±α (or ternary 0/±α) per output channel"]
 
 
 @pytest.mark.parametrize("planes", [1, 2, 3])

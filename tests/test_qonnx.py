@@ -28,8 +28,13 @@ def _details(manifest: dict, name: str) -> dict:
     return next(p["details"] for p in manifest["passes"] if p["name"] == name)
 
 
-@pytest.mark.parametrize(("name", "binary_layers"), [("tfc_1w1a", 4), ("cnv_1w1a", 8)])
-def test_brevitas_w1a1_compiles_to_packed_kernels_matching_qonnx(tmp_path, name, binary_layers):
+@pytest.mark.parametrize(
+    ("name", "binary_layers"),
+    [("tfc_1w1a", 4), ("tfc_1w2a", 4), ("tfc_2w2a", 4), ("cnv_1w1a", 8), ("cnv_1w2a", 8), ("cnv_2w2a", 8)],
+)
+def test_brevitas_bnn_compiles_to_packed_kernels_matching_qonnx(tmp_path, name, binary_layers):
+    """W1A1, W1A2 (ternary activations as two thermometer planes) and W2A2 (ternary weights as two ±1 planes):
+    every layer but CNV's 8-bit-input first conv runs on xor/popcount kernels, activations stay packed."""
     model, example = qonnx_models.bnn_pynq(name)
     path = qonnx_models.export_qonnx(model, example, tmp_path / f"{name}.onnx")
     result = bitc.compile(path, tmp_path / f"{name}.bitc")
@@ -45,15 +50,6 @@ def test_brevitas_w1a1_compiles_to_packed_kernels_matching_qonnx(tmp_path, name,
         got = compiled(x)
         # the integer path is exact; only the float head (TensorNorm) can differ by rounding
         np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5 * np.abs(expected).max())
-
-
-def test_brevitas_w2a2_runs_and_matches_qonnx(tmp_path):
-    model, example = qonnx_models.bnn_pynq("tfc_2w2a")
-    path = qonnx_models.export_qonnx(model, example, tmp_path / "tfc_2w2a.onnx")
-    compiled = bitc.load(bitc.compile(path, tmp_path / "tfc_2w2a.bitc").path)
-    x = np.random.default_rng(1).random(tuple(example.shape)).astype(np.float32)
-    expected = _qonnx_execute(path, x)
-    np.testing.assert_allclose(compiled(x), expected, rtol=0, atol=1e-5 * np.abs(expected).max())
 
 
 def test_digits_bnn_keeps_its_accuracy_exactly_after_compilation(tmp_path):

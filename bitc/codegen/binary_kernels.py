@@ -146,10 +146,13 @@ def binary_conv(
     if output == "packed":
         (threshold,) = epilogue
 
-        def packed_word(n: Any, oh: Any, ow: Any, word: Any) -> Any:
-            return _sign_bits(lambda o: dot(0, n, oh, ow, o), threshold, word, g.out_channels)
+        out_planes = int(threshold.shape[0])
 
-        return te.compute((g.n, g.out_h, g.out_w, words(g.out_channels)), packed_word, name="threshold")
+        def packed_word(n: Any, oh: Any, ow: Any, word: Any) -> Any:
+            return _sign_bits(lambda o: _plane_sum(dot, g.planes, n, oh, ow, o), threshold, word, g.out_channels)
+
+        shape = (g.n, g.out_h, g.out_w, words(out_planes * g.out_channels))
+        return te.compute(shape, packed_word, name="threshold")
     scale, bias = epilogue
 
     def float_out(n: Any, o: Any, oh: Any, ow: Any) -> Any:
@@ -196,10 +199,12 @@ def binary_dense(
     if output == "packed":
         (threshold,) = epilogue
 
-        def packed_word(m: Any, word: Any) -> Any:
-            return _sign_bits(lambda o: dot(0, m, o), threshold, word, out_features)
+        out_planes = int(threshold.shape[0])
 
-        return te.compute((m_rows, words(out_features)), packed_word, name="threshold")
+        def packed_word(m: Any, word: Any) -> Any:
+            return _sign_bits(lambda o: _plane_sum(dot, planes, m, o), threshold, word, out_features)
+
+        return te.compute((m_rows, words(out_planes * out_features)), packed_word, name="threshold")
     scale, bias = epilogue
 
     def float_out(m: Any, o: Any) -> Any:
@@ -211,20 +216,31 @@ def binary_dense(
     return te.compute((m_rows, out_features), float_out, name="epilogue")
 
 
+def _plane_sum(dot: Any, planes: int, *index: Any) -> Any:
+    total = dot(0, *index)
+    for plane in range(1, planes):
+        total = total + dot(plane, *index)
+    return total
+
+
 def _sign_bits(dot: Any, threshold: Any, word: Any, channels: int) -> Any:
-    """One packed output word: bit b set where channel word·32 + b exists and its dot is below its threshold.
-    Written out as 32 terms (not a reduction) so the schedules can place it freely."""
+    """One packed output word: bit b set where packed channel c = word·32 + b exists (plane c // channels,
+    channel c % channels) and that channel's dot is below the plane's threshold [P, O]. Written out as 32 terms
+    (not a reduction) so the schedules can place it freely."""
     from tvm import tirx
 
+    planes = int(threshold.shape[0])
     value = tirx.const(0, "uint32")
     for bit in range(WORD_BITS):
-        o = word * WORD_BITS + bit
-        negative = tirx.all(o < channels, dot(o) < threshold[tirx.min(o, channels - 1)])
+        packed = word * WORD_BITS + bit
+        plane = tirx.min(packed // channels, planes - 1)
+        o = packed % channels
+        negative = tirx.all(packed < planes * channels, dot(o) < threshold[plane, o])
         value = value | tirx.Select(negative, tirx.const(1 << bit, "uint32"), tirx.const(0, "uint32"))
     return value
 
 
-def bitpack(x: Any) -> Any:
+def bitpack(x: Any, thresholds: tuple[float, ...] = (0.0,)) -> Any:
     """sign + pack along channels: NCHW (or NCHW{b}c) float → NHWC words, or [M, K] → [M, words]; 32 terms per
     word, no reduction, so the schedule can vectorise across pixels."""
     from tvm import te, tirx
@@ -232,6 +248,7 @@ def bitpack(x: Any) -> Any:
     shape = [int(d) for d in x.shape]
     block = shape[4] if len(shape) == 5 else None
     channels = shape[1] * block if block else shape[1]
+    planes = len(thresholds)
 
     def element_at(index: tuple, channel: Any) -> Any:
         if block:
@@ -240,16 +257,24 @@ def bitpack(x: Any) -> Any:
             return x[index[0], channel, index[1], index[2]]
         return x[index[0], channel]
 
+    def below(element: Any, plane: Any) -> Any:
+        """element < thresholds[plane] (a select chain: there are 1-3 planes)."""
+        result = element < tirx.const(thresholds[-1], x.dtype)
+        for p in range(planes - 2, -1, -1):
+            result = tirx.Select(plane == p, element < tirx.const(thresholds[p], x.dtype), result)
+        return result
+
     def word(*index: Any) -> Any:
         value = tirx.const(0, "uint32")
         for bit in range(WORD_BITS):
-            channel = index[-1] * WORD_BITS + bit
-            element = element_at(index, tirx.min(channel, channels - 1))
-            negative = tirx.all(channel < channels, element < tirx.const(0, x.dtype))
+            packed = index[-1] * WORD_BITS + bit
+            element = element_at(index, tirx.min(packed % channels, channels - 1))
+            negative = tirx.all(packed < planes * channels, below(element, packed // channels))
             value = value | tirx.Select(negative, tirx.const(1 << bit, "uint32"), tirx.const(0, "uint32"))
         return value
 
-    out_shape = (shape[0], shape[2], shape[3], words(channels)) if len(shape) >= 4 else (shape[0], words(channels))
+    total = words(planes * channels)
+    out_shape = (shape[0], shape[2], shape[3], total) if len(shape) >= 4 else (shape[0], total)
     return te.compute(out_shape, word, name="bitpack")
 
 

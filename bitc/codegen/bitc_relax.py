@@ -34,6 +34,11 @@ def _constant(node: ir.Node, index: int) -> np.ndarray:
     return value.const_value.numpy()
 
 
+def _as_planes(array: np.ndarray) -> np.ndarray:
+    """A 1-D threshold [O] is one plane: [1, O] (scale is [P, O] already; bias [O] stays 1-D)."""
+    return array.reshape(1, -1) if array.dtype == np.int32 and array.ndim == 1 else array
+
+
 def _relax_const(array: np.ndarray) -> Any:
     from tvm import relax
 
@@ -45,7 +50,12 @@ def _bitpack(bb: Any, node: ir.Node, args: list[Any], lanes: int) -> Any:
     shape = [int(d) for d in node.inputs[0].shape]
     if len(shape) == 4 and shape[1] % lanes == 0:  # read the blocked layout the float convs around us use
         x = bb.emit(to_blocked(x, lanes))
-    return bb.emit_te(kernels.bitpack, x, primfunc_name_hint="bitc_bitpack", **_attrs("bitpack"))
+    thresholds = tuple(float(t) for t in ops.get("BitPack").attrs(node)["thresholds"])
+
+    def compute(x: Any) -> Any:
+        return kernels.bitpack(x, thresholds)
+
+    return bb.emit_te(compute, x, primfunc_name_hint="bitc_bitpack", **_attrs("bitpack"))
 
 
 def to_blocked(x: Any, block: int) -> Any:
@@ -78,7 +88,7 @@ def _binary_conv(bb: Any, node: ir.Node, args: list[Any], lanes: int) -> Any:
         pads=tuple(attrs["pads"]),
         planes=planes,
     )
-    epilogue = [_relax_const(_constant(node, i)) for i in range(2, len(node.inputs))]
+    epilogue = [_relax_const(_as_planes(_constant(node, i))) for i in range(2, len(node.inputs))]
     correction, classes = None, (0, 0, 0, 0)
     if attrs["pad_value"] == 0 and any(geometry.pads):
         table, *classes = kernels.zero_pad_correction(packed, geometry)
@@ -113,7 +123,7 @@ def _binary_dense(bb: Any, node: ir.Node, args: list[Any], lanes: int) -> Any:
     attrs = ops.get("BinaryDense").attrs(node)
     packed = _constant(node, 1)
     planes, out_features, _ = packed.shape
-    epilogue = [_relax_const(_constant(node, i)) for i in range(2, len(node.inputs))]
+    epilogue = [_relax_const(_as_planes(_constant(node, i))) for i in range(2, len(node.inputs))]
     blocked = _relax_const(kernels.block_weights(packed, lanes))
 
     def compute(x: Any, weights: Any, *rest: Any) -> Any:

@@ -2,7 +2,8 @@
 
 dot = Σ a·w over the window, computed as K − 2·popcount(a xor w). With `planes` > 1 the weights are a sum of
 binary planes, W ≈ Σᵢ scale[i, o]·Bᵢ, and the float output is Σᵢ scale[i, o]·dotᵢ + bias[o]. `output_format="packed"`
-instead emits the sign bits of the next layer's input directly: bit 1 (−1) where dot < threshold[o].
+instead emits the next layer's packed input directly: threshold [P, O] gives P bit planes (channels p·O + o),
+bit 1 (−1) where dot < threshold[p, o], dot being summed over the weight planes (equal-scale planes: ternary).
 `pad_value` 0 is true zero padding (a ternary border: the kernel subtracts a per-edge correction); 1 pads with +1.
 """
 
@@ -15,7 +16,7 @@ import numpy as np
 import onnx_ir as ir
 
 from bitc.ops.base import BitcOp
-from bitc.ops.packing import pack_signs, to_pm1, unpack_signs, words
+from bitc.ops.packing import threshold_bits, to_pm1, unpack_signs, words
 
 
 def conv_output_size(size: int, kernel: int, stride: int, pad_begin: int, pad_end: int) -> int:
@@ -41,7 +42,8 @@ class BinaryConv(BitcOp):
         oh = conv_output_size(h, kh, attrs["strides"][0], top, bottom)
         ow = conv_output_size(w, kw, attrs["strides"][1], left, right)
         if attrs["output_format"] == "packed":
-            return [(ir.DataType.UINT32, (n, oh, ow, words(out_channels)))]
+            planes = input_shapes[2][0] if len(input_shapes[2]) == 2 else 1  # threshold [P, O]: P output planes
+            return [(ir.DataType.UINT32, (n, oh, ow, words(planes * out_channels)))]
         return [(ir.DataType.FLOAT, (n, out_channels, oh, ow))]
 
     @staticmethod
@@ -49,7 +51,7 @@ class BinaryConv(BitcOp):
         dots = binary_conv_dots(x, weights, attrs["in_channels"], attrs["strides"], attrs["pads"], attrs["pad_value"])
         if attrs["output_format"] == "packed":
             (threshold,) = epilogue
-            return (pack_signs(dots[0] < threshold.astype(np.int64)),)
+            return (threshold_bits(dots.sum(axis=0), threshold),)
         scale, bias = epilogue
         out = np.zeros(dots.shape[1:], dtype=np.float32)
         for plane in range(dots.shape[0]):

@@ -12,7 +12,7 @@ import numpy as np
 import onnx_ir as ir
 
 from bitc.ops.base import BitcOp
-from bitc.ops.packing import pack_signs, to_pm1, unpack_signs, words
+from bitc.ops.packing import threshold_bits, to_pm1, unpack_signs, words
 
 
 class BinaryDense(BitcOp):
@@ -26,7 +26,8 @@ class BinaryDense(BitcOp):
         m = input_shapes[0][0]
         n = input_shapes[1][1]
         if attrs["output_format"] == "packed":
-            return [(ir.DataType.UINT32, (m, words(n)))]
+            planes = input_shapes[2][0] if len(input_shapes[2]) == 2 else 1
+            return [(ir.DataType.UINT32, (m, words(planes * n)))]
         return [(ir.DataType.FLOAT, (m, n))]
 
     @staticmethod
@@ -37,7 +38,7 @@ class BinaryDense(BitcOp):
         dots = np.einsum("mk,pnk->pmn", a, w)
         if attrs["output_format"] == "packed":
             (threshold,) = epilogue
-            return (pack_signs(dots[0] < threshold.astype(np.int64)),)
+            return (threshold_bits(dots.sum(axis=0), threshold),)
         scale, bias = epilogue
         out = np.zeros(dots.shape[1:], dtype=np.float32)
         for plane in range(dots.shape[0]):

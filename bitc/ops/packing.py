@@ -39,14 +39,21 @@ def to_pm1(negative: np.ndarray, dtype: type = np.int32) -> np.ndarray:
     return np.where(negative, -1, 1).astype(dtype)
 
 
-def pack_activations(x: np.ndarray) -> np.ndarray:
-    """sign + pack: float [N, C, H, W] → [N, H, W, words(C)], or float [M, K] → [M, words(K)]."""
+def pack_activations(x: np.ndarray, thresholds: list[float] | tuple[float, ...] = (0.0,)) -> np.ndarray:
+    """sign + pack: float [N, C, H, W] → [N, H, W, words(P·C)], or float [M, K] → [M, words(P·K)]; plane p
+    (channels p·C …) has bit 1 where x < thresholds[p] (compared in float32)."""
     x = np.asarray(x)
-    if x.ndim == 4:
-        return pack_signs(np.transpose(x < 0, (0, 2, 3, 1)))
-    if x.ndim == 2:
-        return pack_signs(x < 0)
-    raise ValueError(f"bit packing needs a 2-D or 4-D tensor, got shape {x.shape}")
+    if x.ndim not in (2, 4):
+        raise ValueError(f"bit packing needs a 2-D or 4-D tensor, got shape {x.shape}")
+    negative = np.concatenate([x < np.float32(t) for t in thresholds], axis=1)
+    return pack_signs(np.transpose(negative, (0, 2, 3, 1)) if x.ndim == 4 else negative)
+
+
+def threshold_bits(dots: np.ndarray, threshold: np.ndarray) -> np.ndarray:
+    """Packed output of a thresholded layer: dots [..., O], threshold [P, O] (or [O]) → bit planes along the last
+    axis, plane p in channels p·O …: bit 1 where dot < threshold[p]."""
+    threshold = np.asarray(threshold, dtype=np.int64).reshape(-1, dots.shape[-1])
+    return pack_signs(np.concatenate([dots < t for t in threshold], axis=-1))
 
 
 def pack_conv_weights(signs: np.ndarray) -> np.ndarray:

@@ -43,7 +43,8 @@ class FuseBinaryThreshold(ir.passes.InPlacePass):
     A sum of binary layers over the same packed input (residual binarization's planes) becomes one op with
     `planes` > 1, so the input words are read once for all planes.
 
-    Where a BinaryConv/BinaryDense feeds only BitPack nodes, it emits packed bits directly: bit = dot < T[o].
+    Where a BinaryConv/BinaryDense feeds only BitPack nodes, it emits packed bits directly: bit = dot < T[p, o],
+    one plane p per threshold of the BitPack (k-bit activations: a thermometer code, like FINN's MultiThreshold).
     T is found by evaluating the float epilogue exactly as the reference does over every possible dot, so the
     result is bit-identical. A negative scale flips that channel's filter; a zero scale gives a channel that never
     changes, with T = ±INT32_MAX.
@@ -71,10 +72,13 @@ class FuseBinaryThreshold(ir.passes.InPlacePass):
                 continue
             if not all(u.domain == ops.DOMAIN and u.op_type == "BitPack" for u in users):
                 continue
-            weights, scale, bias = (constant(v) for v in node.inputs[1:4])
-            if weights is None or scale is None or bias is None or scale.shape[0] != 1:
+            levels = {tuple(ops.get("BitPack").attrs(u)["thresholds"]) for u in users}
+            if len(levels) != 1:  # consumers quantise differently: keep the float output
                 continue
-            self._fuse(graph, node, attrs, users, weights, scale[0], bias)
+            weights, scale, bias = (constant(v) for v in node.inputs[1:4])
+            if weights is None or scale is None or bias is None or np.any(scale != scale[:1]):
+                continue  # planes of different scale (residual binarization) have no single integer threshold
+            self._fuse(graph, node, attrs, users, weights, scale[0], bias, levels.pop())
         modified = bool(self.report.fused or self.report.merged_planes or self.report.folded_epilogues)
         if modified:
             common.RemoveUnusedNodesPass()(model)
@@ -89,17 +93,19 @@ class FuseBinaryThreshold(ir.passes.InPlacePass):
         weights: np.ndarray,
         scale: np.ndarray,
         bias: np.ndarray,
+        levels: tuple[float, ...],
     ) -> None:
+        planes = weights.shape[0]  # equal-scale planes: the threshold applies to the sum of their dots
         if node.op_type == "BinaryConv":
-            reach = int(attrs["in_channels"]) * weights.shape[2] * weights.shape[3]
+            reach = planes * int(attrs["in_channels"]) * weights.shape[2] * weights.shape[3]
             flip_mask = _low_bits_mask(int(attrs["in_channels"]), weights.shape[-1])
         else:
-            reach = int(attrs["in_features"])
-            flip_mask = _low_bits_mask(reach, weights.shape[-1])
+            reach = planes * int(attrs["in_features"])
+            flip_mask = _low_bits_mask(int(attrs["in_features"]), weights.shape[-1])
         negative = scale < 0
         flipped = weights.copy()
         flipped[:, negative] ^= flip_mask  # dot → −dot for those channels
-        thresholds = integer_thresholds(np.abs(scale), bias, reach)
+        thresholds = np.stack([integer_thresholds(np.abs(scale), bias, reach, level) for level in levels])
         self.report.flipped_channels += int(negative.sum())
         self.report.constant_channels += int((scale == 0).sum())
         name = node.name or node.outputs[0].name
@@ -219,12 +225,12 @@ def _merge_planes(graph: ir.Graph) -> bool:
     return False
 
 
-def integer_thresholds(scale: np.ndarray, bias: np.ndarray, reach: int) -> np.ndarray:
-    """T[o] = the smallest dot in [−reach, reach] with float32(dot·scale) + bias ≥ 0 (scale ≥ 0): the output is
-    −1 exactly where dot < T. Evaluated in float32 like the reference epilogue, hence bit-exact."""
+def integer_thresholds(scale: np.ndarray, bias: np.ndarray, reach: int, level: float = 0.0) -> np.ndarray:
+    """T[o] = the smallest dot in [−reach, reach] with float32(dot·scale) + bias ≥ level (scale ≥ 0): the next
+    BitPack's bit is −1 exactly where dot < T. Evaluated in float32 like the reference, hence bit-exact."""
     dots = np.arange(-reach, reach + 1, dtype=np.int64)
     values = dots.astype(np.float32)[None, :] * scale.astype(np.float32)[:, None] + bias.astype(np.float32)[:, None]
-    non_negative = values >= 0
+    non_negative = values >= np.float32(level)
     first = np.argmax(non_negative, axis=1)
     thresholds = np.where(non_negative.any(axis=1), dots[first], INT32.max)
     thresholds = np.where(non_negative.all(axis=1), INT32.min, thresholds)

@@ -29,15 +29,18 @@ def scalar(value: ir.Value | None) -> float | None:
 
 @dataclass
 class SignSource:
-    """`value` = scale · sign(source) with sign(0) = +1 (scale > 0)."""
+    """`value` = scale · Σₚ Sₚ with Sₚ = +1 where source ≥ thresholds[p] else −1 (one plane: scale·sign(source),
+    sign(0) = +1; several: a thermometer code of a symmetric multi-level quantizer, scale = step / 2)."""
 
     source: ir.Value
     scale: float
     onnx_sign: bool = False  # from ONNX Sign, whose sign(0) is 0: treated as +1
+    thresholds: tuple[float, ...] = (0.0,)
 
 
 def sign_source(value: ir.Value) -> SignSource | None:
-    """Where(x >= 0, s, −s), Sign(x), or either times a positive scalar."""
+    """Where(x >= 0, s, −s), Sign(x), a symmetric multi-level quantizer Round(Clip(x / s, −L, L)), or any of
+    those times a positive scalar."""
     node = value.producer()
     if node is None or node.domain not in ("", "ai.onnx"):
         return None
@@ -45,8 +48,10 @@ def sign_source(value: ir.Value) -> SignSource | None:
         for this, other in ((0, 1), (1, 0)):
             factor = scalar(node.inputs[other])
             if factor is not None and factor > 0 and (inner := sign_source(node.inputs[this])) is not None:
-                return SignSource(inner.source, inner.scale * factor, inner.onnx_sign)
+                return SignSource(inner.source, inner.scale * factor, inner.onnx_sign, inner.thresholds)
         return None
+    if node.op_type == "Round":
+        return _quantizer_levels(node)
     if node.op_type == "Sign":
         return SignSource(node.inputs[0], 1.0, onnx_sign=True)
     if node.op_type == "Where":
@@ -59,6 +64,50 @@ def sign_source(value: ir.Value) -> SignSource | None:
     return None
 
 
+MAX_ACTIVATION_PLANES = 7
+
+
+def _quantizer_levels(round_node: ir.Node) -> SignSource | None:
+    """Round(Clip(x / s, −L, L)) with round-half-even (ONNX Round), integer L and a power-of-two s: levels
+    q = −L … L, i.e. q = ½·Σₜ Sₜ over the 2L steps t = −L+1 … L with Sₜ = +1 where q ≥ t. q ≥ t holds where
+    x/s ≥ t − ½ for even t (the tie rounds up to it) and x/s > t − ½ for odd t; with s a power of two, x/s is
+    exact, so comparing x with (t − ½)·s in float32 gives the same bits as the quantizer."""
+    clip = round_node.inputs[0].producer()
+    if clip is None or clip.op_type != "Clip" or len(clip.inputs) < 3:
+        return None
+    low, high = scalar(clip.inputs[1]), scalar(clip.inputs[2])
+    if low is None or high is None or low != -high or high != int(high) or not 1 <= 2 * high <= MAX_ACTIVATION_PLANES:
+        return None
+    x, step = clip.inputs[0], 1.0
+    divider = x.producer()
+    if divider is not None and divider.op_type == "Div" and (s := scalar(divider.inputs[1])) is not None:
+        x, step = divider.inputs[0], s
+    if step <= 0 or np.frexp(step)[0] != 0.5:  # not a power of two
+        return None
+    thresholds = []
+    for t in range(int(-high) + 1, int(high) + 1):
+        edge = np.float32((t - 0.5) * step)
+        thresholds.append(float(edge if t % 2 == 0 else np.nextafter(edge, np.float32(np.inf))))
+    return SignSource(x, 0.5, thresholds=tuple(thresholds))
+
+
+def weight_planes(weights: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """±1 planes and scales per output channel (axis 0) with W = Σₚ scale[p, o]·Bₚ exactly: one plane for ±α
+    weights, two (α/2 each) for ternary {−α, 0, α} weights; None otherwise."""
+    alpha = channel_magnitudes(weights)
+    if alpha is not None:
+        return np.where(weights < 0, -1, 1)[None], alpha[None]
+    flat = np.abs(weights.reshape(weights.shape[0], -1).astype(np.float64))
+    alpha = flat.max(axis=1)
+    nonzero = flat > 0
+    if not np.all(
+        np.abs(flat - alpha[:, None])[nonzero] <= MAGNITUDE_RTOL * np.broadcast_to(alpha[:, None], flat.shape)[nonzero]
+    ):
+        return None
+    planes = np.stack([np.where(weights >= 0, 1, -1), np.where(weights > 0, 1, -1)])
+    return planes, np.stack([alpha / 2, alpha / 2])
+
+
 def channel_magnitudes(weights: np.ndarray) -> np.ndarray | None:
     """α per output channel (axis 0) if every weight of that channel is ±α, else None."""
     flat = np.abs(weights.reshape(weights.shape[0], -1).astype(np.float64))
@@ -69,57 +118,74 @@ def channel_magnitudes(weights: np.ndarray) -> np.ndarray | None:
 
 
 @dataclass
+class PackedValue:
+    """The packed twin of a ±1 (or multi-level) tensor: `shape` is the float tensor's, `planes` its bit planes
+    (channels p·C + c in the packed words), `scale` the value of one ±1 step in a plane."""
+
+    value: ir.Value
+    scale: float
+    shape: list[int]
+    planes: int = 1
+
+
+@dataclass
 class Packer:
     """Creates (once per value) the packed twin of a ±1 tensor, inserting the nodes before `anchor`."""
 
     graph: ir.Graph
-    made: dict[int, ir.Value] = field(default_factory=dict)
+    made: dict[object, ir.Value] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
-    def packed(self, value: ir.Value, anchor: ir.Node) -> tuple[ir.Value, float, list[int]] | None:
-        """(packed value, activation scale, float shape it stands for), or None if `value` is not ±s."""
+    def packed(self, value: ir.Value, anchor: ir.Node) -> PackedValue | None:
+        """The packed twin of `value`, or None if `value` is not a ±s (or multi-level) tensor."""
         if (sign := sign_source(value)) is not None:
             shape = [int(d) for d in sign.source.shape]
             if len(shape) not in (2, 4):
                 return None
             if sign.onnx_sign:
                 self.notes.append(f"{value.producer().name}: ONNX Sign read as sign(0) = +1")
-            packed = self._memo(sign.source, lambda: self._node("BitPack", [sign.source], {}, anchor))
-            return packed, sign.scale, shape
+            attrs = {"thresholds": list(sign.thresholds)} if sign.thresholds != (0.0,) else {}
+            key = (id(sign.source), sign.thresholds)
+            packed = self._memo(key, lambda: self._node("BitPack", [sign.source], attrs, anchor))
+            return PackedValue(packed, sign.scale, shape, len(sign.thresholds))
         node = value.producer()
         if node is None:
             return None
         if node.op_type == "MaxPool" and _plain_max_pool(node):
+            # max commutes with every plane's threshold (monotone), so pooling the bits is exact
             inner = self.packed(node.inputs[0], anchor)
-            if inner is None or len(inner[2]) != 4:
+            if inner is None or len(inner.shape) != 4:
                 return None
             attrs = {
                 "kernel_shape": list(node.attributes.get_ints("kernel_shape")),
                 "strides": list(node.attributes.get_ints("strides", [1, 1])),
                 "pads": list(node.attributes.get_ints("pads", [0, 0, 0, 0])),
             }
-            pooled = self._memo(node.outputs[0], lambda: self._node("PackedMaxPool", [inner[0]], attrs, anchor))
-            return pooled, inner[1], [int(d) for d in value.shape]
+            pooled = self._memo(id(node.outputs[0]), lambda: self._node("PackedMaxPool", [inner.value], attrs, anchor))
+            return PackedValue(pooled, inner.scale, [int(d) for d in value.shape], inner.planes)
         if node.op_type in ("Reshape", "Flatten") and value.shape is not None and len(value.shape) == 2:
             inner = self.packed(node.inputs[0], anchor)
-            if inner is None or len(inner[2]) != 4:
+            if inner is None or len(inner.shape) != 4:
                 return None
-            n, c, h, w = inner[2]
+            n, c, h, w = inner.shape
             if int(value.shape[0]) != n or int(value.shape[1]) != c * h * w:
                 return None
-            shape = ir.tensor(np.array([n, h * w * words(c)], dtype=np.int64), name=f"{node.name}__packed_shape")
+            per_pixel = words(inner.planes * c)
+            shape = ir.tensor(np.array([n, h * w * per_pixel], dtype=np.int64), name=f"{node.name}__packed_shape")
             target = ir.Value(
                 name=shape.name, const_value=shape, shape=ir.Shape([2]), type=ir.TensorType(ir.DataType.INT64)
             )
             self.graph.register_initializer(target)
-            flat = self._memo(node.outputs[0], lambda: self._node("Reshape", [inner[0], target], {}, anchor, domain=""))
-            return flat, inner[1], [n, c, h, w]
+            flat = self._memo(
+                id(node.outputs[0]), lambda: self._node("Reshape", [inner.value, target], {}, anchor, domain="")
+            )
+            return PackedValue(flat, inner.scale, [n, c, h, w], inner.planes)
         return None
 
-    def _memo(self, key: ir.Value, make) -> ir.Value:
-        if id(key) not in self.made:
-            self.made[id(key)] = make()
-        return self.made[id(key)]
+    def _memo(self, key: object, make) -> ir.Value:
+        if key not in self.made:
+            self.made[key] = make()
+        return self.made[key]
 
     def _node(self, op_type: str, inputs: list[ir.Value], attrs: dict, anchor: ir.Node, domain: str = ops.DOMAIN):
         base = inputs[0].name or "x"

@@ -11,7 +11,7 @@ import onnx_ir.passes.common as common
 
 from bitc import ops
 from bitc.ops.packing import pack_conv_weights, pack_dense_weights, words
-from bitc.passes.binary_patterns import Packer, add_initializer, channel_magnitudes, constant, replace_output, scalar
+from bitc.passes.binary_patterns import Packer, add_initializer, constant, replace_output, scalar, weight_planes
 from bitc.passes.registry import register
 
 
@@ -27,12 +27,14 @@ class LoweringReport:
 
 @register("lower_binary")
 class LowerBinaryLayers(ir.passes.InPlacePass):
-    """Lower Conv/Gemm/MatMul on ±1 activations with ±α-per-channel weights to BinaryConv/BinaryDense.
+    """Lower Conv/Gemm/MatMul on ±1 (or k-bit) activations with ±α / ternary weights to BinaryConv/BinaryDense.
 
     ±1 activations are recognised as Where(x >= 0, s, −s), Sign(x) (read as sign(0) = +1), a positive multiple of
-    either, and MaxPool / Flatten of those (pooled as a bitwise AND on packed words). Weights must be constants
-    whose every entry in an output channel is ±α (QONNX BipolarQuant weights, folded BN included). Explicit Pad
-    with 0 or +s before the conv becomes the op's zero- or one-padding.
+    either, and MaxPool / Flatten of those (pooled as a bitwise AND on packed words). Symmetric k-bit quantizers
+    (QONNX Quant, e.g. 2-bit narrow: −1/0/+1) become thermometer bit planes; ternary weights two ±1 planes, so
+    W1A2 and W2A2 run on the same xor/popcount kernels. Weights must be constants whose entries in an output
+    channel are ±α (or 0/±α), folded BN included. Explicit Pad with 0 or +s before the conv becomes the op's zero-
+    or one-padding.
     """
 
     def __init__(self) -> None:
@@ -70,15 +72,15 @@ def _lower_conv(graph: ir.Graph, node: ir.Node, packer: Packer) -> str | None:
         extra, value = padding
         source = padder.inputs[0]
         probe = packer.packed(source, node) if any(extra) else None
-        if probe is not None and value in (0.0, probe[1]) and (value == 0.0 or not any(pads)):
+        one = probe is not None and probe.planes == 1 and value == probe.scale  # +1 padding of a ±s tensor
+        if probe is not None and (value == 0.0 or one) and (value == 0.0 or not any(pads)):
             x = source
             pad_value = 0 if value == 0.0 else 1
             pads = [a + b for a, b in zip(pads, extra, strict=True)]
     packed = packer.packed(x, node)
     if packed is None:
         return ""
-    packed_x, act_scale, shape = packed
-    if len(shape) != 4:
+    if len(packed.shape) != 4:
         return "input is not 4-D"
     weights = constant(weight_value)
     if weights is None or weights.ndim != 4:
@@ -89,23 +91,25 @@ def _lower_conv(graph: ir.Graph, node: ir.Node, packer: Packer) -> str | None:
         return "dilated convolution"
     if node.attributes.get_string("auto_pad", "NOTSET") != "NOTSET":
         return "auto_pad"
-    alpha = channel_magnitudes(weights)
-    if alpha is None:
-        return "weights are not ±α per output channel"
+    planes = weight_planes(weights)
+    if planes is None:
+        return "weights are not ±α (or ternary 0/±α) per output channel"
+    signs, alpha = planes
     out_channels, in_channels = weights.shape[:2]
     bias = constant(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] is not None else np.zeros(out_channels)
     if bias is None:
         return "bias is not a constant"
-    signs = np.where(weights < 0, -1, 1)[None]
+    # every activation plane meets the same weights: tile them along the input channels
+    signs = np.concatenate([signs] * packed.planes, axis=2)
     name = node.name or node.outputs[0].name
     inputs = [
-        packed_x,
+        packed.value,
         add_initializer(graph, pack_conv_weights(signs), f"{name}__wbits"),
-        add_initializer(graph, (alpha * act_scale).astype(np.float32)[None], f"{name}__scale"),
+        add_initializer(graph, (alpha * packed.scale).astype(np.float32), f"{name}__scale"),
         add_initializer(graph, bias.astype(np.float32), f"{name}__bias"),
     ]
     attrs = {
-        "in_channels": int(in_channels),
+        "in_channels": int(in_channels) * packed.planes,
         "strides": list(node.attributes.get_ints("strides", [1, 1])),
         "pads": pads,
         "pad_value": pad_value,
@@ -132,7 +136,6 @@ def _lower_dense(graph: ir.Graph, node: ir.Node, packer: Packer) -> str | None:
     packed = packer.packed(node.inputs[0], node)
     if packed is None:
         return ""
-    packed_x, act_scale, shape = packed
     weights = constant(node.inputs[1])
     if weights is None or weights.ndim != 2:
         return "weights are not a 2-D constant"
@@ -151,30 +154,31 @@ def _lower_dense(graph: ir.Graph, node: ir.Node, packer: Packer) -> str | None:
     else:
         weights = weights.T
     out_features = weights.shape[0]
-    alpha = channel_magnitudes(weights)
-    if alpha is None:
-        return "weights are not ±α per output channel"
-    signs = np.where(weights < 0, -1, 1)
+    planes = weight_planes(weights)
+    if planes is None:
+        return "weights are not ±α (or ternary 0/±α) per output channel"
+    signs, alpha = planes  # [Pw, N, K], [Pw, N]
     bias = np.zeros(out_features) if bias is None else bias.astype(np.float64)
-    scale = alpha * act_scale * alpha_factor
-    if len(shape) == 4:
-        # flattened NCHW: K goes from (c, h, w) order to the packed (h, w, c padded to whole words) order; the
-        # padding bits are +1 on both sides, so each adds +1 to the dot: taken back out through the bias
-        _, c, h, w = shape
-        padded = np.ones((out_features, h, w, words(c) * 32), dtype=signs.dtype)
-        padded[..., :c] = signs.reshape(out_features, c, h, w).transpose(0, 2, 3, 1)
-        signs = padded.reshape(out_features, -1)
-        bias = bias - scale * (signs.shape[1] - c * h * w)
-    packed_w = pack_dense_weights(signs[None])
-    in_features = signs.shape[1]
+    scale = alpha * packed.scale * alpha_factor
+    if len(packed.shape) == 4:
+        # flattened NCHW: K goes from (c, h, w) order to the packed (h, w, plane·C + c, padded to whole words)
+        # order; padding bits are +1 on both sides, so each adds +1 to every plane's dot: taken out via the bias
+        _, c, h, w = packed.shape
+        per_pixel = np.concatenate([signs.reshape(len(signs), out_features, c, h, w)] * packed.planes, axis=2)
+        padded = np.ones((len(signs), out_features, h, w, words(packed.planes * c) * 32), dtype=signs.dtype)
+        padded[..., : packed.planes * c] = per_pixel.transpose(0, 1, 3, 4, 2)
+        signs = padded.reshape(len(signs), out_features, -1)
+        bias = bias - (scale * (signs.shape[2] - packed.planes * c * h * w)).sum(axis=0)
+    else:
+        signs = np.concatenate([signs] * packed.planes, axis=2)
+    packed_w = pack_dense_weights(signs)
+    in_features = signs.shape[2]
     name = node.name or node.outputs[0].name
     inputs = [
-        packed_x,
+        packed.value,
         add_initializer(graph, packed_w, f"{name}__wbits"),
-        add_initializer(graph, (alpha * act_scale * alpha_factor).astype(np.float32)[None], f"{name}__scale"),
-        add_initializer(
-            graph, (bias if bias is not None else np.zeros(out_features)).astype(np.float32), f"{name}__bias"
-        ),
+        add_initializer(graph, scale.astype(np.float32), f"{name}__scale"),
+        add_initializer(graph, bias.astype(np.float32), f"{name}__bias"),
     ]
     _replace(graph, node, "BinaryDense", inputs, {"in_features": int(in_features), "output_format": "float"})
     return None

@@ -11,7 +11,8 @@ Larq Compute Engine's best x86 path on larq-zoo's BiRealNet joins as a column wh
 Python with LCE installed (see benchmarks/lce_bireal.py). Artifact sizes are compared with the fp32 ONNX.
 
 --kernels: per-layer binary conv / dense vs bitc's fp32 conv / matmul of the same shape (single-layer models),
-in binary MAC/s vs fp32 MAC/s.
+timed kernel by kernel with the VM's profiler (the layer's kernel alone, not the packing or layout changes
+around it), in binary MAC/s vs fp32 MAC/s.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from rich.table import Table
 import bitc
 from bitc.bench import bench_artifact
 from bitc.frontend import load_onnx, normalize
+from bitc.passes import DEFAULT_PIPELINE
 from bitc.zoo.bnn import bireal_net18, sign
 from bitc.zoo.export import export_onnx
 
@@ -47,14 +49,18 @@ def _export_bireal(folder: Path) -> dict[str, Path]:
     }
 
 
-def _export_cnv(folder: Path) -> dict[str, Path]:
+def _export_cnv(name: str, folder: Path) -> dict[str, Path]:
     from bitc.zoo import qonnx_models
 
-    model, example = qonnx_models.bnn_pynq("cnv_1w1a")
-    qonnx = qonnx_models.export_qonnx(model, example, folder / "cnv_w1a1.onnx")
+    model, example = qonnx_models.bnn_pynq(name)
+    qonnx = qonnx_models.export_qonnx(model, example, folder / f"{name}.onnx")
     dequantized = normalize(load_onnx(qonnx), source=str(qonnx))  # QONNX quantizers as standard ops
-    ir.save(dequantized, folder / "cnv_w1a1_float.onnx")
-    return {"binary": qonnx, "float": folder / "cnv_w1a1_float.onnx"}
+    ir.save(dequantized, folder / f"{name}_float.onnx")
+    return {"binary": qonnx, "float": folder / f"{name}_float.onnx"}
+
+
+# The float twin is compiled without the binary lowering (a dequantized QONNX graph would be lowered again).
+FLOAT_PIPELINE = [name for name in DEFAULT_PIPELINE if name not in ("lower_binary", "fuse_binary")]
 
 
 def _lce(threads: list[int], runs: int) -> dict[int, float]:
@@ -86,10 +92,10 @@ def end_to_end(models: list[str], threads: list[int], runs: int, folder: Path) -
     )  # fmt: skip
     sizes = Table("model", "fp32 ONNX MB", "bitc binary artifact MB", "ratio", title="model size")
     for name in models:
-        paths = _export_bireal(folder) if name == "bireal18" else _export_cnv(folder)
+        paths = _export_bireal(folder) if name == "bireal18" else _export_cnv(name, folder)
         binary = bitc.compile(paths["binary"], folder / f"{name}.bitc")
-        twin = bitc.compile(paths["float"], folder / f"{name}_float.bitc")
-        error = _max_error(binary.path, paths["float"] if name == "cnv" else paths["binary"])
+        twin = bitc.compile(paths["float"], folder / f"{name}_float.bitc", passes=FLOAT_PIPELINE)
+        error = _max_error(binary.path, paths["binary"] if name == "bireal18" else paths["float"])
         lce = _lce(threads, runs) if name == "bireal18" else {}
         rows = bench_artifact(str(binary.path), threads=threads, runs=runs, onnx_path=str(paths["float"]))
         own_graph = (
@@ -176,36 +182,63 @@ KERNEL_SHAPES: list[tuple[str, int, int, int]] = [
 def kernels(threads: list[int], runs: int, folder: Path) -> None:
     table = Table(
         "layer", "threads", "bitc fp32 ms", "bitc binary ms", "fp32 GMAC/s", "binary GMAC/s", "× fp32",
-        title="binary vs fp32 kernels of the same shape (bitc default schedules; single-layer models)",
+        title="binary vs fp32 kernels of the same shape (bitc default schedules, the layer's kernel alone)",
     )  # fmt: skip
     for kind, width, size, factor in KERNEL_SHAPES:
         shape = (1, width, size, size) if kind == "conv" else (size, width)
         module = _SignConv if kind == "conv" else _SignDense
         x = torch.randn(*shape)
-        timings = {}
+        artifacts = {}
         for binary in (False, True):
             torch.manual_seed(0)
             path = export_onnx(module(width, binary), (x,), folder / f"{kind}{width}_{size}_{binary}.onnx")
-            result = bitc.compile(path, path.with_suffix(".bitc"))
-            timings[binary] = bench_artifact(str(result.path), threads=threads, runs=runs)
+            artifacts[binary] = bitc.compile(path, path.with_suffix(".bitc")).path
         macs = (width * width * size * size * factor) if kind == "conv" else size * width * width
         label = f"conv3x3 {width}ch {size}x{size}" if kind == "conv" else f"dense {width}x{width} batch {size}"
-        for fp32, binary in zip(timings[False], timings[True], strict=True):
-            f_ms, b_ms = fp32["bitc"]["median_ms"], binary["bitc"]["median_ms"]
+        for count in threads:
+            f_ms = _layer_kernel_ms(artifacts[False], count, runs, ("conv2d", "matmul", "dense"))
+            b_ms = _layer_kernel_ms(artifacts[True], count, runs, ("bitc_binary",))
             table.add_row(
-                label, str(fp32["threads"]), f"{f_ms:.3f}", f"{b_ms:.3f}", f"{macs / f_ms / 1e6:.0f}",
+                label, str(count), f"{f_ms:.3f}", f"{b_ms:.3f}", f"{macs / f_ms / 1e6:.0f}",
                 f"{macs / b_ms / 1e6:.0f}", f"{f_ms / b_ms:.1f}",
             )  # fmt: skip
     console.print(table)
 
 
+def _layer_kernel_ms(artifact: Path, threads: int, runs: int, names: tuple[str, ...]) -> float:
+    """Per-run time of the kernels whose names contain one of `names`, profiled in a fresh process."""
+    env = dict(os.environ, TVM_NUM_THREADS=str(threads))
+    done = subprocess.run(
+        [sys.executable, __file__, "--kernel-profile", str(artifact), "--runs", str(runs)],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(done.stderr.strip().splitlines()[-1])
+    profile = json.loads(done.stdout)
+    return sum(ms for kernel, ms in profile.items() if any(name in kernel for name in names))
+
+
+def _kernel_profile_worker(artifact: str, runs: int) -> int:
+    from bitc.runtime import profile
+
+    model = bitc.load(artifact)
+    rows = profile.profile_kernels(model, model.random_inputs(seed=0), runs=runs)
+    print(json.dumps({row["kernel"]: row["ms"] for row in rows}))
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", default="bireal18,cnv")
+    parser.add_argument("--models", default="bireal18,cnv_1w1a,cnv_1w2a,cnv_2w2a")
     parser.add_argument("--kernels", action="store_true", help="also the per-kernel comparison")
     parser.add_argument("--runs", type=int, default=30)
     parser.add_argument("--threads", default="1,2")
+    parser.add_argument("--kernel-profile", metavar="ARTIFACT", help=argparse.SUPPRESS)  # worker mode
     args = parser.parse_args()
+    if args.kernel_profile:
+        return _kernel_profile_worker(args.kernel_profile, args.runs)
     threads = [int(t) for t in args.threads.split(",")]
     with tempfile.TemporaryDirectory(prefix="bitc-bench-binary-") as tmp:
         models = [m for m in args.models.split(",") if m]

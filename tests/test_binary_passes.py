@@ -133,3 +133,36 @@ def test_residual_planes_reduce_the_weight_error():
         approx = np.einsum("po,po...->o...", scales, signs)
         errors.append(np.linalg.norm(approx - w) / np.linalg.norm(w))
     assert errors == sorted(errors, reverse=True) and errors[-1] < 0.5 * errors[0]
+
+
+def test_binarize_reports_output_error_that_shrinks_with_more_planes(tmp_path):
+    import onnx
+    from conftest import make_conv_bn_model
+
+    path = make_conv_bn_model(tmp_path / "m.onnx", channels=32)
+    errors = []
+    for planes in (1, 2, 3):
+        model = as_ir(onnx.load(path))
+        policy = {"planes": planes, "keep_first_last": False, "activations": "float"}
+        _, records = run_pipeline(model, ["fold_constants", "fold_batchnorm", ("binarize", policy)])
+        layers = next(r.details for r in records if r.name == "binarize")["layers"]
+        errors.append([layer["output_rel_error"] for layer in layers.values()])
+    for layer in range(len(errors[0])):
+        assert errors[0][layer] > errors[1][layer] > errors[2][layer] > 0
+
+
+def test_sign_graph_compiles_in_float_when_not_lowered(tmp_path):
+    """Without the binary passes the comparisons go through the blocked layout as bool tensors (TVM's own
+    layout-transform lowering fails on those)."""
+    import onnx
+
+    import bitc
+    from bitc.passes import DEFAULT_PIPELINE
+
+    proto = sign_conv_model(c=32, o=32)
+    onnx.save(proto, tmp_path / "m.onnx")
+    float_pipeline = [p for p in DEFAULT_PIPELINE if p not in ("lower_binary", "fuse_binary")]
+    compiled = bitc.load(bitc.compile(tmp_path / "m.onnx", tmp_path / "m.bitc", passes=float_pipeline).path)
+    x = _inputs(as_ir(proto))
+    expected = run_onnxruntime(as_ir(proto), {"x": x})[0]
+    np.testing.assert_allclose(compiled(x), expected, rtol=1e-5, atol=1e-4 * np.abs(expected).max())

@@ -134,6 +134,7 @@ def test_binarize_flag_compiles_binary_layers_and_reports_their_error(workdir):
     passes = {p["name"]: p for p in json.loads(out.stdout)["passes"]}
     layers = passes["binarize"]["details"]["layers"]
     assert list(layers) == ["fc"] and 0 < layers["fc"]["weight_rel_error"] < 1
+    assert 0 < layers["fc"]["output_rel_error"] < 2
     assert passes["lower_binary"]["details"]["lowered"] == 1
     inspected = bitc("inspect", "bin.bitc", "--json", cwd=workdir)
     assert "bitc::BinaryDense" in inspected.stdout

@@ -19,7 +19,29 @@ def convert_conv_layout(mod: Any, block: int = BLOCK) -> Any:
     from tvm import relax
 
     mod = clip_to_relax_ops(mod)
-    return relax.transform.ConvertLayout({}, layout_cb=lambda call: conv_layouts(call, block))(mod)
+    mod = relax.transform.ConvertLayout({}, layout_cb=lambda call: conv_layouts(call, block))(mod)
+    return legalize_bool_layout_transforms(mod)
+
+
+def legalize_bool_layout_transforms(mod: Any) -> Any:
+    """Lower layout transforms of bool tensors (comparisons ConvertLayout carried into the blocked layout) right
+    away: TVM's own lowering, which FoldConstant also uses, pads them with a float 0 and fails."""
+    from tvm import relax
+
+    @relax.expr_functor.mutator
+    class Lower(relax.PyExprMutator):
+        def visit_call_(self, call: Any) -> Any:
+            call = self.visit_expr_post_order(call)
+            is_transform = getattr(call.op, "name", None) == "relax.layout_transform"
+            if is_transform and str(call.args[0].ty.dtype) == "bool":
+                return legalize_layout_transform(self.builder_, call)
+            return call
+
+    lower = Lower(mod)
+    for gvar, func in list(mod.functions.items()):
+        if isinstance(func, relax.Function):
+            lower.builder_.update_func(gvar, lower.visit_expr(func))
+    return lower.builder_.get()
 
 
 def clip_to_relax_ops(mod: Any) -> Any:
@@ -198,3 +220,26 @@ def conv2d_nchwc(data: Any, kernel: Any, strides: Any, padding: Any, dilation: A
         ),
         name="dwconv2d_NCHWc",
     )
+
+
+def legalize_layout_transform(bb: Any, call: Any) -> Any:
+    """TVM's layout_transform legalization, except for bool tensors (a comparison ConvertLayout carried into the
+    blocked layout): TVM pads those with a float 0 and fails; a bijective map needs no padding at all."""
+    import tvm
+    from tvm import relax, te
+
+    default = tvm.ir.Op.get("relax.layout_transform").get_attr("FLegalize")
+    if str(call.args[0].ty.dtype) != "bool":
+        return default(bb, call)
+    index_map = call.attrs.index_map
+    _, padding = index_map.non_surjective_inverse(call.args[0].ty.shape)
+    pad_value = None if isinstance(padding, tvm.tirx.IntImm) and not padding.value else tvm.tirx.const(False, "bool")
+    tir_func, args, _ = relax.utils.gen_call_tir_inputs(
+        lambda data: te.compute(data.shape, data, name="bool_layout_transform"), call.args[0]
+    )
+    sch = tvm.s_tir.Schedule(tir_func)
+    sch.transform_layout("bool_layout_transform", ("write", 0), index_map, pad_value)
+    gvar = bb.add_func(sch.mod["main"], "bool_layout_transform")
+    shape = index_map.map_shape(list(args[0].ty.shape))
+    return relax.call_tir(gvar, args, [relax.TensorType(shape, "bool")])
+

@@ -38,7 +38,7 @@ from bitc.passes import DEFAULT_PIPELINE
 from bitc.zoo.bnn import bireal_net18, sign
 from bitc.zoo.export import export_onnx
 
-console = Console()
+console = Console(width=200)
 
 
 def _export_bireal(folder: Path) -> dict[str, Path]:

@@ -1,4 +1,8 @@
-"""Regenerate examples/resnet18_small.onnx: a ResNet-18 at width 16 on 64×64 images, 10 classes, seeded weights.
+"""Regenerate the bundled example models (seeded weights):
+
+- examples/bireal18_small.onnx: Bi-Real-Net-18 at width 16 on 128×128 images, 10 classes — binary 3×3 convs
+  (Where-sign activations, ±α weights) with real-valued shortcuts: what `bitc compile` turns into packed kernels;
+- examples/resnet18_small.onnx: a float ResNet-18 at width 16 on 64×64 images, 10 classes.
 
 python examples/make_example_model.py      (needs the torch extra: pip install -e ".[torch]")
 """
@@ -7,16 +11,16 @@ from pathlib import Path
 
 import torch
 
-from bitc.zoo import cnn
+from bitc.zoo import bnn, cnn
 from bitc.zoo.export import export_onnx
 
 if __name__ == "__main__":
-    model = cnn.resnet18(num_classes=10, width=16, seed=0)
-    path = export_onnx(
-        model,
-        (torch.randn(1, 3, 64, 64),),
-        Path(__file__).with_name("resnet18_small.onnx"),
-        input_names=["image"],
-        output_names=["logits"],
-    )
-    print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB)")
+    here = Path(__file__).parent
+    models = {
+        "bireal18_small.onnx": (bnn.bireal_net18(num_classes=10, width=16, seed=0), 128),
+        "resnet18_small.onnx": (cnn.resnet18(num_classes=10, width=16, seed=0), 64),
+    }
+    for name, (model, size) in models.items():
+        example = (torch.randn(1, 3, size, size),)
+        path = export_onnx(model, example, here / name, input_names=["image"], output_names=["logits"])
+        print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB)")

@@ -242,4 +242,3 @@ def legalize_layout_transform(bb: Any, call: Any) -> Any:
     gvar = bb.add_func(sch.mod["main"], "bool_layout_transform")
     shape = index_map.map_shape(list(args[0].ty.shape))
     return relax.call_tir(gvar, args, [relax.TensorType(shape, "bool")])
-

@@ -44,11 +44,13 @@ class BiRealBlock(nn.Module):
 
 
 class BiRealNet18(nn.Module):
-    def __init__(self, num_classes: int = 1000, binary: bool = True):
+    def __init__(self, num_classes: int = 1000, binary: bool = True, width: int = 64):
         super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(3, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64), nn.MaxPool2d(3, 2, 1))
-        blocks, cin = [], 64
-        for stage, cout in enumerate([64, 128, 256, 512]):
+        self.stem = nn.Sequential(
+            nn.Conv2d(3, width, 7, 2, 3, bias=False), nn.BatchNorm2d(width), nn.MaxPool2d(3, 2, 1)
+        )
+        blocks, cin = [], width
+        for stage, cout in enumerate([width, 2 * width, 4 * width, 8 * width]):
             for index in range(4):  # two basic blocks of two convs each, every conv with its own shortcut
                 stride = 2 if stage > 0 and index == 0 else 1
                 blocks.append(BiRealBlock(cin, cout, stride, binary))
@@ -61,7 +63,7 @@ class BiRealNet18(nn.Module):
         return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
 
 
-def bireal_net18(num_classes: int = 1000, binary: bool = True, seed: int = 0) -> BiRealNet18:
+def bireal_net18(num_classes: int = 1000, binary: bool = True, seed: int = 0, width: int = 64) -> BiRealNet18:
     """Bi-Real-Net-18 (binary=True) or its float twin; the same seed gives the same float weights for both."""
     torch.manual_seed(seed)
-    return randomize_batchnorm(BiRealNet18(num_classes, binary), seed)
+    return randomize_batchnorm(BiRealNet18(num_classes, binary, width), seed)

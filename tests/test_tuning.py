@@ -37,3 +37,23 @@ def test_tuning_fills_the_database_and_keeps_numerics(tmp_path):
     want = run_onnxruntime(source, {"x": x})[0]
     for artifact in (tuned.path, reused.path):
         np.testing.assert_allclose(bitc.load(artifact)(x), want, rtol=1e-5, atol=1e-5)
+
+
+def test_binary_kernels_are_tuned_and_stay_bit_exact(tmp_path):
+    """The bitc kernels are ordinary MetaSchedule tasks; whichever schedule wins, the integer path stays exact."""
+    import onnx
+    from binary_models import binary_conv_model
+
+    from bitc import ops
+    from bitc.frontend import load_onnx, normalize
+
+    onnx.save(binary_conv_model(c=64, o=64, output_format="packed"), tmp_path / "m.onnx")
+    database = tmp_path / "db"
+    tuned = bitc.compile(tmp_path / "m.onnx", tmp_path / "m.bitc", passes=[], tune_trials=8, tuning_db=database)
+    assert tuned.manifest["tuning"]["trials"] == 8
+    logs = {p.name for p in (database / "logs").iterdir()}
+    assert any("bitc_binary_conv" in name for name in logs), logs
+    x = np.random.default_rng(0).standard_normal((2, 64, 9, 11)).astype(np.float32)
+    model = normalize(load_onnx(tmp_path / "m.onnx"), source="m")
+    expected = ops.reference_evaluator(model).run(None, {"x": x})[0]
+    assert np.array_equal(bitc.load(tuned.path)(x), expected)

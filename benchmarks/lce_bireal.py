@@ -5,10 +5,10 @@ bitc's own environment (numpy>=2, torch). Run it with a dedicated virtual enviro
 finds that interpreter through ``BITC_LCE_PYTHON=/path/to/venv/bin/python`` and reads the single JSON object this
 script prints on stdout (all logging goes to stderr). Setting up that environment:
 
-    python3.11 -m venv /tmp/lce-venv
-    /tmp/lce-venv/bin/pip install tensorflow-cpu==2.16.2 tf-keras==2.16.0 larq==0.14.0 \\
+    python3.11 -m venv .venv-lce
+    .venv-lce/bin/pip install tensorflow-cpu==2.16.2 tf-keras==2.16.0 larq==0.14.0 \\
         larq-compute-engine==0.16.0 larq-zoo==2.4.0 "numpy<2"
-    /tmp/lce-venv/bin/python benchmarks/lce_bireal.py --runs 20 --threads 1,2
+    .venv-lce/bin/python benchmarks/lce_bireal.py --runs 20 --threads 1,2
 
 The model is randomly initialised (seeded, ``weights=None``): pretrained weights cannot be downloaded here, and
 latency does not depend on weight values. The converter's default ``target="arm"`` is the only non-xcore target; its

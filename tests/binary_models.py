@@ -19,7 +19,12 @@ def _model(nodes, inputs, outputs, initializers, bitc: bool = True) -> onnx.Mode
     graph = helper.make_graph(nodes, "g", inputs, outputs, initializers)
     opsets = [helper.make_opsetid("", 17)] + ([helper.make_opsetid(ops.DOMAIN, 1)] if bitc else [])
     proto = helper.make_model(graph, opset_imports=opsets)
-    if not bitc:
+    if not bitc:  # give the graph output its inferred shape (the checker wants one)
+        graph = onnx.shape_inference.infer_shapes(proto).graph
+        inferred = {v.name: v for v in [*graph.value_info, *graph.output] if v.type.tensor_type.HasField("shape")}
+        for output in proto.graph.output:
+            if output.name in inferred:
+                output.CopyFrom(inferred[output.name])
         return proto
     model = ir.from_proto(proto)  # give the graph output its shape (ONNX's inference skips bitc ops)
     for node in model.graph:

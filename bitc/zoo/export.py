@@ -20,8 +20,10 @@ def export_onnx(
     input_names: Sequence[str] | None = None,
     output_names: Sequence[str] | None = None,
 ) -> Path:
-    """Export with torch.export → ONNX and save; returns the path."""
+    """Export with torch.export → ONNX and save (without the exporter's per-node stack traces); returns the path."""
     model = from_torch(module, example_inputs, input_names=input_names, output_names=output_names)
+    for node in model.graph.all_nodes():  # the exporter's stack traces name files on the exporting machine
+        node.metadata_props.clear()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     ir.save(model, path)

@@ -67,6 +67,17 @@ def print_compile_summary(summary: dict[str, Any], verbose: bool = False) -> Non
         f"[bold]{summary['artifact']}[/bold]: {summary['size_bytes'] / 1e6:.2f} MB for {summary['target']} "
         f"in {total:.1f} s ({', '.join(f'{k} {v:.1f} s' for k, v in seconds.items())})"
     )
+    for p in summary["passes"]:
+        details = p.get("details") or {}
+        if p["name"] == "binarize":
+            kept = details.get("kept_in_float")
+            _out.print(f"binarize: {details.get('binarized', 0)} layers binarized; kept in float: {kept}")
+        if p["name"] == "lower_binary" and (details.get("lowered") or details.get("skipped")):
+            skipped = details.get("skipped") or {}
+            line = f"binary layers: {details['lowered']} on packed xor/popcount kernels"
+            _out.print(line + (f"; left in float: {skipped}" if skipped else ""))
+            for note in details.get("notes", []):
+                _out.print(f"note: {note}", style="yellow")
     tuning = summary.get("tuning") or {}
     if tuning:
         _out.print(f"tuning: {', '.join(f'{k}={v}' for k, v in tuning.items())}")

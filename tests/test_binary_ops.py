@@ -161,3 +161,29 @@ def test_binary_conv_uses_the_vector_popcount_instruction(tmp_path):
         (tmp_path / "m.so").write_bytes(artifact.read(LIBRARY_NAME))
     assembly = subprocess.run(["objdump", "-d", str(tmp_path / "m.so")], capture_output=True, text=True).stdout
     assert "vpopcntd" in assembly and "zmm" in assembly
+
+
+def _rank4_weights(proto: onnx.ModelProto) -> None:
+    weights = onnx.numpy_helper.to_array(proto.graph.initializer[0])
+    proto.graph.initializer[0].CopyFrom(onnx.numpy_helper.from_array(weights[0], "w"))
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (
+            lambda proto: setattr(proto.graph.node[1], "op_type", "BinaryConvolution"),
+            "unknown bitc op BinaryConvolution",
+        ),
+        (_rank4_weights, "node 'bconv' \\(BinaryConv\\)"),
+    ],
+)
+def test_broken_bitc_nodes_are_bad_input_naming_the_node(tmp_path, mutate, message):
+    from bitc.errors import BadInputError
+
+    proto = binary_conv_model()
+    mutate(proto)
+    onnx.save(proto, tmp_path / "m.onnx")
+    with pytest.raises(BadInputError, match=message):
+        bitc.compile(tmp_path / "m.onnx", tmp_path / "m.bitc", passes=[])
+    assert not (tmp_path / "m.bitc").exists()

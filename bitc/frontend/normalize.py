@@ -38,6 +38,7 @@ def normalize(model: ir.Model, *, source: str, input_shapes: Mapping[str, Sequen
     _unknown_negative_dims(model)
     common.RemoveInitializersFromInputsPass()(model)
     common.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0)(model)
+    _initializer_shapes_from_data(model)
     if qonnx.has_qonnx(model):
         qonnx.to_standard_onnx(model, source)
     if input_shapes:
@@ -133,6 +134,14 @@ def infer_shapes(model: ir.Model, *, source: str) -> None:
         logger.removeHandler(failures)
     if failures.error is not None:
         raise BadInputError(f"{source}: shape inference failed: {first_line(failures.error)}")
+
+
+def _initializer_shapes_from_data(model: ir.Model) -> None:
+    """A weight's shape is its tensor's, whatever a stale value_info entry in the file claims."""
+    for value in model.graph.initializers.values():
+        if value.const_value is not None:
+            value.shape = ir.Shape(value.const_value.shape)
+            value.dtype = value.const_value.dtype
 
 
 def infer_bitc_shapes(model: ir.Model, *, source: str) -> None:

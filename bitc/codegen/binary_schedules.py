@@ -7,10 +7,15 @@ popcount (vpopcntd on AVX-512 VPOPCNTDQ) into the accumulators. The epilogue rea
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
 from bitc.codegen.binary_kernels import KERNEL_ATTR
+
+# xor+popcount lanes (words × output channels) below which a kernel runs on one core: waking the thread pool
+# costs more (~10-20 µs) than it saves on the small late layers of CNV-sized networks.
+PARALLEL_MIN_WORK = 1 << 20
 
 
 def schedule(func: Any, num_cores: int, target_kind: str = "llvm") -> Any | None:
@@ -46,7 +51,8 @@ def _binary_conv_cpu(func: Any, num_cores: int) -> Any:
         n, oh = sch.get_loops(out)[:2]
     row = sch.fuse(n, oh)
     sch.compute_at(popc, row)
-    sch.parallel(row)
+    if num_cores > 1 and math.prod(extents) >= PARALLEL_MIN_WORK:
+        sch.parallel(row)
     # compute_at drops unit loops: name the remaining ones by the extents they had before
     roles = ["ow", "block", "lane", "kh", "kw", "cw"]
     loops = dict(
@@ -95,7 +101,9 @@ def _binary_dense_cpu(func: Any, num_cores: int) -> Any:
     tile = next(t for t in (4, 2, 1) if blocks % t == 0)
     block_outer, block_inner = sch.split(block, [None, tile])
     sch.reorder(m, block_outer, k, block_inner, lane)
-    sch.parallel(sch.fuse(m, block_outer))
+    rows = sch.fuse(m, block_outer)
+    if num_cores > 1 and math.prod(int(sch.get(loop).extent) for loop in sch.get_loops(popc)) >= PARALLEL_MIN_WORK:
+        sch.parallel(rows)
     sch.vectorize(lane)
     sch.unroll(block_inner)
     sch.decompose_reduction(popc, k)

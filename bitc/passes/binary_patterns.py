@@ -136,24 +136,25 @@ class Packer:
     made: dict[object, ir.Value] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
-    def packed(self, value: ir.Value, anchor: ir.Node) -> PackedValue | None:
-        """The packed twin of `value`, or None if `value` is not a ±s (or multi-level) tensor."""
+    def packed(self, value: ir.Value, anchor: ir.Node, create: bool = True) -> PackedValue | None:
+        """The packed twin of `value` (nodes inserted before `anchor`, once per value), or None if `value` is not
+        a ±s (or multi-level) tensor. With `create=False` it only answers whether it is (`.value` is None)."""
         if (sign := sign_source(value)) is not None:
             shape = [int(d) for d in sign.source.shape]
             if len(shape) not in (2, 4):
                 return None
-            if sign.onnx_sign:
+            if sign.onnx_sign and create:
                 self.notes.append(f"{value.producer().name}: ONNX Sign read as sign(0) = +1")
             attrs = {"thresholds": list(sign.thresholds)} if sign.thresholds != (0.0,) else {}
             key = (id(sign.source), sign.thresholds)
-            packed = self._memo(key, lambda: self._node("BitPack", [sign.source], attrs, anchor))
+            packed = self._memo(key, create, lambda: self._node("BitPack", [sign.source], attrs, anchor))
             return PackedValue(packed, sign.scale, shape, len(sign.thresholds))
         node = value.producer()
         if node is None:
             return None
         if node.op_type == "MaxPool" and _plain_max_pool(node):
             # max commutes with every plane's threshold (monotone), so pooling the bits is exact
-            inner = self.packed(node.inputs[0], anchor)
+            inner = self.packed(node.inputs[0], anchor, create)
             if inner is None or len(inner.shape) != 4:
                 return None
             attrs = {
@@ -161,29 +162,31 @@ class Packer:
                 "strides": list(node.attributes.get_ints("strides", [1, 1])),
                 "pads": list(node.attributes.get_ints("pads", [0, 0, 0, 0])),
             }
-            pooled = self._memo(id(node.outputs[0]), lambda: self._node("PackedMaxPool", [inner.value], attrs, anchor))
+            pooled = self._memo(
+                id(node.outputs[0]), create, lambda: self._node("PackedMaxPool", [inner.value], attrs, anchor)
+            )
             return PackedValue(pooled, inner.scale, [int(d) for d in value.shape], inner.planes)
         if node.op_type in ("Reshape", "Flatten") and value.shape is not None and len(value.shape) == 2:
-            inner = self.packed(node.inputs[0], anchor)
+            inner = self.packed(node.inputs[0], anchor, create)
             if inner is None or len(inner.shape) != 4:
                 return None
             n, c, h, w = inner.shape
             if int(value.shape[0]) != n or int(value.shape[1]) != c * h * w:
                 return None
-            per_pixel = words(inner.planes * c)
-            shape = ir.tensor(np.array([n, h * w * per_pixel], dtype=np.int64), name=f"{node.name}__packed_shape")
-            target = ir.Value(
-                name=shape.name, const_value=shape, shape=ir.Shape([2]), type=ir.TensorType(ir.DataType.INT64)
-            )
-            self.graph.register_initializer(target)
-            flat = self._memo(
-                id(node.outputs[0]), lambda: self._node("Reshape", [inner.value, target], {}, anchor, domain="")
-            )
+
+            def flatten() -> ir.Value:
+                shape = np.array([n, h * w * words(inner.planes * c)], dtype=np.int64)
+                target = add_initializer(self.graph, shape, f"{node.name}__packed_shape")
+                return self._node("Reshape", [inner.value, target], {}, anchor, domain="")
+
+            flat = self._memo(id(node.outputs[0]), create, flatten)
             return PackedValue(flat, inner.scale, [n, c, h, w], inner.planes)
         return None
 
-    def _memo(self, key: object, make) -> ir.Value:
+    def _memo(self, key: object, create: bool, make) -> ir.Value | None:
         if key not in self.made:
+            if not create:
+                return None
             self.made[key] = make()
         return self.made[key]
 

@@ -56,7 +56,7 @@ class LowerBinaryLayers(ir.passes.InPlacePass):
             elif reason:
                 self.report.skipped[node.name] = reason
         self.report.notes = sorted(set(packer.notes))
-        if self.report.lowered:
+        if packer.made:
             model.opset_imports.setdefault(ops.DOMAIN, ops.DOMAIN_VERSION)
             common.RemoveUnusedNodesPass()(model)
         return ir.passes.PassResult(model, bool(self.report.lowered))
@@ -71,16 +71,16 @@ def _lower_conv(graph: ir.Graph, node: ir.Node, packer: Packer) -> str | None:
     if padder is not None and padder.op_type == "Pad" and (padding := _pad_before(padder)) is not None:
         extra, value = padding
         source = padder.inputs[0]
-        probe = packer.packed(source, node) if any(extra) else None
+        probe = packer.packed(source, node, create=False) if any(extra) else None
         one = probe is not None and probe.planes == 1 and value == probe.scale  # +1 padding of a ±s tensor
         if probe is not None and (value == 0.0 or one) and (value == 0.0 or not any(pads)):
             x = source
             pad_value = 0 if value == 0.0 else 1
             pads = [a + b for a, b in zip(pads, extra, strict=True)]
-    packed = packer.packed(x, node)
-    if packed is None:
+    probe = packer.packed(x, node, create=False)
+    if probe is None:
         return ""
-    if len(packed.shape) != 4:
+    if len(probe.shape) != 4:
         return "input is not 4-D"
     weights = constant(weight_value)
     if weights is None or weights.ndim != 4:
@@ -99,6 +99,7 @@ def _lower_conv(graph: ir.Graph, node: ir.Node, packer: Packer) -> str | None:
     bias = constant(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] is not None else np.zeros(out_channels)
     if bias is None:
         return "bias is not a constant"
+    packed = packer.packed(x, node)  # all checks passed: now create the packing nodes
     # every activation plane meets the same weights: tile them along the input channels
     signs = np.concatenate([signs] * packed.planes, axis=2)
     name = node.name or node.outputs[0].name
@@ -133,8 +134,7 @@ def _pad_before(node: ir.Node) -> tuple[list[int], float] | None:
 
 
 def _lower_dense(graph: ir.Graph, node: ir.Node, packer: Packer) -> str | None:
-    packed = packer.packed(node.inputs[0], node)
-    if packed is None:
+    if packer.packed(node.inputs[0], node, create=False) is None:
         return ""
     weights = constant(node.inputs[1])
     if weights is None or weights.ndim != 2:
@@ -158,6 +158,7 @@ def _lower_dense(graph: ir.Graph, node: ir.Node, packer: Packer) -> str | None:
     if planes is None:
         return "weights are not ±α (or ternary 0/±α) per output channel"
     signs, alpha = planes  # [Pw, N, K], [Pw, N]
+    packed = packer.packed(node.inputs[0], node)  # all checks passed: now create the packing nodes
     bias = np.zeros(out_features) if bias is None else bias.astype(np.float64)
     scale = alpha * packed.scale * alpha_factor
     if len(packed.shape) == 4:

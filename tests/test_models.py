@@ -50,6 +50,23 @@ def test_torch_cnn_matches_onnxruntime(zoo, tmp_path, name):
     assert next(r for r in records if r.name == "fold_batchnorm").nodes_after <= len(model.graph)
 
 
+def test_bireal_net18_runs_on_packed_kernels_and_matches_onnxruntime(tmp_path):
+    """Bi-Real-Net-18 at 224×224: all 16 binary convs lowered, output equal to onnxruntime evaluating the same
+    Where-sign network in float (a near-zero pre-activation could flip a sign: the bound is loose for that)."""
+    import torch
+
+    from bitc.zoo.bnn import bireal_net18
+    from bitc.zoo.export import export_onnx
+
+    path = export_onnx(bireal_net18(), (torch.randn(1, 3, 224, 224),), tmp_path / "bireal.onnx", input_names=["image"])
+    result = bitc.compile(path, tmp_path / "bireal.bitc")
+    lowered = next(p["details"] for p in result.manifest["passes"] if p["name"] == "lower_binary")
+    assert lowered["lowered"] == 16 and not lowered["skipped"]
+    assert sum(1 for row in result.manifest["layers"] if row["precision"] == "1-bit") == 16
+    image = np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32)
+    _compare(bitc.load(result.path), path, {"image": image})
+
+
 def _sentences(count: int) -> list[str]:
     """Real English sentences from Python's own documentation topics (pydoc_data ships with CPython)."""
     from pydoc_data.topics import topics

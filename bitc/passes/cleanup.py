@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 
+import numpy as np
 import onnx_ir as ir
 import onnx_ir.passes.common as common
 from onnxscript.optimizer._constant_folding import FoldConstantsPass
@@ -41,8 +42,42 @@ class FoldConstants(ir.passes.InPlacePass):
         # The folder logs every node it cannot evaluate; that is expected and not the user's concern.
         with _quiet("onnxscript.optimizer"):
             result = folder(model)
+        filled = _materialize_constant_fills(model, self.output_size_limit)
+        if filled:  # the fills' shape constants are unused now
+            common.RemoveUnusedNodesPass()(model)
         common.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0)(model)
-        return ir.passes.PassResult(model, result.modified)
+        return ir.passes.PassResult(model, result.modified or filled)
+
+
+def _materialize_constant_fills(model: ir.Model, limit: int) -> bool:
+    """ConstantOfShape of a constant shape → the tensor itself (the folder leaves fills alone). Exporters write
+    weights that way (the onnx 'light' models): as initializers, BN folding and the channel passes can use them."""
+    changed = False
+    for node in list(model.graph):
+        if (
+            node.op_type != "ConstantOfShape"
+            or node.domain not in ("", "ai.onnx")
+            or node.inputs[0].const_value is None
+        ):
+            continue
+        shape = [int(d) for d in node.inputs[0].const_value.numpy().reshape(-1)]
+        if int(np.prod(shape)) > limit:
+            continue
+        fill = node.attributes.get("value")
+        scalar = fill.as_tensor().numpy().reshape(-1)[0] if fill is not None else np.float32(0)
+        array = np.full(shape, scalar, dtype=np.asarray(scalar).dtype)
+        output = node.outputs[0]
+        constant = ir.Value(name=f"{output.name}__fill", const_value=ir.tensor(array, name=f"{output.name}__fill"))
+        constant.shape, constant.dtype = ir.Shape(array.shape), output.dtype or constant.const_value.dtype
+        if constant.name in model.graph.initializers:
+            continue
+        model.graph.register_initializer(constant)
+        if output.is_graph_output():
+            continue
+        ir.convenience.replace_all_uses_with(output, constant)
+        model.graph.remove(node, safe=True)
+        changed = True
+    return changed
 
 
 @register("simplify")

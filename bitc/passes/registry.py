@@ -47,4 +47,12 @@ def summary(cls: type) -> str:
 
 
 def _import_builtin_passes() -> None:
-    from bitc.passes import binarize, binary_fusion, cleanup, fold_batchnorm, lower_binary  # noqa: F401  (registration)
+    from bitc.passes import (  # noqa: F401  (registration happens on import)
+        binarize,
+        binary_fusion,
+        cleanup,
+        fold_batchnorm,
+        lower_binary,
+        prune,
+        reorder,
+    )

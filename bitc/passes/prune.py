@@ -1,0 +1,126 @@
+"""Structured pruning: remove whole channels (filters, features) with every coupled tensor kept consistent."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import onnx_ir as ir
+
+from bitc.errors import BadInputError
+from bitc.layers import layer_table, summarize_layers
+from bitc.passes import channel_rewrite
+from bitc.passes.channel_graph import build_channel_graph
+from bitc.passes.registry import register
+from bitc.passes.reorder import CRITERIA, _produced_by
+
+
+@dataclass
+class PruneReport:
+    before: dict[str, int] = field(default_factory=dict)
+    after: dict[str, int] = field(default_factory=dict)
+    groups: dict[str, list[int]] = field(default_factory=dict)  # first axis of the group → [channels, kept]
+    fixed: dict[str, int] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"before": self.before, "after": self.after, "groups": self.groups, "fixed_groups": self.fixed}
+
+
+@register("prune")
+class Prune(ir.passes.InPlacePass):
+    """Remove the least important channels of every coupled group (filters, features, residual streams).
+
+    `ratio` of each group's channels go (`scope="layer"`), or of all channels ranked together after normalising
+    each group's scores by its mean (`scope="global"`). Importance is the L1/L2 norm of everything the channel owns
+    (the group criterion) or |γ| of its BatchNorm/LayerNorm (`bn_gamma`). Kept counts are rounded up to `round_to`
+    (32 or 64 for packed binary kernels); groups produced by `protected` nodes are left alone, as are channels
+    that reach a graph input/output or an op the channel graph cannot see through (reported as fixed).
+    """
+
+    def __init__(
+        self,
+        ratio: float = 0.3,
+        criterion: str = "l1",
+        scope: str = "layer",
+        round_to: int = 1,
+        protected: list[str] | None = None,
+        layers: list[str] | None = None,
+    ) -> None:
+        super().__init__()
+        if not 0 <= float(ratio) < 1:
+            raise BadInputError(f"prune: ratio must be in [0, 1), got {ratio}")
+        if criterion not in CRITERIA:
+            raise BadInputError(f"prune: criterion must be one of {', '.join(CRITERIA)}, got {criterion!r}")
+        if scope not in ("layer", "global"):
+            raise BadInputError(f"prune: scope must be 'layer' or 'global', got {scope!r}")
+        if int(round_to) < 1:
+            raise BadInputError(f"prune: round_to must be >= 1, got {round_to}")
+        self.ratio, self.criterion, self.scope = float(ratio), criterion, scope
+        self.round_to = int(round_to)
+        self.protected = list(protected or [])
+        self.layers = list(layers) if layers is not None else None
+        self.report = PruneReport()
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        self.report = PruneReport()
+        self.report.before = _size(model)
+        cg = build_channel_graph(model)
+        groups = cg.groups()
+        protected = _produced_by(model, self.protected) or set()
+        wanted = _produced_by(model, self.layers)
+        if wanted is not None:
+            self._check_requested(model, groups, wanted)
+        scores = channel_rewrite.importance(model, cg, groups, self.criterion)
+        candidates = []
+        for g, group in enumerate(groups):
+            if not group.prunable:
+                for reason in group.fixed_because or group.uncuttable_because:
+                    self.report.fixed[reason] = self.report.fixed.get(reason, 0) + 1
+            elif not protected & set(group.dims) and (wanted is None or wanted & set(group.dims)):
+                candidates.append(g)
+        keep = self._kept_counts(candidates, scores)
+        ranks: dict[int, np.ndarray] = {}
+        for g, count in keep.items():
+            n = len(groups[g].channels)
+            if count >= n:
+                continue
+            survivors = np.sort(np.argsort(-scores[g], kind="stable")[:count])  # kept, in their original order
+            rank = np.full(n, -1, dtype=np.int64)
+            rank[survivors] = np.arange(count)
+            ranks[g] = rank
+            self.report.groups[f"{groups[g].dims[0][0]}"] = [n, count]
+        if ranks:
+            channel_rewrite.apply(model, cg, channel_rewrite.selection(cg, groups, ranks))
+        self.report.after = _size(model)
+        return ir.passes.PassResult(model, bool(ranks))
+
+    def _check_requested(self, model: ir.Model, groups: list, wanted: set) -> None:
+        """A layer named in `layers` whose channels cannot be cut is an error naming it and the reason."""
+        names = {(node.outputs[0].name): node.name for node in model.graph if node.name in self.layers}
+        for group in groups:
+            for dim in wanted & set(group.dims):
+                if not group.prunable:
+                    why = "; ".join(group.fixed_because or group.uncuttable_because)
+                    raise BadInputError(f"prune: cannot prune node '{names.get(dim[0], dim[0])}': {why}")
+
+    def _kept_counts(self, candidates: list[int], scores: list[np.ndarray]) -> dict[int, int]:
+        if self.scope == "layer":
+            wanted = {g: len(scores[g]) * (1 - self.ratio) for g in candidates}
+        else:
+            normalised = {g: scores[g] / max(float(scores[g].mean()), 1e-30) for g in candidates}
+            pooled = np.concatenate(list(normalised.values())) if normalised else np.zeros(0)
+            cut = np.quantile(pooled, self.ratio) if pooled.size else 0.0
+            wanted = {g: float(np.sum(normalised[g] > cut)) for g in candidates}
+        counts = {}
+        for g, target in wanted.items():
+            n = len(scores[g])
+            count = max(self.round_to, math.ceil(max(target, 1) / self.round_to) * self.round_to)
+            counts[g] = min(n, count)
+        return counts
+
+
+def _size(model: ir.Model) -> dict[str, int]:
+    summary = summarize_layers(layer_table(model))
+    return {"params": int(summary["params"]), "macs": int(summary["macs"])}

@@ -176,3 +176,48 @@ def test_round_to_aligns_kept_channels(tmp_path):
     model, _, _, _ = _apply(_export(tmp_path, Residual(), (1, 3, 8, 8)), ("prune", {"ratio": 0.3, "round_to": 8}))
     first = next(n for n in model.graph if n.op_type == "Conv")
     assert int(first.inputs[1].shape[0]) == 16  # 16·0.7 = 11.2 → rounded up to 16
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v2", "minilm"])
+def test_reorder_preserves_real_models_through_compilation(zoo, tmp_path, name):
+    """The reordered model, compiled, equals onnxruntime on the original (≤ 1e-4 relative)."""
+    import onnx_ir as ir
+
+    import bitc
+
+    path = getattr(zoo, name)()
+    model = _load(path)
+    feeds = random_feeds(model)
+    if name == "minilm":  # token ids and a mask that are valid for the real vocabulary
+        from bitc.zoo import real
+
+        feeds = real.minilm_tokenize(real.SAMPLE_SENTENCES[:1], 128)
+    expected = run_onnxruntime(model, feeds)[0]
+    model, records = run_pipeline(model, ["reorder"])
+    assert records[-1].details["channels_moved"] > 0
+    ir.save(model, tmp_path / "reordered.onnx")
+    compiled = bitc.load(bitc.compile(tmp_path / "reordered.onnx", tmp_path / "r.bitc").path)
+    got = next(iter(compiled.run(feeds).values()))
+    relative = float(np.abs(got - expected).max() / np.abs(expected).max())
+    assert relative <= 1e-4, relative
+    from conftest import SUMMARY_LINES
+
+    SUMMARY_LINES.append(
+        f"reorder {name}: {records[-1].details['channels_moved']} channels moved, rel err {relative:.1e}"
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["light_inception_v1.onnx", "light_squeezenet.onnx", "light_densenet121.onnx"])
+def test_reorder_preserves_onnx_light_cnns(name):
+    import onnx
+
+    path = f"{onnx.__file__.rsplit('/', 1)[0]}/backend/test/data/light/{name}"
+    model = _load(path)
+    feeds = random_feeds(model)
+    expected = run_onnxruntime(model, feeds)[0]
+    model, _ = run_pipeline(model, ["reorder", "remove_unused"])
+    np.testing.assert_allclose(
+        run_onnxruntime(model, feeds)[0], expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max()
+    )

@@ -4,7 +4,8 @@
 
 ResNet-18 (torch, seeded weights, 224×224). Both prune each coupled group's channels by the L1 norm of its weights
 (bitc: `prune` with criterion l1, scope layer; Torch-Pruning: MagnitudePruner, MagnitudeImportance(p=1), the
-classifier kept). The table gives the remaining params/MACs (counted the same way, on the BN-folded ONNX), the
+classifier kept), with kept channel counts unrounded and rounded to multiples of 8. The table gives the
+remaining params/MACs (counted the same way, on the BN-folded ONNX), the
 output change vs the unpruned model on the same seeded images (relative L2 of the logits; no fine-tuning, so it
 is large for both — what matters is that both remove the same structure), and the compiled latency, next to the
 original, a reordered model and a reordered + binarized one (`binarize`: all convs but the first and last).
@@ -48,19 +49,20 @@ def _bitc_variant(source: Path, folder: Path, name: str, passes: list) -> Path:
     return path
 
 
-def _torch_pruning(ratio: float, example: torch.Tensor, folder: Path) -> tuple[Path, int]:
+def _torch_pruning(ratio: float, example: torch.Tensor, folder: Path, round_to: int | None) -> tuple[Path, int]:
     import torch_pruning as tp
 
     module = cnn.resnet18()
     pruner = tp.pruner.MagnitudePruner(
         module, example, importance=tp.importance.MagnitudeImportance(p=1), pruning_ratio=ratio,
-        ignored_layers=[module.fc],
+        ignored_layers=[module.fc], round_to=round_to,
     )  # fmt: skip
     groups = len(
         list(pruner.DG.get_all_groups(ignored_layers=pruner.ignored_layers, root_module_types=pruner.root_module_types))
     )
     pruner.step()
-    return export_onnx(module.eval(), (example,), folder / f"torch_pruning_{ratio}.onnx", input_names=["image"]), groups
+    path = folder / f"torch_pruning_{ratio}_{round_to}.onnx"
+    return export_onnx(module.eval(), (example,), path, input_names=["image"]), groups
 
 
 def main() -> int:
@@ -105,7 +107,7 @@ def main() -> int:
                 passes = {p["name"]: p for p in result.manifest["passes"]}
                 notes[name] = f"{passes['lower_binary']['details']['lowered']} binary convs"
             if name.startswith("bitc prune"):
-                notes[name] = "groups fixed: " + str(_fixed_groups(source, float(name.split()[-1][:-1]) / 100))
+                notes[name] = "groups fixed: " + str(_fixed_groups(source, float(name.split()[2][:-1]) / 100))
             table.add_row(
                 name, f"{size['params']:,}", f"{size['macs'] / 1e6:,.0f}", delta,
                 *[f"{row['bitc']['median_ms']:.2f}" for row in timings], notes.get(name, ""),

@@ -135,7 +135,7 @@ def test_residual_branches_share_one_group(tmp_path):
 
 
 def test_concat_blocks_prune_per_input(tmp_path):
-    model, _, _, _ = _apply(_export(tmp_path, Concat(), (1, 3, 8, 8)), ("prune", {"ratio": 0.5}))
+    model, _, _, _ = _apply(_export(tmp_path, Concat(), (1, 3, 8, 8)), ("prune", {"ratio": 0.5, "round_to": 1}))
     shapes = sorted(shape for shape in _weight_shapes(model).values() if len(shape) == 4)
     assert shapes == [(3, 3, 3, 3), (4, 8, 1, 1), (5, 3, 1, 1)]  # 6→3 and 10→5 channels; the consumer reads 8
 

@@ -35,7 +35,8 @@ class Prune(ir.passes.InPlacePass):
     `ratio` of each group's channels go (`scope="layer"`), or of all channels ranked together after normalising
     each group's scores by its mean (`scope="global"`). Importance is the L1/L2 norm of everything the channel owns
     (the group criterion) or |γ| of its BatchNorm/LayerNorm (`bn_gamma`). Kept counts are rounded up to `round_to`
-    (32 or 64 for packed binary kernels); groups produced by `protected` nodes are left alone, as are channels
+    (default 8: convs keep a blocked vector layout — odd counts fall back to much slower NCHW code; 32 or 64 for
+    packed binary kernels); groups produced by `protected` nodes are left alone, as are channels
     that reach a graph input/output or an op the channel graph cannot see through (reported as fixed).
     """
 
@@ -44,7 +45,7 @@ class Prune(ir.passes.InPlacePass):
         ratio: float = 0.3,
         criterion: str = "l1",
         scope: str = "layer",
-        round_to: int = 1,
+        round_to: int = 8,
         protected: list[str] | None = None,
         layers: list[str] | None = None,
     ) -> None:

@@ -81,12 +81,13 @@ def main() -> int:
         variants: dict[str, Path] = {"original": source}
         notes: dict[str, str] = {}
         for ratio in (float(r) for r in args.ratios.split(",")):
-            variants[f"bitc prune {ratio:.0%}"] = _bitc_variant(
-                source, folder, f"bitc_{ratio}", [("prune", {"ratio": ratio})]
-            )
-            path, groups = _torch_pruning(ratio, example, folder)
-            variants[f"Torch-Pruning {ratio:.0%}"] = path
-            notes[f"Torch-Pruning {ratio:.0%}"] = f"{groups} groups"
+            for round_to in (1, 8):
+                variant = f"bitc prune {ratio:.0%} round_to {round_to}"
+                spec = ("prune", {"ratio": ratio, "round_to": round_to})
+                variants[variant] = _bitc_variant(source, folder, f"bitc_{ratio}_{round_to}", [spec])
+                path, groups = _torch_pruning(ratio, example, folder, round_to if round_to > 1 else None)
+                variants[f"Torch-Pruning {ratio:.0%} round_to {round_to}"] = path
+                notes[f"Torch-Pruning {ratio:.0%} round_to {round_to}"] = f"{groups} groups"
         variants["bitc reorder"] = _bitc_variant(source, folder, "reordered", ["reorder"])
         variants["bitc reorder + binarize"] = _bitc_variant(source, folder, "reordered_binary", ["reorder", "binarize"])
 

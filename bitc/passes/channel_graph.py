@@ -51,6 +51,8 @@ class ChannelGraph:
     depthwise: dict[str, Dim] = field(default_factory=dict)  # depthwise conv node name → its output axis
     reshapes: dict[str, Dim] = field(default_factory=dict)  # Reshape node → its output axis (shape to rewrite)
     gammas: set[str] = field(default_factory=set)  # normalisation scale parameters (the bn_gamma criterion)
+    axis_of: dict[str, int] = field(default_factory=dict)  # tensors whose tracked axis is not the default one
+    head_axes: set[Dim] = field(default_factory=set)  # attention-head axes (a group there moves whole heads)
     graph: nx.Graph = field(default_factory=nx.Graph)
 
     def components(self) -> Iterator[set[tuple[Dim, int]]]:
@@ -104,7 +106,7 @@ def build_channel_graph(model: ir.Model) -> ChannelGraph:
 def _dim(cg: ChannelGraph, value: ir.Value | None) -> Dim | None:
     if value is None or value.const_value is not None or value.shape is None:
         return None
-    axis = channel_axis(value)
+    axis = cg.axis_of.get(value.name, channel_axis(value))
     if axis is None or not isinstance(value.shape[axis], int):
         return None
     dim = (value.name, axis)
@@ -156,7 +158,8 @@ def _fix_node(cg: ChannelGraph, node: ir.Node, why: str) -> None:
 
 def _couple(cg: ChannelGraph, node: ir.Node) -> None:
     op = node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}::{node.op_type}"
-    out = _dim(cg, node.outputs[0]) if node.outputs else None
+    # a Transpose or Reshape may track another axis of its output than the default: it finds its own
+    out = _dim(cg, node.outputs[0]) if node.outputs and op not in ("Transpose", "Reshape") else None
     if op == "Conv":
         _couple_conv(cg, node, out)
     elif op in ("Gemm", "MatMul"):
@@ -190,6 +193,8 @@ def _couple(cg: ChannelGraph, node: ir.Node) -> None:
         _couple_elementwise(cg, node, out)
     elif op == "Concat":
         _couple_concat(cg, node, out)
+    elif op == "Transpose":
+        _couple_transpose(cg, node)
     elif op in ("Flatten", "Reshape", "Squeeze", "Unsqueeze"):
         _couple_reshape(cg, node, out)
     elif op == "Gather" and node.inputs[0].const_value is not None and out is not None:
@@ -239,6 +244,8 @@ def _couple_conv(cg: ChannelGraph, node: ir.Node, out: Dim | None) -> None:
 
 def _couple_dense(cg: ChannelGraph, node: ir.Node, out: Dim | None) -> None:
     x, weights = _dim(cg, node.inputs[0]), node.inputs[1]
+    if node.op_type == "MatMul" and weights.const_value is None:
+        return _couple_batched_matmul(cg, node, x, out)
     if x is None or out is None or weights.const_value is None or len(weights.shape) != 2:
         return _fix_node(cg, node, "matmul of two activations")
     if node.op_type == "Gemm" and node.attributes.get_int("transA", 0):
@@ -311,12 +318,59 @@ def _couple_reduce(cg: ChannelGraph, node: ir.Node, out: Dim | None) -> None:
     _same(cg, x, out)
 
 
-def _couple_reshape(cg: ChannelGraph, node: ir.Node, out: Dim | None) -> None:
-    """A reshape keeps channels only as a flatten of NCHW to [N, C·H·W] or by dropping / adding unit axes."""
+def _couple_batched_matmul(cg: ChannelGraph, node: ir.Node, x: Dim | None, out: Dim | None) -> None:
+    """Attention's Q·Kᵀ and P·V: [B, H, ·, ·] @ [B, H, ·, ·] — the head axis (1) is a batch axis, shared by both
+    operands and the result; the channels inside a head are contracted, so only whole heads can change."""
+    other = _dim(cg, node.inputs[1])
+    ranks = {len(v.shape) for v in (*node.inputs, *node.outputs)}
+    if ranks != {4} or None in (x, other, out) or {x[1], other[1], out[1]} != {1}:
+        return _fix_node(cg, node, "matmul of two activations")
+    _same(cg, x, out)
+    _same(cg, other, out)
+
+
+def _couple_transpose(cg: ChannelGraph, node: ir.Node) -> None:
+    """The tracked axis moves to where the permutation puts it."""
     x = _dim(cg, node.inputs[0])
+    if x is None:
+        return _fix_node(cg, node, "transpose of an untracked tensor")
+    rank = len(node.inputs[0].shape)
+    perm = list(node.attributes.get_ints("perm", list(range(rank))[::-1]))
+    cg.axis_of[node.outputs[0].name] = perm.index(x[1])
+    out = _dim(cg, node.outputs[0])
+    _same(cg, x, out)
+
+
+def _split_heads(cg: ChannelGraph, node: ir.Node, x: Dim, src: list[int], dst: list[int]) -> bool:
+    """[B, S, H·d] → [B, S, H, d]: the new head axis (2) is tracked; channel c belongs to head c // d. The reverse
+    merge spreads each head over its d channels. Either way a head moves or goes as a whole."""
+    if len(src) == 3 and len(dst) == 4 and x[1] == 2 and src[:2] == dst[:2] and dst[2] * dst[3] == src[2]:
+        cg.axis_of[node.outputs[0].name] = 2
+        heads = _dim(cg, node.outputs[0])
+        cg.graph.add_edges_from(((x, c), (heads, c // dst[3])) for c in range(src[2]))
+        cg.reshapes[node.name] = heads
+        cg.head_axes.add(heads)
+        return True
+    if len(src) == 4 and len(dst) == 3 and x[1] == 2 and src[:2] == dst[:2] and src[2] * src[3] == dst[2]:
+        out = _dim(cg, node.outputs[0])
+        if out is None or out[1] != 2:
+            return False
+        _spread(cg, x, out, src[3])
+        cg.reshapes[node.name] = out
+        return True
+    return False
+
+
+def _couple_reshape(cg: ChannelGraph, node: ir.Node, out: Dim | None) -> None:
+    """A reshape keeps channels as a flatten of NCHW to [N, C·H·W], by dropping / adding unit axes, or by splitting
+    the feature axis into attention heads (and merging them back)."""
+    x = _dim(cg, node.inputs[0])
+    src, dst = [int(d) for d in node.inputs[0].shape], [int(d) for d in node.outputs[0].shape]
+    if x is not None and node.op_type == "Reshape" and _split_heads(cg, node, x, src, dst):
+        return None
+    out = out if out is not None else _dim(cg, node.outputs[0])
     if x is None or out is None:
         return _fix_node(cg, node, "reshape of untracked tensors")
-    src, dst = [int(d) for d in node.inputs[0].shape], [int(d) for d in node.outputs[0].shape]
     if cg.sizes[x] == cg.sizes[out] and [d for d in src if d != 1] == [d for d in dst if d != 1]:
         _same(cg, x, out)
         if node.op_type == "Reshape":

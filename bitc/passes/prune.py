@@ -81,7 +81,8 @@ class Prune(ir.passes.InPlacePass):
                     self.report.fixed[reason] = self.report.fixed.get(reason, 0) + 1
             elif not protected & set(group.dims) and (wanted is None or wanted & set(group.dims)):
                 candidates.append(g)
-        keep = self._kept_counts(candidates, scores)
+        heads = {g for g in candidates if cg.head_axes & set(groups[g].dims)}
+        keep = self._kept_counts(candidates, scores, heads)
         ranks: dict[int, np.ndarray] = {}
         for g, count in keep.items():
             n = len(groups[g].channels)
@@ -106,7 +107,8 @@ class Prune(ir.passes.InPlacePass):
                     why = "; ".join(group.fixed_because or group.uncuttable_because)
                     raise BadInputError(f"prune: cannot prune node '{names.get(dim[0], dim[0])}': {why}")
 
-    def _kept_counts(self, candidates: list[int], scores: list[np.ndarray]) -> dict[int, int]:
+    def _kept_counts(self, candidates: list[int], scores: list[np.ndarray], heads: set[int]) -> dict[int, int]:
+        """Channels to keep per group; attention heads are counted as heads (round_to does not apply)."""
         if self.scope == "layer":
             wanted = {g: len(scores[g]) * (1 - self.ratio) for g in candidates}
         else:
@@ -117,8 +119,8 @@ class Prune(ir.passes.InPlacePass):
         counts = {}
         for g, target in wanted.items():
             n = len(scores[g])
-            count = max(self.round_to, math.ceil(max(target, 1) / self.round_to) * self.round_to)
-            counts[g] = min(n, count)
+            step = 1 if g in heads else self.round_to
+            counts[g] = min(n, max(step, math.ceil(max(target, 1) / step) * step))
         return counts
 
 

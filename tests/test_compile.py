@@ -170,3 +170,18 @@ def test_compiling_twice_gives_identical_artifacts(tmp_path):
     first = bitc.compile(source, tmp_path / "a.bitc").path.read_bytes()
     second = bitc.compile(source, tmp_path / "b.bitc").path.read_bytes()
     assert first == second
+
+
+def test_channel_counts_without_a_multiple_of_8_still_get_blocked_convs(tmp_path):
+    """45 channels (a pruned layer) use 15-wide blocks instead of TVM's plain NCHW conv (3-17× slower)."""
+    import bitc.codegen.nchwc as nchwc
+
+    assert (
+        nchwc._channel_block(45, 16) == 15
+        and nchwc._channel_block(48, 16) == 16
+        and nchwc._channel_block(47, 16) is None
+    )
+    path = make_conv_bn_model(tmp_path / "m.onnx", channels=45)
+    compiled = bitc.load(bitc.compile(path, tmp_path / "m.bitc").path)
+    x = np.random.default_rng(0).standard_normal((1, 3, 16, 16)).astype(np.float32)
+    np.testing.assert_allclose(compiled(x), run_onnxruntime(path, {"x": x})[0], rtol=1e-5, atol=1e-5)

@@ -72,12 +72,13 @@ def schedule_anchor(func: Any, num_cores: int, vector_lanes: int) -> Any | None:
     spatial = [lp for lp, iv in zip(loops, iter_vars, strict=True) if iv.iter_type == tirx.IterVar.DataPar]
     reduce = [lp for lp, iv in zip(loops, iter_vars, strict=True) if iv.iter_type == tirx.IterVar.CommReduce]
     extents = [int(sch.get(lp).extent) for lp in spatial]
-    if len(spatial) < 2 or not reduce or extents[-1] % 8:
-        return None
     name = sch.get(block).name_hint
     is_conv = name.startswith("conv2d_NCHWc")
     is_depthwise = name.startswith("dwconv2d_NCHWc")
-    lanes = vector_lanes if extents[-1] % vector_lanes == 0 else 8
+    odd_block = (is_conv or is_depthwise) and extents[-1] % 8 != 0 and 5 <= extents[-1] <= vector_lanes
+    if len(spatial) < 2 or not reduce or (extents[-1] % 8 and not odd_block):
+        return None
+    lanes = extents[-1] if odd_block else vector_lanes if extents[-1] % vector_lanes == 0 else 8
     is_gemv = not (is_conv or is_depthwise) and extents[-2] == 1
     if is_gemv:  # M = 1: a wide strip of accumulators in L1, so B streams row by row (not in strided columns)
         vectors = _gemv_vectors(extents[-1] // lanes, num_cores)

@@ -72,6 +72,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--binarize-exclude", metavar="NODE,...", help="layers to keep in float")
     p.add_argument("--binarize-layers", metavar="NODE,...", help="binarize exactly these layers")
     p.add_argument("--binarize-weights-only", action="store_true", help="keep activations in float")
+    p.add_argument("--prune", type=float, metavar="RATIO", help="remove this share of each channel group (0-1)")
+    p.add_argument("--prune-round-to", type=int, metavar="N", help="keep channel counts a multiple of N (default 8)")
+    p.add_argument("--reorder", action="store_true", help="sort channels by importance (exact; folded into weights)")
     p.add_argument("--tune-trials", type=int, metavar="N", help="MetaSchedule trials to run (default 0)")
     p.add_argument("--tuning-db", metavar="DIR", help="tuning database folder (default: ~/.cache/bitc/tuning)")
     p.add_argument("--no-tuning-db", action="store_true", help="ignore tuned schedules (default schedules only)")
@@ -167,6 +170,10 @@ def _compile_options(args: argparse.Namespace) -> dict[str, Any]:
         "verify": True if args.verify else None,
     }
     options.update({key: value for key, value in flags.items() if value is not None})
+    if args.prune is not None:
+        options["prune"] = {"ratio": args.prune} | ({"round_to": args.prune_round_to} if args.prune_round_to else {})
+    if args.reorder:
+        options["reorder"] = True
     policy = _binarize_policy(args)
     if policy is not None:
         options["binarize"] = {**(options.get("binarize") or {}), **policy}

@@ -21,7 +21,7 @@ from bitc.codegen.target import parse_target
 from bitc.errors import BadInputError
 from bitc.frontend import from_torch, load_onnx, normalize
 from bitc.layers import layer_table, summarize_layers
-from bitc.passes import PassRecord, run_pipeline, with_binarize
+from bitc.passes import PassRecord, run_pipeline, with_binarize, with_channel_passes
 from bitc.passes.verify import static_shape
 from bitc.runtime.artifact import FORMAT, FORMAT_VERSION, LIBRARY_NAME, write_artifact
 
@@ -41,6 +41,8 @@ def compile(
     target: str = "cpu",
     passes: str | Sequence[Any] | None = None,
     binarize: Mapping[str, Any] | bool | None = None,
+    prune: Mapping[str, Any] | float | None = None,
+    reorder: Mapping[str, Any] | bool | None = None,
     input_shapes: Mapping[str, Sequence[int]] | None = None,
     example_inputs: Sequence[Any] | None = None,
     tune_trials: int = 0,
@@ -57,7 +59,8 @@ def compile(
 
     Returns where the artifact went and its manifest. `output` defaults to the ONNX file's name with `.bitc`.
     `binarize` binarizes a float model after training: True for the default policy (every Conv/Gemm/MatMul but the
-    first and last, 1 weight plane, sign activations) or a dict of the `binarize` pass's options.
+    first and last, 1 weight plane, sign activations) or a dict of the `binarize` pass's options. `prune` (a ratio
+    or the `prune` pass's options) and `reorder` (True or its options) run after BN folding.
     `on_pass`, `on_tuning(done, total)` and `on_stage(name)` report progress (the CLI draws it).
     """
     stage = on_stage or (lambda _name: None)
@@ -76,6 +79,9 @@ def compile(
 
     stage("passes")
     start = time.perf_counter()
+    if prune is not None or reorder:
+        prune_options = {"ratio": float(prune)} if isinstance(prune, int | float) else prune
+        passes = with_channel_passes(passes, prune_options, ({} if reorder is True else reorder) if reorder else None)
     if binarize:
         passes = with_binarize(passes, {} if binarize is True else binarize)
     ir_model, records = run_pipeline(ir_model, passes, dump_dir=dump_ir, verify_numerics=verify, on_pass=on_pass)

@@ -6,6 +6,10 @@
     passes = ["fold_constants", "fold_batchnorm", "remove_unused"]   # or [[passes]] tables with options
     [input_shapes]
     image = [1, 3, 224, 224]
+    reorder = true             # sort channels by importance (exact)
+    [prune]                    # structured pruning (the `prune` pass's options)
+    ratio = 0.3
+    round_to = 8
     [binarize]                 # post-training binarization policy (the `binarize` pass's options)
     planes = 2                 # weight planes W ≈ Σ αᵢ·Bᵢ, 1-4
     activations = "sign"       # or "float" (weights only)
@@ -32,6 +36,7 @@ _SCALARS: dict[str, tuple[type | tuple[type, ...], str]] = {
     "dump_ir": (str, "dump_ir"),
     "verify": (bool, "verify"),
     "num_cores": (int, "num_cores"),
+    "reorder": (bool, "reorder"),
 }
 
 
@@ -57,8 +62,12 @@ def load_config(path: str | os.PathLike) -> dict[str, Any]:
             options["passes"] = _passes(path, value)
         elif key == "binarize":
             options["binarize"] = _binarize(path, value)
+        elif key == "prune":
+            if not isinstance(value, dict) or not set(value) <= _PRUNE_KEYS:
+                raise BadInputError(f"{path}: [prune] must be a table with keys from {', '.join(sorted(_PRUNE_KEYS))}")
+            options["prune"] = dict(value)
         else:
-            known = sorted([*_SCALARS, "binarize", "input_shapes", "passes"])
+            known = sorted([*_SCALARS, "binarize", "input_shapes", "passes", "prune"])
             raise BadInputError(f"{path}: unknown key '{key}'; known keys: {', '.join(known)}")
     return options
 
@@ -86,6 +95,7 @@ def _passes(path: Path, value: Any) -> list[Any]:
     return specs
 
 
+_PRUNE_KEYS = {"ratio", "criterion", "scope", "round_to", "protected", "layers"}
 _BINARIZE_KEYS: dict[str, type | tuple[type, ...]] = {
     "planes": int,
     "activations": str,

@@ -138,3 +138,16 @@ def test_binarize_flag_compiles_binary_layers_and_reports_their_error(workdir):
     assert passes["lower_binary"]["details"]["lowered"] == 1
     inspected = bitc("inspect", "bin.bitc", "--json", cwd=workdir)
     assert "bitc::BinaryDense" in inspected.stdout
+
+
+def test_prune_and_reorder_flags_shrink_the_model_and_report_it(workdir):
+    out = bitc("compile", "m.onnx", "-o", "pruned.bitc", "--prune", "0.5", "--prune-round-to", "2", "--reorder",
+               "--json", cwd=workdir)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    passes = [p["name"] for p in json.loads(out.stdout)["passes"]]
+    assert (
+        passes.index("fold_batchnorm") < passes.index("prune") < passes.index("reorder") < passes.index("lower_binary")
+    )
+    report = next(p for p in json.loads(out.stdout)["passes"] if p["name"] == "prune")["details"]
+    assert report["after"]["params"] < report["before"]["params"]
+    assert bitc("run", "pruned.bitc", "--random", cwd=workdir).returncode == 0

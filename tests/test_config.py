@@ -60,6 +60,8 @@ def test_flags_override_the_config(tmp_path):
         ("[binarize]\nplanes = '2'\n", "'planes' must be an integer"),
         ("[binarize]\nexclude = [1]\n", "list of layer names"),
         ("binarize = 1\n", "must be a table"),
+        ("[prune]\nratioo = 0.5\n", "\\[prune\\] must be a table with keys from"),
+        ("reorder = 'yes'\n", "'reorder' must be true or false"),
     ],
 )
 def test_bad_config_is_refused(tmp_path, text, message):

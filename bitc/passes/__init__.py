@@ -1,6 +1,13 @@
 """Graph passes over onnx-ir, by name, with a pipeline runner that times, dumps and verifies them."""
 
-from bitc.passes.manager import DEFAULT_PIPELINE, PassRecord, parse_pipeline, run_pipeline, with_binarize
+from bitc.passes.manager import (
+    DEFAULT_PIPELINE,
+    PassRecord,
+    parse_pipeline,
+    run_pipeline,
+    with_binarize,
+    with_channel_passes,
+)
 from bitc.passes.registry import available, create, register
 
 __all__ = [
@@ -12,4 +19,5 @@ __all__ = [
     "register",
     "run_pipeline",
     "with_binarize",
+    "with_channel_passes",
 ]

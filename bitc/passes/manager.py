@@ -81,6 +81,23 @@ def with_binarize(pipeline: str | Sequence[PassSpec] | None, policy: Mapping[str
     return specs
 
 
+def with_channel_passes(
+    pipeline: str | Sequence[PassSpec] | None, prune: Mapping[str, Any] | None, reorder: Mapping[str, Any] | None
+) -> list[PassSpec]:
+    """The pipeline with `prune` and/or `reorder` inserted after BN folding (they see folded weights) and before
+    any binarization or binary lowering (so reordered channels are what later passes work on)."""
+    specs: list[PassSpec] = [(name, options) for name, options in parse_pipeline(pipeline)]
+    names = [name for name, _ in specs]
+    extra = [("prune", dict(prune))] if prune is not None else []
+    extra += [("reorder", dict(reorder))] if reorder is not None else []
+    for name, _ in extra:
+        if name in names:
+            raise BadInputError(f"'{name}' asked for twice: in the pass list and as an option")
+    later = [names.index(n) for n in ("binarize", "lower_binary", "fuse_binary", "cse", "remove_unused") if n in names]
+    at = names.index("fold_batchnorm") + 1 if "fold_batchnorm" in names else (min(later) if later else len(specs))
+    return specs[:at] + extra + specs[at:]
+
+
 def run_pipeline(
     model: ir.Model,
     pipeline: str | Sequence[PassSpec] | None = None,

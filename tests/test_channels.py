@@ -225,3 +225,24 @@ def test_reorder_preserves_onnx_light_cnns(name):
     np.testing.assert_allclose(
         run_onnxruntime(model, feeds)[0], expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max()
     )
+
+
+def test_activation_criterion_removes_channels_dead_on_the_calibration_data(tmp_path):
+    """Half the filters are large but never fire (ReLU after a very negative bias): L1 keeps them, the
+    activation criterion, measured on calibration inputs, removes them."""
+    module = FlattenGemm()
+    with torch.no_grad():
+        module.conv.weight[:8] *= 10
+        module.conv.bias[:8] = -1e4
+    path = export_onnx(module.eval(), (torch.randn(1, 3, 8, 8),), tmp_path / "m.onnx")
+    calibration = {"x": np.random.default_rng(1).standard_normal((1, 3, 8, 8)).astype(np.float32)}
+    name = _load(path).graph.inputs[0].name
+    kept = {}
+    for criterion in ("l1", "activation"):
+        model = _load(path)
+        options = {"ratio": 0.5, "criterion": criterion, "calibration": {name: calibration["x"]}}
+        model, _ = run_pipeline(model, [("prune", options)])
+        bias = next(v for v in model.graph.initializers.values() if v.const_value.shape == (8,) and "conv" in v.name)
+        kept[criterion] = bias.const_value.numpy()
+    assert np.all(kept["l1"] == -1e4)  # the big, dead filters won by norm
+    assert np.all(kept["activation"] > -1e4)  # the live ones won on the data

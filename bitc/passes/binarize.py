@@ -105,9 +105,9 @@ class Binarize(ir.passes.InPlacePass):
 
         try:
             feeds = verify.random_feeds(model)
-            reference = _run_with_outputs(before, [old for old, _ in outputs.values()], feeds)
+            reference = verify.run_with_outputs(before, [old for old, _ in outputs.values()], feeds)
             after = ir.to_proto(model)
-            got = _run_with_outputs(after, [new.name for _, new in outputs.values()], feeds)
+            got = verify.run_with_outputs(after, [new.name for _, new in outputs.values()], feeds)
         except Exception as exc:  # a model onnxruntime cannot run: the weight errors are still reported
             self.report.note = f"output errors not measured: {str(exc).splitlines()[0][:160]}"
             return
@@ -169,20 +169,6 @@ class Binarize(ir.passes.InPlacePass):
         replace_output(graph, node.outputs[0], total)
         graph.remove(node, safe=True)
         return {"op": node.op_type, "planes": self.planes, "weight_rel_error": round(error, 6)}, total
-
-
-def _run_with_outputs(proto: Any, names: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-    """Run `proto` with onnxruntime, returning the values called `names` (made graph outputs for the run)."""
-    import onnx
-    import onnxruntime as ort
-
-    proto = onnx.ModelProto.FromString(proto.SerializeToString())
-    known = {o.name for o in proto.graph.output}
-    proto.graph.output.extend(onnx.ValueInfoProto(name=name) for name in names if name not in known)
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    session = ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    return session.run(names, feeds)
 
 
 def _sign(graph: ir.Graph, anchor: ir.Node, x: ir.Value) -> ir.Value:

@@ -53,6 +53,7 @@ class ChannelGraph:
     gammas: set[str] = field(default_factory=set)  # normalisation scale parameters (the bn_gamma criterion)
     axis_of: dict[str, int] = field(default_factory=dict)  # tensors whose tracked axis is not the default one
     head_axes: set[Dim] = field(default_factory=set)  # attention-head axes (a group there moves whole heads)
+    consumed: set[Dim] = field(default_factory=set)  # axes a weighted layer reads (where a channel's use is seen)
     graph: nx.Graph = field(default_factory=nx.Graph)
 
     def components(self) -> Iterator[set[tuple[Dim, int]]]:
@@ -233,6 +234,7 @@ def _couple_conv(cg: ChannelGraph, node: ir.Node, out: Dim | None) -> None:
     _attach(cg, weights, 0, out)
     if bias is not None:
         _attach(cg, bias, 0, out)
+    cg.consumed.add(x)
     if groups == 1:
         _attach(cg, weights, 1, x)
     elif groups == cg.sizes[x] == cg.sizes[out] and int(weights.shape[1]) == 1:  # depthwise: in channel = out
@@ -252,6 +254,7 @@ def _couple_dense(cg: ChannelGraph, node: ir.Node, out: Dim | None) -> None:
         return _fix_node(cg, node, "Gemm with transA")
     out_axis = 0 if node.op_type == "Gemm" and node.attributes.get_int("transB", 0) else 1
     cg.producers.add(out)
+    cg.consumed.add(x)
     _attach(cg, weights, out_axis, out)
     _attach(cg, weights, 1 - out_axis, x)
     if node.op_type == "Gemm" and len(node.inputs) > 2 and node.inputs[2] is not None:

@@ -22,10 +22,22 @@ def component_ids(groups: list[ChannelGroup]) -> dict[tuple[Dim, int], tuple[int
     return ids
 
 
-def importance(model: ir.Model, cg: ChannelGraph, groups: list[ChannelGroup], criterion: str) -> list[np.ndarray]:
+def importance(
+    model: ir.Model,
+    cg: ChannelGraph,
+    groups: list[ChannelGroup],
+    criterion: str,
+    calibration: dict[str, np.ndarray] | None = None,
+) -> list[np.ndarray]:
     """Per group, one score per channel: the L1 / L2 norm over every weight slice the channel owns (the coupled
-    group's norm, as Torch-Pruning's group criterion), or |γ| of its normalisation layers (`bn_gamma`)."""
+    group's norm, as Torch-Pruning's group criterion), |γ| of its normalisation layers (`bn_gamma`), or
+    `activation`: the channel's mean |output| on calibration inputs (seeded random ones if none are given) times its
+    weights' L2 norm — how much the channel actually carries on that data."""
     ids = component_ids(groups)
+    if criterion == "activation":
+        weights = importance(model, cg, groups, "l2")
+        activity = _activations(model, cg, groups, ids, calibration)
+        return [w * a for w, a in zip(weights, activity, strict=True)]
     scores = [np.zeros(len(g.channels)) for g in groups]
     initializers = model.graph.initializers
     for (name, axis), dim in cg.params.items():
@@ -41,6 +53,36 @@ def importance(model: ir.Model, cg: ChannelGraph, groups: list[ChannelGroup], cr
             g, c = ids[(dim, index)]
             scores[g][c] += value
     return [np.sqrt(s) if criterion == "l2" else s for s in scores]
+
+
+def _activations(
+    model: ir.Model,
+    cg: ChannelGraph,
+    groups: list[ChannelGroup],
+    ids: dict,
+    calibration: dict[str, np.ndarray] | None,
+) -> list[np.ndarray]:
+    """Mean |activation| per channel where the next weighted layers read it (after any activation function: a
+    filter that never fires scores 0), else where it is produced; onnxruntime on the calibration feeds."""
+    from bitc.passes import verify
+
+    feeds = calibration if calibration is not None else verify.random_feeds(model)
+    dims = set()
+    for group in groups:
+        read = [d for d in group.dims if d in cg.consumed]
+        dims.update(read or [d for d in group.dims if d in cg.producers])
+    dims = sorted(dims)
+    values = verify.run_with_outputs(ir.to_proto(model), [name for name, _ in dims], feeds) if dims else []
+    scores = [np.zeros(len(g.channels)) for g in groups]
+    counts = [np.zeros(len(g.channels)) for g in groups]
+    for (name, axis), value in zip(dims, values, strict=True):
+        per_channel = np.abs(np.asarray(value, dtype=np.float64))
+        per_channel = per_channel.mean(axis=tuple(a for a in range(per_channel.ndim) if a != axis))
+        for index, magnitude in enumerate(per_channel):
+            g, c = ids[((name, axis), index)]
+            scores[g][c] += magnitude
+            counts[g][c] += 1
+    return [s / np.maximum(n, 1) for s, n in zip(scores, counts, strict=True)]
 
 
 def selection(cg: ChannelGraph, groups: list[ChannelGroup], ranks: dict[int, np.ndarray]) -> dict[Dim, np.ndarray]:

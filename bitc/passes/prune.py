@@ -34,7 +34,9 @@ class Prune(ir.passes.InPlacePass):
 
     `ratio` of each group's channels go (`scope="layer"`), or of all channels ranked together after normalising
     each group's scores by its mean (`scope="global"`). Importance is the L1/L2 norm of everything the channel owns
-    (the group criterion) or |γ| of its BatchNorm/LayerNorm (`bn_gamma`). Kept counts are rounded up to `round_to`
+    (the group criterion), |γ| of its BatchNorm/LayerNorm (`bn_gamma`), or `activation`: mean |output| on
+    `calibration` inputs (a dict of arrays; seeded random inputs if omitted) × the weights' L2 norm. Kept counts
+    are rounded up to `round_to`
     (default 8: convs keep a blocked vector layout — odd counts fall back to much slower NCHW code; 32 or 64 for
     packed binary kernels); groups produced by `protected` nodes are left alone, as are channels
     that reach a graph input/output or an op the channel graph cannot see through (reported as fixed).
@@ -48,6 +50,7 @@ class Prune(ir.passes.InPlacePass):
         round_to: int = 8,
         protected: list[str] | None = None,
         layers: list[str] | None = None,
+        calibration: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         if not 0 <= float(ratio) < 1:
@@ -62,6 +65,7 @@ class Prune(ir.passes.InPlacePass):
         self.round_to = int(round_to)
         self.protected = list(protected or [])
         self.layers = list(layers) if layers is not None else None
+        self.calibration = {k: np.asarray(v) for k, v in calibration.items()} if calibration else None
         self.report = PruneReport()
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
@@ -73,7 +77,7 @@ class Prune(ir.passes.InPlacePass):
         wanted = _produced_by(model, self.layers)
         if wanted is not None:
             self._check_requested(model, groups, wanted)
-        scores = channel_rewrite.importance(model, cg, groups, self.criterion)
+        scores = channel_rewrite.importance(model, cg, groups, self.criterion, self.calibration)
         candidates = []
         for g, group in enumerate(groups):
             if not group.prunable:

@@ -13,7 +13,7 @@ from bitc.passes import channel_rewrite
 from bitc.passes.channel_graph import build_channel_graph
 from bitc.passes.registry import register
 
-CRITERIA = ("l1", "l2", "bn_gamma")
+CRITERIA = ("l1", "l2", "bn_gamma", "activation")
 
 
 @dataclass

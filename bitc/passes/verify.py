@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import onnx_ir as ir
@@ -34,6 +35,21 @@ def run_onnxruntime(model: ir.Model, feeds: Mapping[str, np.ndarray], threads: i
     options.log_severity_level = 3
     session = ort.InferenceSession(ir.to_proto(model).SerializeToString(), options, providers=["CPUExecutionProvider"])
     return session.run(None, dict(feeds))
+
+
+def run_with_outputs(proto: Any, names: list[str], feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+    """Run a ModelProto with onnxruntime, returning the intermediate values called `names` (made graph outputs
+    for this run only): per-layer errors and activation statistics read them."""
+    import onnx
+    import onnxruntime as ort
+
+    proto = onnx.ModelProto.FromString(proto.SerializeToString())
+    known = {o.name for o in proto.graph.output}
+    proto.graph.output.extend(onnx.ValueInfoProto(name=name) for name in names if name not in known)
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return session.run(names, dict(feeds))
 
 
 def run_reference(model: ir.Model, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:

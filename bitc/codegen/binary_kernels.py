@@ -156,10 +156,7 @@ def binary_conv(
     scale, bias = epilogue
 
     def float_out(n: Any, o: Any, oh: Any, ow: Any) -> Any:
-        value = dot(0, n, oh, ow, o).astype("float32") * scale[0, o]
-        for plane in range(1, g.planes):
-            value = value + dot(plane, n, oh, ow, o).astype("float32") * scale[plane, o]
-        return value + bias[o]
+        return _scaled_plane_sum(lambda plane: dot(plane, n, oh, ow, o), g.planes, scale, bias, o)
 
     if out_block:
         return te.compute(
@@ -208,12 +205,17 @@ def binary_dense(
     scale, bias = epilogue
 
     def float_out(m: Any, o: Any) -> Any:
-        value = dot(0, m, o).astype("float32") * scale[0, o]
-        for plane in range(1, planes):
-            value = value + dot(plane, m, o).astype("float32") * scale[plane, o]
-        return value + bias[o]
+        return _scaled_plane_sum(lambda plane: dot(plane, m, o), planes, scale, bias, o)
 
     return te.compute((m_rows, out_features), float_out, name="epilogue")
+
+
+def _scaled_plane_sum(dot: Any, planes: int, scale: Any, bias: Any, o: Any) -> Any:
+    """Σₚ float(dot(p))·scale[p, o] + bias[o], in the order `ops.packing.scaled_plane_sum` uses."""
+    value = dot(0).astype("float32") * scale[0, o]
+    for plane in range(1, planes):
+        value = value + dot(plane).astype("float32") * scale[plane, o]
+    return value + bias[o]
 
 
 def _plane_sum(dot: Any, planes: int, *index: Any) -> Any:

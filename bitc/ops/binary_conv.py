@@ -16,7 +16,7 @@ import numpy as np
 import onnx_ir as ir
 
 from bitc.ops.base import BitcOp
-from bitc.ops.packing import threshold_bits, to_pm1, unpack_signs, words
+from bitc.ops.packing import scaled_plane_sum, threshold_bits, to_pm1, unpack_signs, words
 
 
 def conv_output_size(size: int, kernel: int, stride: int, pad_begin: int, pad_end: int) -> int:
@@ -52,11 +52,7 @@ class BinaryConv(BitcOp):
         if attrs["output_format"] == "packed":
             (threshold,) = epilogue
             return (threshold_bits(dots.sum(axis=0), threshold),)
-        scale, bias = epilogue
-        out = np.zeros(dots.shape[1:], dtype=np.float32)
-        for plane in range(dots.shape[0]):
-            out = out + dots[plane].astype(np.float32) * scale[plane].astype(np.float32)
-        out = out + bias.astype(np.float32)
+        out = scaled_plane_sum(dots, *epilogue)
         return (np.ascontiguousarray(np.transpose(out, (0, 3, 1, 2))),)
 
 

@@ -12,7 +12,7 @@ import numpy as np
 import onnx_ir as ir
 
 from bitc.ops.base import BitcOp
-from bitc.ops.packing import threshold_bits, to_pm1, unpack_signs, words
+from bitc.ops.packing import scaled_plane_sum, threshold_bits, to_pm1, unpack_signs, words
 
 
 class BinaryDense(BitcOp):
@@ -39,8 +39,4 @@ class BinaryDense(BitcOp):
         if attrs["output_format"] == "packed":
             (threshold,) = epilogue
             return (threshold_bits(dots.sum(axis=0), threshold),)
-        scale, bias = epilogue
-        out = np.zeros(dots.shape[1:], dtype=np.float32)
-        for plane in range(dots.shape[0]):
-            out = out + dots[plane].astype(np.float32) * scale[plane].astype(np.float32)
-        return (out + bias.astype(np.float32),)
+        return (scaled_plane_sum(dots, *epilogue),)

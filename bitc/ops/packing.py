@@ -49,6 +49,15 @@ def pack_activations(x: np.ndarray, thresholds: list[float] | tuple[float, ...] 
     return pack_signs(np.transpose(negative, (0, 2, 3, 1)) if x.ndim == 4 else negative)
 
 
+def scaled_plane_sum(dots: np.ndarray, scale: np.ndarray, bias: np.ndarray) -> np.ndarray:
+    """Float epilogue of a binary layer: Σₚ dots[p]·scale[p] + bias, in float32 and in this order (the kernels
+    evaluate it the same way). dots [P, ..., O], scale [P, O], bias [O]."""
+    out = np.zeros(dots.shape[1:], dtype=np.float32)
+    for plane in range(dots.shape[0]):
+        out = out + dots[plane].astype(np.float32) * scale[plane].astype(np.float32)
+    return out + bias.astype(np.float32)
+
+
 def threshold_bits(dots: np.ndarray, threshold: np.ndarray) -> np.ndarray:
     """Packed output of a thresholded layer: dots [..., O], threshold [P, O] (or [O]) → bit planes along the last
     axis, plane p in channels p·O …: bit 1 where dot < threshold[p]."""

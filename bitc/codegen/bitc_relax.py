@@ -9,6 +9,7 @@ import onnx_ir as ir
 
 from bitc import ops
 from bitc.codegen import binary_kernels as kernels
+from bitc.codegen.relax_rewrite import rewrite_calls
 from bitc.errors import CompileError
 
 # Opaque to FuseOps: the kernels carry their epilogues already and have schedules of their own.
@@ -167,20 +168,11 @@ def cancel_layout_round_trips(mod: Any) -> Any:
     them, the transform pairs between the two meet back to back and cancel."""
     from tvm import relax
 
-    @relax.expr_functor.mutator
-    class Cancel(relax.PyExprMutator):
-        def visit_call_(self, call: Any) -> Any:
-            call = self.visit_expr_post_order(call)
-            inner = _bound_layout_transform(self, call.args[0]) if _is_layout_transform(call) else None
-            if inner is not None and _round_trip_is_identity(inner, call):
-                return inner.args[0]
-            return call
+    def cancel(mutator: Any, call: Any) -> Any | None:
+        inner = _bound_layout_transform(mutator, call.args[0]) if _is_layout_transform(call) else None
+        return inner.args[0] if inner is not None and _round_trip_is_identity(inner, call) else None
 
-    cancel = Cancel(mod)
-    for gvar, func in list(mod.functions.items()):
-        if isinstance(func, relax.Function):
-            cancel.builder_.update_func(gvar, cancel.visit_expr(func))
-    return relax.transform.DeadCodeElimination()(cancel.builder_.get())
+    return relax.transform.DeadCodeElimination()(rewrite_calls(mod, cancel))
 
 
 def _is_layout_transform(call: Any) -> bool:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from bitc.codegen.relax_rewrite import rewrite_calls
+
 BLOCK = 16
 
 
@@ -26,22 +28,14 @@ def convert_conv_layout(mod: Any, block: int = BLOCK) -> Any:
 def legalize_bool_layout_transforms(mod: Any) -> Any:
     """Lower layout transforms of bool tensors (comparisons ConvertLayout carried into the blocked layout) right
     away: TVM's own lowering, which FoldConstant also uses, pads them with a float 0 and fails."""
-    from tvm import relax
 
-    @relax.expr_functor.mutator
-    class Lower(relax.PyExprMutator):
-        def visit_call_(self, call: Any) -> Any:
-            call = self.visit_expr_post_order(call)
-            is_transform = getattr(call.op, "name", None) == "relax.layout_transform"
-            if is_transform and str(call.args[0].ty.dtype) == "bool":
-                return legalize_layout_transform(self.builder_, call)
-            return call
+    def lower(mutator: Any, call: Any) -> Any | None:
+        is_transform = getattr(call.op, "name", None) == "relax.layout_transform"
+        if is_transform and str(call.args[0].ty.dtype) == "bool":
+            return legalize_layout_transform(mutator.builder_, call)
+        return None
 
-    lower = Lower(mod)
-    for gvar, func in list(mod.functions.items()):
-        if isinstance(func, relax.Function):
-            lower.builder_.update_func(gvar, lower.visit_expr(func))
-    return lower.builder_.get()
+    return rewrite_calls(mod, lower)
 
 
 def clip_to_relax_ops(mod: Any) -> Any:
@@ -52,18 +46,8 @@ def clip_to_relax_ops(mod: Any) -> Any:
     """
     from tvm import relax
 
-    @relax.expr_functor.mutator
-    class ClipRewriter(relax.PyExprMutator):
-        def visit_call_(self, call: Any) -> Any:
-            call = self.visit_expr_post_order(call)
-            rewritten = _clip_as_relax_op(self.builder_.get(), call)
-            return call if rewritten is None else rewritten
-
-    rewriter = ClipRewriter(mod)
-    for gvar, func in list(mod.functions.items()):
-        if isinstance(func, relax.Function):
-            rewriter.builder_.update_func(gvar, rewriter.visit_expr(func))
-    return relax.transform.DeadCodeElimination()(rewriter.builder_.get())
+    mod = rewrite_calls(mod, lambda mutator, call: _clip_as_relax_op(mutator.builder_.get(), call))
+    return relax.transform.DeadCodeElimination()(mod)
 
 
 def _clip_as_relax_op(mod: Any, call: Any) -> Any | None:

@@ -12,6 +12,7 @@ import numpy as np
 import onnx_ir as ir
 
 from bitc.errors import BadInputError
+from bitc.graph_edit import add_initializer, constant, replace_output
 
 QONNX_DOMAINS = {"qonnx.custom_op.general", "finn.custom_op.general", "onnx.brevitas"}
 _ROUNDING = {
@@ -81,37 +82,17 @@ def integer_range(bits: float, signed: int, narrow: int) -> tuple[float, float]:
     return 0.0, float(2**bits - 1 - (1 if narrow else 0))
 
 
-def _constant(value: ir.Value | None) -> np.ndarray | None:
-    if value is None or value.const_value is None:
-        return None
-    return value.const_value.numpy()
-
-
 def _replace_with_constant(graph: ir.Graph, node: ir.Node, array: np.ndarray) -> None:
     output = node.outputs[0]
-    name = output.name
-    constant = ir.Value(name=f"{name}__q", const_value=ir.tensor(array, name=f"{name}__q"))
-    constant.shape = ir.Shape(array.shape)
-    constant.dtype = ir.DataType.FLOAT
-    graph.register_initializer(constant)
-    _replace(output, constant)
+    replace_output(graph, output, add_initializer(graph, array.astype(np.float32), f"{output.name}__q"))
     graph.remove(node, safe=True)
 
 
-def _replace(old: ir.Value, new: ir.Value) -> None:
-    """Route every use of `old` to `new`; as a graph output, `new` takes the old name."""
-    if old.is_graph_output():
-        name = old.name
-        old.name = f"{name}__quant"
-        new.name = name
-    ir.convenience.replace_all_uses_with(old, new, replace_graph_outputs=True)
-
-
 def _bipolar(graph: ir.Graph, node: ir.Node, source: str) -> None:
-    x, scale = node.inputs[0], _constant(node.inputs[1])
+    x, scale = node.inputs[0], constant(node.inputs[1])
     if scale is None:
         raise BadInputError(f"{source}: node '{node.name}': BipolarQuant scale must be a constant")
-    if (weights := _constant(x)) is not None:
+    if (weights := constant(x)) is not None:
         _replace_with_constant(graph, node, bipolar_quant(weights, scale))
         return
     tape = ir.tape.Tape()
@@ -126,7 +107,7 @@ def _bipolar(graph: ir.Graph, node: ir.Node, source: str) -> None:
 
 def _quant(graph: ir.Graph, node: ir.Node, source: str) -> None:
     x = node.inputs[0]
-    params = [_constant(v) for v in node.inputs[1:4]]
+    params = [constant(v) for v in node.inputs[1:4]]
     if any(p is None for p in params):
         raise BadInputError(f"{source}: node '{node.name}': Quant scale, zero point and bit width must be constants")
     scale, zero_point, bits = params
@@ -136,7 +117,7 @@ def _quant(graph: ir.Graph, node: ir.Node, source: str) -> None:
     if rounding not in _ROUNDING or bits.size != 1:
         raise BadInputError(f"{source}: node '{node.name}': Quant with rounding_mode {rounding} is not supported")
     bits_value = float(bits.reshape(-1)[0])
-    if (weights := _constant(x)) is not None:
+    if (weights := constant(x)) is not None:
         _replace_with_constant(graph, node, int_quant(weights, scale, zero_point, bits_value, signed, narrow, rounding))
         return
     if bits_value == 1 and signed:
@@ -176,5 +157,5 @@ def _splice(graph: ir.Graph, node: ir.Node, tape: ir.tape.Tape, result: ir.Value
     graph.insert_before(node, tape.nodes)
     output = node.outputs[0]
     result.name = output.name + "__std" if output.name else None
-    _replace(output, result)
+    replace_output(graph, output, result)
     graph.remove(node, safe=True)

@@ -9,7 +9,7 @@ import numpy as np
 import onnx_ir as ir
 
 from bitc.errors import BadInputError
-from bitc.passes.binary_patterns import add_initializer, constant, replace_output
+from bitc.graph_edit import add_initializer, constant, replace_output
 from bitc.passes.registry import register
 
 _LAYER_OPS = ("Conv", "Gemm", "MatMul")

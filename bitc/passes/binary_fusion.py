@@ -10,8 +10,8 @@ import onnx_ir as ir
 import onnx_ir.passes.common as common
 
 from bitc import ops
+from bitc.graph_edit import add_initializer, constant, replace_output
 from bitc.ops.packing import WORD_BITS, words
-from bitc.passes.binary_patterns import add_initializer, constant, replace_output
 from bitc.passes.registry import register
 
 INT32 = np.iinfo(np.int32)

@@ -8,16 +8,11 @@ import numpy as np
 import onnx_ir as ir
 
 from bitc import ops
+from bitc.graph_edit import add_initializer, constant
 from bitc.ops.packing import words
 
 # Relative tolerance for "all weights of a channel have the same magnitude" (folded BN rescales them in float32).
 MAGNITUDE_RTOL = 1e-5
-
-
-def constant(value: ir.Value | None) -> np.ndarray | None:
-    if value is None or value.const_value is None:
-        return None
-    return value.const_value.numpy()
 
 
 def scalar(value: ir.Value | None) -> float | None:
@@ -211,23 +206,3 @@ def _plain_max_pool(node: ir.Node) -> bool:
         and node.attributes.get_string("auto_pad", "NOTSET") == "NOTSET"
         and len(node.attributes.get_ints("kernel_shape", [])) == 2
     )
-
-
-def add_initializer(graph: ir.Graph, array: np.ndarray, name: str) -> ir.Value:
-    """Register a constant under `name` (suffixed with a number if that name is taken)."""
-    base, count = name, 1
-    while name in graph.initializers:
-        name, count = f"{base}_{count}", count + 1
-    tensor = ir.tensor(np.ascontiguousarray(array), name=name)
-    value = ir.Value(name=name, const_value=tensor, shape=ir.Shape(array.shape), type=ir.TensorType(tensor.dtype))
-    graph.register_initializer(value)
-    return value
-
-
-def replace_output(graph: ir.Graph, old: ir.Value, new: ir.Value) -> None:
-    """Route every use of `old` to `new`; a graph output keeps its name."""
-    if any(value is old for value in graph.outputs):
-        name = old.name
-        old.name = f"{name}__replaced"
-        new.name = name
-    ir.convenience.replace_all_uses_with(old, new, replace_graph_outputs=True)

@@ -9,6 +9,7 @@ import onnx_ir as ir
 import onnx_ir.passes.common as common
 
 from bitc.frontend.normalize import infer_shapes
+from bitc.graph_edit import add_initializer
 from bitc.passes.channel_graph import ChannelGraph, ChannelGroup, Dim
 
 
@@ -136,14 +137,10 @@ def apply(model: ir.Model, cg: ChannelGraph, order: dict[Dim, np.ndarray], sourc
             node = nodes[name]
             new = [int(d) for d in node.outputs[0].shape]
             new[dim[1]] = len(order[dim])
-            replacement = ir.Value(
-                name=f"{node.inputs[1].name}__{'x'.join(map(str, new))}",
-                const_value=ir.tensor(np.array(new, dtype=np.int64)),
-            )
-            replacement.shape, replacement.dtype = ir.Shape([len(new)]), ir.DataType.INT64
-            if replacement.name not in model.graph.initializers:
-                model.graph.register_initializer(replacement)
-            node.replace_input_with(1, model.graph.initializers[replacement.name])
+            name = f"{node.inputs[1].name}__{'x'.join(map(str, new))}"
+            if name not in model.graph.initializers:
+                add_initializer(model.graph, np.array(new, dtype=np.int64), name)
+            node.replace_input_with(1, model.graph.initializers[name])
     common.RemoveUnusedNodesPass()(model)  # replaced shape constants
     for node in model.graph:
         for output in node.outputs:

@@ -12,6 +12,7 @@ from onnxscript.optimizer._constant_folding import FoldConstantsPass
 from onnxscript.rewriter import RewritePass
 from onnxscript.rewriter.rules import common as rules
 
+from bitc.graph_edit import add_initializer
 from bitc.passes.registry import register
 
 
@@ -67,11 +68,9 @@ def _materialize_constant_fills(model: ir.Model, limit: int) -> bool:
         scalar = fill.as_tensor().numpy().reshape(-1)[0] if fill is not None else np.float32(0)
         array = np.full(shape, scalar, dtype=np.asarray(scalar).dtype)
         output = node.outputs[0]
-        constant = ir.Value(name=f"{output.name}__fill", const_value=ir.tensor(array, name=f"{output.name}__fill"))
-        constant.shape, constant.dtype = ir.Shape(array.shape), output.dtype or constant.const_value.dtype
-        if constant.name in model.graph.initializers:
+        if f"{output.name}__fill" in model.graph.initializers:
             continue
-        model.graph.register_initializer(constant)
+        constant = add_initializer(model.graph, array, f"{output.name}__fill")
         if output.is_graph_output():
             continue
         ir.convenience.replace_all_uses_with(output, constant)

@@ -10,8 +10,9 @@ import onnx_ir as ir
 import onnx_ir.passes.common as common
 
 from bitc import ops
+from bitc.graph_edit import add_initializer, constant, replace_output
 from bitc.ops.packing import pack_conv_weights, pack_dense_weights, words
-from bitc.passes.binary_patterns import Packer, add_initializer, constant, replace_output, scalar, weight_planes
+from bitc.passes.binary_patterns import Packer, scalar, weight_planes
 from bitc.passes.registry import register
 
 

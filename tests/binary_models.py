@@ -34,6 +34,29 @@ def _model(nodes, inputs, outputs, initializers, bitc: bool = True) -> onnx.Mode
     return ir.to_proto(model)
 
 
+def _epilogue(
+    rng: np.random.Generator,
+    inits: list,
+    output_format: str,
+    planes: int,
+    channels: int,
+    reach: int,
+    threshold_planes: int,
+) -> list[str]:
+    """Random epilogue constants appended to `inits`: scale [P, O] + bias [O] (float output), or sorted integer
+    thresholds within a third of the dot range (packed output, [P, O] or [O]); returns the input names."""
+    if output_format == "float":
+        inits += [
+            numpy_helper.from_array(rng.standard_normal((planes, channels)).astype(np.float32), "scale"),
+            numpy_helper.from_array(rng.standard_normal(channels).astype(np.float32), "bias"),
+        ]
+        return ["scale", "bias"]
+    shape = (threshold_planes, channels)
+    thresholds = np.sort(rng.integers(-reach // 3, reach // 3, shape), axis=0).astype(np.int32)
+    inits.append(numpy_helper.from_array(thresholds if threshold_planes > 1 else thresholds[0], "threshold"))
+    return ["threshold"]
+
+
 def binary_conv_model(
     *,
     n: int = 2,
@@ -57,17 +80,7 @@ def binary_conv_model(
     pack_attrs = {"thresholds": input_thresholds} if input_thresholds else {}
     in_channels = c * (len(input_thresholds) if input_thresholds else 1)
     inits = [numpy_helper.from_array(pack_conv_weights(pm1(rng, (planes, o, in_channels, k, k))), "w")]
-    if output_format == "float":
-        inits += [
-            numpy_helper.from_array(rng.standard_normal((planes, o)).astype(np.float32), "scale"),
-            numpy_helper.from_array(rng.standard_normal(o).astype(np.float32), "bias"),
-        ]
-        epilogue = ["scale", "bias"]
-    else:
-        reach = in_channels * k * k * planes
-        thresholds = np.sort(rng.integers(-reach // 3, reach // 3, (threshold_planes, o)), axis=0).astype(np.int32)
-        inits.append(numpy_helper.from_array(thresholds if threshold_planes > 1 else thresholds[0], "threshold"))
-        epilogue = ["threshold"]
+    epilogue = _epilogue(rng, inits, output_format, planes, o, in_channels * k * k * planes, threshold_planes)
     nodes = [
         helper.make_node("BitPack", ["x"], ["xp"], domain=ops.DOMAIN, name="pack", **pack_attrs),
         helper.make_node(
@@ -104,16 +117,7 @@ def binary_dense_model(
 ) -> onnx.ModelProto:
     rng = np.random.default_rng(seed)
     inits = [numpy_helper.from_array(pack_dense_weights(pm1(rng, (planes, n, k))), "w")]
-    if output_format == "float":
-        inits += [
-            numpy_helper.from_array(rng.standard_normal((planes, n)).astype(np.float32), "scale"),
-            numpy_helper.from_array(rng.standard_normal(n).astype(np.float32), "bias"),
-        ]
-        epilogue = ["scale", "bias"]
-    else:
-        thresholds = np.sort(rng.integers(-k // 3, k // 3, (threshold_planes, n)), axis=0).astype(np.int32)
-        inits.append(numpy_helper.from_array(thresholds if threshold_planes > 1 else thresholds[0], "threshold"))
-        epilogue = ["threshold"]
+    epilogue = _epilogue(rng, inits, output_format, planes, n, k, threshold_planes)
     nodes = [
         helper.make_node("BitPack", ["x"], ["xp"], domain=ops.DOMAIN, name="pack"),
         helper.make_node(

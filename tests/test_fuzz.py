@@ -379,27 +379,24 @@ def fuzz_dir(tmp_path) -> Path:
 
 
 def test_byte_mutations_load_cleanly(fuzz_dir):
-    outcomes: collections.Counter = collections.Counter()
-
-    @settings(max_examples=BYTE_CASES, **FUZZ_SETTINGS)
-    @given(byte_mutated())
-    def case(mutated: tuple[str, bytes]) -> None:
-        outcomes[load_and_run_passes(_write_case(fuzz_dir, mutated[1]))] += 1
-
-    case()
-    _report("byte mutations", outcomes, BYTE_CASES)
+    _fuzz_loading(fuzz_dir, byte_mutated(), BYTE_CASES, "byte mutations")
 
 
 def test_structural_mutations_load_cleanly(fuzz_dir):
+    _fuzz_loading(fuzz_dir, structurally_mutated(), STRUCTURAL_CASES, "structural mutations")
+
+
+def _fuzz_loading(fuzz_dir: Path, mutations, cases: int, label: str) -> None:
+    """Load + run the passes on `cases` mutated models; every one must end in success or a BitcError."""
     outcomes: collections.Counter = collections.Counter()
 
-    @settings(max_examples=STRUCTURAL_CASES, **FUZZ_SETTINGS)
-    @given(structurally_mutated())
+    @settings(max_examples=cases, **FUZZ_SETTINGS)
+    @given(mutations)
     def case(mutated: tuple[str, bytes]) -> None:
         outcomes[load_and_run_passes(_write_case(fuzz_dir, mutated[1]))] += 1
 
     case()
-    _report("structural mutations", outcomes, STRUCTURAL_CASES)
+    _report(label, outcomes, cases)
 
 
 def test_structural_mutations_compile_cleanly(fuzz_dir):

@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 import networkx as nx
 import onnx_ir as ir
 
+from bitc.errors import BadInputError
+
 Dim = tuple[str, int]  # (value name, axis)
 
 _UNARY = {
@@ -383,4 +385,20 @@ def _couple_reshape(cg: ChannelGraph, node: ir.Node, out: Dim | None) -> None:
         if node.op_type == "Reshape":
             cg.reshapes[node.name] = out
     else:
-        _fix_node(cg, node, "reshape that splits or merges the channel axis (e.g. into attention heads)")
+        _fix_node(cg, node, "reshape that splits or merges the channel axis")
+
+
+def output_axes(model: ir.Model, layers: list[str] | None) -> set | None:
+    """The output axes of the named nodes (None = every group)."""
+    if layers is None:
+        return None
+    nodes = {node.name: node for node in model.graph}
+    unknown = [name for name in layers if name not in nodes]
+    if unknown:
+        raise BadInputError(f"no node named {', '.join(unknown)}")
+    dims = set()
+    for name in layers:
+        value = nodes[name].outputs[0]
+        if (axis := channel_axis(value)) is not None:
+            dims.add((value.name, axis))
+    return dims

@@ -12,9 +12,9 @@ import onnx_ir as ir
 from bitc.errors import BadInputError
 from bitc.layers import layer_table, summarize_layers
 from bitc.passes import channel_rewrite
-from bitc.passes.channel_graph import build_channel_graph
+from bitc.passes.channel_graph import build_channel_graph, output_axes
 from bitc.passes.registry import register
-from bitc.passes.reorder import CRITERIA, _produced_by
+from bitc.passes.reorder import CRITERIA
 
 
 @dataclass
@@ -73,8 +73,8 @@ class Prune(ir.passes.InPlacePass):
         self.report.before = _size(model)
         cg = build_channel_graph(model)
         groups = cg.groups()
-        protected = _produced_by(model, self.protected) or set()
-        wanted = _produced_by(model, self.layers)
+        protected = output_axes(model, self.protected) or set()
+        wanted = output_axes(model, self.layers)
         if wanted is not None:
             self._check_requested(model, groups, wanted)
         scores = channel_rewrite.importance(model, cg, groups, self.criterion, self.calibration)

@@ -10,7 +10,7 @@ import onnx_ir as ir
 
 from bitc.errors import BadInputError
 from bitc.passes import channel_rewrite
-from bitc.passes.channel_graph import build_channel_graph
+from bitc.passes.channel_graph import build_channel_graph, output_axes
 from bitc.passes.registry import register
 
 CRITERIA = ("l1", "l2", "bn_gamma", "activation")
@@ -49,7 +49,7 @@ class Reorder(ir.passes.InPlacePass):
         self.report = ReorderReport()
         cg = build_channel_graph(model)
         groups = cg.groups()
-        wanted = _produced_by(model, self.layers)
+        wanted = output_axes(model, self.layers)
         scores = channel_rewrite.importance(model, cg, groups, self.criterion)
         ranks: dict[int, np.ndarray] = {}
         for g, group in enumerate(groups):
@@ -69,21 +69,3 @@ class Reorder(ir.passes.InPlacePass):
             channel_rewrite.apply(model, cg, channel_rewrite.selection(cg, groups, ranks))
         self.report.reordered = len(ranks)
         return ir.passes.PassResult(model, bool(ranks))
-
-
-def _produced_by(model: ir.Model, layers: list[str] | None) -> set | None:
-    """The output axes of the named nodes (None = every group)."""
-    if layers is None:
-        return None
-    from bitc.passes.channel_graph import channel_axis
-
-    nodes = {node.name: node for node in model.graph}
-    unknown = [name for name in layers if name not in nodes]
-    if unknown:
-        raise BadInputError(f"no node named {', '.join(unknown)}")
-    dims = set()
-    for name in layers:
-        value = nodes[name].outputs[0]
-        if (axis := channel_axis(value)) is not None:
-            dims.add((value.name, axis))
-    return dims

@@ -28,28 +28,27 @@ def static_shape(value: ir.Value) -> tuple[int, ...]:
 
 def run_onnxruntime(model: ir.Model, feeds: Mapping[str, np.ndarray], threads: int = 0) -> list[np.ndarray]:
     """Run the model with onnxruntime's CPU provider and all graph optimizations (what users would deploy)."""
+    return _session(ir.to_proto(model).SerializeToString(), threads).run(None, dict(feeds))
+
+
+def _session(model_bytes: bytes, threads: int = 0) -> Any:
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.log_severity_level = 3
-    session = ort.InferenceSession(ir.to_proto(model).SerializeToString(), options, providers=["CPUExecutionProvider"])
-    return session.run(None, dict(feeds))
+    return ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
 
 
 def run_with_outputs(proto: Any, names: list[str], feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
     """Run a ModelProto with onnxruntime, returning the intermediate values called `names` (made graph outputs
     for this run only): per-layer errors and activation statistics read them."""
     import onnx
-    import onnxruntime as ort
 
     proto = onnx.ModelProto.FromString(proto.SerializeToString())
     known = {o.name for o in proto.graph.output}
     proto.graph.output.extend(onnx.ValueInfoProto(name=name) for name in names if name not in known)
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    session = ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    return session.run(names, dict(feeds))
+    return _session(proto.SerializeToString()).run(names, dict(feeds))
 
 
 def run_reference(model: ir.Model, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:

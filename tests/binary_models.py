@@ -228,3 +228,29 @@ def as_ir(proto: onnx.ModelProto) -> ir.Model:
     from bitc.frontend import normalize
 
     return normalize(ir.from_proto(proto), source="test")
+
+
+def lowbit_matmul_model(
+    *, shape: tuple[int, ...] = (3, 100), n: int = 45, planes: int = 1, group_size: int = 0, seed: int = 0
+) -> onnx.ModelProto:
+    """x [..., K] → LowBitMatMul with random ±1 planes and positive per-group scales."""
+    from bitc.ops.lowbit_matmul import group_count
+
+    rng = np.random.default_rng(seed)
+    k = shape[-1]
+    scales = rng.uniform(0.1, 1.0, (planes, n, group_count(k, group_size))).astype(np.float32)
+    inits = [
+        numpy_helper.from_array(pack_dense_weights(pm1(rng, (planes, n, k))), "w"),
+        numpy_helper.from_array(scales, "scales"),
+    ]
+    node = helper.make_node(
+        "LowBitMatMul",
+        ["x", "w", "scales"],
+        ["y"],
+        domain=ops.DOMAIN,
+        name="lowbit",
+        in_features=k,
+        group_size=group_size,
+    )
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(shape))]
+    return _model([node], inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)

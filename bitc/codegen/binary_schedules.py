@@ -137,6 +137,30 @@ def _packed_max_pool_cpu(func: Any, num_cores: int) -> Any:
     return sch.mod["main"]
 
 
+def _lowbit_tables_cpu(func: Any, num_cores: int) -> Any:
+    from tvm.s_tir import Schedule
+
+    sch = Schedule(_module(func))
+    block = sch.get_sblock("tables")
+    m, group, lane = sch.get_loops(block)
+    sch.vectorize(lane)
+    if num_cores > 1 and math.prod(int(sch.get(loop).extent) for loop in (m, group)) >= 1 << 14:
+        sch.parallel(sch.fuse(m, group))
+    return sch.mod["main"]
+
+
+def _lowbit_generic_cpu(func: Any, num_cores: int) -> Any:
+    from tvm.s_tir import Schedule
+
+    sch = Schedule(_module(func))
+    block = sch.get_sblock("lowbit_matmul")
+    m, n, p, _k = sch.get_loops(block)
+    if num_cores > 1:
+        sch.parallel(sch.fuse(m, n))
+    sch.decompose_reduction(block, p)
+    return sch.mod["main"]
+
+
 def _module(func: Any) -> Any:
     import tvm
 
@@ -149,5 +173,7 @@ _SCHEDULES: dict[str, dict[str, Callable[[Any, int], Any]]] = {
         "binary_dense": _binary_dense_cpu,
         "bitpack": _bitpack_cpu,
         "packed_max_pool": _packed_max_pool_cpu,
+        "lowbit_tables": _lowbit_tables_cpu,
+        "lowbit_generic": _lowbit_generic_cpu,
     },
 }

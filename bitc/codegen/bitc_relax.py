@@ -9,6 +9,7 @@ import onnx_ir as ir
 
 from bitc import ops
 from bitc.codegen import binary_kernels as kernels
+from bitc.codegen import lowbit_kernels as lowbit
 from bitc.codegen.relax_rewrite import rewrite_calls
 from bitc.errors import CompileError
 
@@ -153,11 +154,51 @@ def _packed_max_pool(bb: Any, node: ir.Node, args: list[Any], lanes: int) -> Any
     return bb.emit_te(compute, args[0], primfunc_name_hint="bitc_packed_max_pool", **_attrs("packed_max_pool"))
 
 
+def _lowbit_matmul(bb: Any, node: ir.Node, args: list[Any], lanes: int) -> Any:
+    from tvm import relax
+
+    attrs = ops.get("LowBitMatMul").attrs(node)
+    packed, scales = _constant(node, 1), _constant(node, 2).astype(np.float32)
+    planes, out_features, in_words = packed.shape
+    in_features, group_size = int(attrs["in_features"]), int(attrs["group_size"])
+    shape = [int(d) for d in node.inputs[0].shape]
+    rows = int(np.prod(shape[:-1]))
+    x = args[0] if len(shape) == 2 else bb.emit(relax.op.reshape(args[0], [rows, in_features]))
+    if lanes == lowbit.LANES:
+        tables = bb.emit_te(
+            lowbit.lookup_tables, x, in_words, primfunc_name_hint="bitc_lowbit_tables", **_attrs("lowbit_tables")
+        )
+        weights, blocked_scales = lowbit.block_weights(packed), lowbit.block_scales(scales)
+        blocks, groups = weights.shape[1], scales.shape[2]
+        group_words = in_words if group_size <= 0 else group_size // lowbit.WORD_BITS
+        kernel = lowbit.lut_matmul(rows, blocks, in_words, planes, groups, group_words)
+        gvar = bb.add_func(kernel, "bitc_lowbit_matmul")
+        padded = relax.TensorType([rows, blocks * lowbit.LANES], "float32")
+        out = bb.emit(relax.call_tir(gvar, [tables, _relax_const(weights), _relax_const(blocked_scales)], padded))
+        if blocks * lowbit.LANES != out_features:
+            out = bb.emit(relax.op.strided_slice(out, axes=[1], begin=[0], end=[out_features]))
+    else:
+
+        def compute(x: Any, weights: Any, scales: Any) -> Any:
+            return lowbit.generic_matmul(x, weights, scales, in_features, group_size)
+
+        out = bb.emit_te(
+            compute,
+            x,
+            _relax_const(packed),
+            _relax_const(scales),
+            primfunc_name_hint="bitc_lowbit_matmul",
+            **_attrs("lowbit_generic"),
+        )
+    return out if len(shape) == 2 else bb.emit(relax.op.reshape(out, [*shape[:-1], out_features]))
+
+
 _EMITTERS = {
     "BitPack": _bitpack,
     "BinaryConv": _binary_conv,
     "BinaryDense": _binary_dense,
     "PackedMaxPool": _packed_max_pool,
+    "LowBitMatMul": _lowbit_matmul,
 }
 
 

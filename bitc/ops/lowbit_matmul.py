@@ -1,0 +1,52 @@
+"""LowBitMatMul: float activations times low-bit weights W = Σₚ αₚ ⊙ Bₚ (Bₚ ∈ {±1}, one bit per weight).
+
+The weight format of binarized transformer layers: 1 plane is 1-bit weights, k planes residual / multi-bit
+binarization, two planes with equal scales a ternary code ({−α, 0, +α} = α/2·(B₁ + B₂)). Scales are per output
+channel and group of `group_size` input channels (0: one group per row). Activations stay float: this is the
+memory-bound decode GEMV of an LLM, where the weight bytes decide the speed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import numpy as np
+import onnx_ir as ir
+
+from bitc.ops.base import BitcOp
+from bitc.ops.packing import to_pm1, unpack_signs
+
+
+class LowBitMatMul(BitcOp):
+    """x [..., K] float, weights [planes, N, ⌈K/32⌉] uint32, scales [planes, N, groups] float → [..., N] float."""
+
+    name = "LowBitMatMul"
+    attributes: ClassVar[dict[str, Any]] = {"in_features": 0, "group_size": 0}
+
+    @classmethod
+    def output_types(cls, input_shapes: Sequence[tuple[int, ...]], **attrs: Any) -> list[tuple[ir.DataType, tuple]]:
+        return [(ir.DataType.FLOAT, (*input_shapes[0][:-1], input_shapes[1][1]))]
+
+    @staticmethod
+    def reference(x: np.ndarray, weights: np.ndarray, scales: np.ndarray, **attrs: Any) -> tuple[np.ndarray, ...]:
+        dense = dequantize(weights, scales, int(attrs["in_features"]), int(attrs["group_size"]))
+        return (np.matmul(x.astype(np.float32), dense.T).astype(np.float32),)
+
+
+def group_count(in_features: int, group_size: int) -> int:
+    """Scale groups per row: ⌈K / group_size⌉, or 1 for per-channel scales (group_size 0)."""
+    return 1 if group_size <= 0 else -(-in_features // group_size)
+
+
+def group_scales(scales: np.ndarray, in_features: int, group_size: int) -> np.ndarray:
+    """Scales [P, N, G] → per-weight scales [P, N, K]."""
+    if group_size <= 0:
+        return np.repeat(scales, in_features, axis=-1)
+    return np.repeat(scales, group_size, axis=-1)[..., :in_features]
+
+
+def dequantize(weights: np.ndarray, scales: np.ndarray, in_features: int, group_size: int) -> np.ndarray:
+    """The float weight matrix [N, K] that the packed planes and scales stand for."""
+    signs = to_pm1(unpack_signs(weights, in_features), np.float32)  # P N K
+    return (signs * group_scales(scales.astype(np.float32), in_features, group_size)).sum(axis=0)

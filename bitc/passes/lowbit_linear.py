@@ -1,0 +1,233 @@
+"""Low-bit weights for Linear layers (MatMul / Gemm): 1-4 binary planes or ternary, per-group scales, optional
+float salient input columns; activations stay float. The layers become `LowBitMatMul` (bitc domain)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import onnx_ir as ir
+
+from bitc import ops
+from bitc.errors import BadInputError
+from bitc.graph_edit import add_initializer, constant, replace_output
+from bitc.ops.packing import WORD_BITS, pack_signs
+from bitc.passes.lowbit_fit import WeightFormat, fit_weights
+from bitc.passes.registry import register
+
+
+@dataclass
+class LowBitReport:
+    layers: dict[str, dict[str, Any]] = field(default_factory=dict)
+    kept: dict[str, str] = field(default_factory=dict)
+    bits_per_weight: float = 0.0
+    note: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        report = {"layers_converted": len(self.layers), "bits_per_weight": round(self.bits_per_weight, 3)}
+        report |= {"layers": self.layers, "kept_in_float": self.kept}
+        return report | ({"note": self.note} if self.note else {})
+
+
+@register("lowbit_linear")
+class LowBitLinear(ir.passes.InPlacePass):
+    """Low-bit weights for MatMul/Gemm layers: W ≈ Σ αᵢ·Bᵢ (1-4 planes) or ternary, float activations.
+
+    `planes` 1-4, or `ternary`; `group_size` inputs share a scale (a multiple of 32; 0 = one per output channel).
+    `salient`: share (0-1) of input columns per layer kept in float (the columns whose error costs most; after
+    `reorder` they tend to be one contiguous block, read with a Slice, else a Gather). With `calibration` inputs
+    (a dict of arrays) the fit is activation-aware and, with `method="gptq"` (the default then), error-compensating;
+    without, each group is fitted by alternating least squares on the weights alone. Layers with constant 2-D
+    weights qualify; `layers` / `exclude` choose, and the last one (an LLM's vocabulary head) stays float unless
+    `keep_last=False`. The report gives bits per weight and each layer's weight and output relative error.
+    """
+
+    def __init__(
+        self,
+        planes: int = 2,
+        ternary: bool = False,
+        group_size: int = 128,
+        salient: float = 0.0,
+        calibration: dict[str, Any] | None = None,
+        method: str | None = None,
+        layers: list[str] | None = None,
+        exclude: list[str] | None = None,
+        keep_last: bool = True,
+        min_features: int = 32,
+        measure_error: bool = True,
+    ) -> None:
+        super().__init__()
+        if not 1 <= int(planes) <= 4:
+            raise BadInputError(f"lowbit_linear: planes must be 1-4, got {planes}")
+        if int(group_size) < 0 or int(group_size) % WORD_BITS:
+            raise BadInputError(f"lowbit_linear: group_size must be 0 or a multiple of 32, got {group_size}")
+        if not 0.0 <= float(salient) < 1.0:
+            raise BadInputError(f"lowbit_linear: salient must be a share in [0, 1), got {salient}")
+        method = method or ("gptq" if calibration else "fit")
+        if method not in ("gptq", "fit"):
+            raise BadInputError(f"lowbit_linear: method must be 'gptq' or 'fit', got {method!r}")
+        self.format = WeightFormat(int(planes), bool(ternary), int(group_size))
+        self.salient = float(salient)
+        self.calibration = {k: np.asarray(v) for k, v in calibration.items()} if calibration else None
+        self.method = method
+        self.layers = list(layers) if layers is not None else None
+        self.exclude = set(exclude or [])
+        self.keep_last = keep_last
+        self.min_features = int(min_features)
+        self.measure_error = measure_error
+        self.report = LowBitReport()
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        self.report = LowBitReport()
+        graph = model.graph
+        candidates = [n for n in graph if n.op_type in ("MatMul", "Gemm") and n.domain in ("", "ai.onnx")]
+        if self.layers is not None and (unknown := set(self.layers) - {n.name for n in candidates}):
+            raise BadInputError(f"lowbit_linear: no MatMul/Gemm named {', '.join(sorted(unknown))}")
+        chosen = []
+        for index, node in enumerate(candidates):
+            reason = self._excluded(node, index == len(candidates) - 1)
+            if reason:
+                self.report.kept[node.name] = reason
+            else:
+                chosen.append(node)
+        if not chosen:
+            return ir.passes.PassResult(model, False)
+        hessians = self._hessians(model, chosen) if self.calibration is not None else {}
+        model.opset_imports.setdefault(ops.DOMAIN, ops.DOMAIN_VERSION)
+        before = ir.to_proto(model) if self.measure_error else None
+        outputs: dict[str, tuple[str, ir.Value]] = {}
+        bits, weights = 0.0, 0
+        for node in chosen:
+            original = node.outputs[0].name
+            entry, new_output = self._convert(graph, node, hessians.get(node.inputs[0].name))
+            self.report.layers[node.name] = entry
+            outputs[node.name] = (original, new_output)
+            bits += entry["bits_per_weight"] * entry["weights"]
+            weights += entry["weights"]
+        self.report.bits_per_weight = bits / weights
+        if before is not None:
+            from bitc.passes.binarize import measure_output_errors
+
+            errors, self.report.note = measure_output_errors(before, model, outputs)
+            for name, error in errors.items():
+                self.report.layers[name]["output_rel_error"] = error
+        return ir.passes.PassResult(model, True)
+
+    def _excluded(self, node: ir.Node, last: bool) -> str:
+        if self.layers is not None:
+            return "" if node.name in self.layers else "not listed"
+        if node.name in self.exclude:
+            return "excluded"
+        if self.keep_last and last:
+            return "last layer"
+        weights = constant(node.inputs[1])
+        if weights is None or weights.ndim != 2:
+            return "weights not a constant matrix"
+        if node.op_type == "Gemm" and node.attributes.get_int("transA", 0):
+            return "Gemm with transA"
+        if node.inputs[0].shape is None or any(not isinstance(d, int) for d in node.inputs[0].shape):
+            return "input shape not static"
+        if min(weights.shape) < self.min_features:
+            return f"fewer than {self.min_features} features"
+        return ""
+
+    def _hessians(self, model: ir.Model, nodes: list[ir.Node]) -> dict[str, np.ndarray]:
+        """E[x xᵀ] of every chosen layer's input over the calibration tokens (onnxruntime, one run)."""
+        from bitc.passes import verify
+
+        names = list(dict.fromkeys(node.inputs[0].name for node in nodes))
+        values = verify.run_with_outputs(ir.to_proto(model), names, self.calibration)
+        hessians = {}
+        for name, value in zip(names, values, strict=True):
+            rows = value.reshape(-1, value.shape[-1]).astype(np.float64)
+            hessians[name] = rows.T @ rows / len(rows)
+        return hessians
+
+    def _convert(self, graph: ir.Graph, node: ir.Node, hessian: np.ndarray | None) -> tuple[dict, ir.Value]:
+        weights = constant(node.inputs[1]).astype(np.float64)
+        bias = None
+        if node.op_type == "Gemm":
+            weights = weights * node.attributes.get_float("alpha", 1.0)
+            weights = weights if node.attributes.get_int("transB", 0) else weights.T
+            if len(node.inputs) > 2 and node.inputs[2] is not None:
+                bias = constant(node.inputs[2])
+                if bias is None:
+                    raise BadInputError(f"lowbit_linear: node '{node.name}': Gemm bias must be a constant")
+                bias = (bias * node.attributes.get_float("beta", 1.0)).astype(np.float32)
+        else:
+            weights = weights.T  # MatMul [K, N] → rows are outputs
+        out_features, in_features = weights.shape
+        salient = round(self.salient * in_features)
+        fitted = fit_weights(weights, self.format, hessian=hessian, salient=salient, gptq=self.method == "gptq")
+        name = node.name or node.outputs[0].name
+        x = node.inputs[0]
+        layer = ir.node(
+            "LowBitMatMul",
+            [
+                x,
+                add_initializer(graph, pack_signs(fitted.negative), f"{name}__planes"),
+                add_initializer(graph, fitted.scales, f"{name}__scales"),
+            ],
+            attributes={"in_features": in_features, "group_size": self.format.group_size},
+            domain=ops.DOMAIN,
+            name=f"{name}__lowbit",
+        )
+        layer.outputs[0].name = f"{name}__lowbit"
+        graph.insert_before(node, layer)
+        ops.infer_shapes(layer)
+        out = layer.outputs[0]
+        if salient:
+            out = self._add(graph, node, out, self._salient_product(graph, node, x, fitted.salient, fitted.residual))
+        if bias is not None:
+            out = self._add(graph, node, out, add_initializer(graph, bias, f"{name}__bias"))
+        replace_output(graph, node.outputs[0], out)
+        graph.remove(node, safe=True)
+        approx = fitted.dequantize(self.format.group_size)
+        error = float(np.linalg.norm(approx - weights) / max(np.linalg.norm(weights), 1e-30))
+        bits = self.format.bits_per_weight(in_features) + 32 * salient / in_features
+        entry = {
+            "op": node.op_type,
+            "format": self.format.label(),
+            "shape": [out_features, in_features],
+            "salient_columns": salient,
+            "bits_per_weight": round(bits, 3),
+            "weights": int(weights.size),
+            "weight_rel_error": round(error, 6),
+        }
+        return entry, out
+
+    def _salient_product(
+        self, graph: ir.Graph, node: ir.Node, x: ir.Value, columns: np.ndarray, residual: np.ndarray
+    ) -> ir.Value:
+        """x[..., columns] @ residualᵀ: a Slice when the columns are one block (e.g. after `reorder`), else a Gather."""
+        name = node.name or node.outputs[0].name
+        if columns[-1] - columns[0] + 1 == columns.size:
+            bounds = [
+                add_initializer(graph, np.array([v], np.int64), f"{name}__salient_{tag}")
+                for tag, v in (("start", columns[0]), ("end", columns[-1] + 1), ("axis", -1))
+            ]
+            pick = ir.node("Slice", [x, *bounds], name=f"{name}__salient")
+        else:
+            index = add_initializer(graph, columns, f"{name}__salient_index")
+            pick = ir.node("Gather", [x, index], attributes={"axis": -1}, name=f"{name}__salient")
+        product = ir.node(
+            "MatMul",
+            [pick.outputs[0], add_initializer(graph, residual.T.copy(), f"{name}__salient_w")],
+            name=f"{name}__salient_matmul",
+        )
+        pick.outputs[0].name, product.outputs[0].name = f"{name}__salient_x", f"{name}__salient_y"
+        graph.insert_before(node, [pick, product])
+        shape = list(x.shape)
+        pick.outputs[0].dtype, pick.outputs[0].shape = x.dtype, ir.Shape([*shape[:-1], columns.size])
+        product.outputs[0].dtype = x.dtype
+        product.outputs[0].shape = ir.Shape([*shape[:-1], residual.shape[0]])
+        return product.outputs[0]
+
+    @staticmethod
+    def _add(graph: ir.Graph, node: ir.Node, left: ir.Value, right: ir.Value) -> ir.Value:
+        add = ir.node("Add", [left, right], name=f"{left.name}__add")
+        add.outputs[0].name = f"{left.name}__add"
+        graph.insert_before(node, add)
+        add.outputs[0].dtype, add.outputs[0].shape = left.dtype, left.shape
+        return add.outputs[0]

@@ -72,6 +72,19 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--binarize-exclude", metavar="NODE,...", help="layers to keep in float")
     p.add_argument("--binarize-layers", metavar="NODE,...", help="binarize exactly these layers")
     p.add_argument("--binarize-weights-only", action="store_true", help="keep activations in float")
+    p.add_argument(
+        "--lowbit-weights",
+        metavar="K|ternary",
+        help="low-bit Linear (MatMul/Gemm) weights, float activations: K binary planes (1-4) or ternary",
+    )
+    p.add_argument("--lowbit-group-size", type=int, metavar="N", help="inputs per scale (multiple of 32; 0 = per row)")
+    p.add_argument("--lowbit-salient", type=float, metavar="SHARE", help="input columns per layer kept in float (0-1)")
+    p.add_argument("--lowbit-exclude", metavar="NODE,...", help="Linear layers to keep in float")
+    p.add_argument(
+        "--calibration",
+        metavar="FILE.npz",
+        help="calibration inputs (arrays named like the model inputs) for --lowbit-*",
+    )
     p.add_argument("--prune", type=float, metavar="RATIO", help="remove this share of each channel group (0-1)")
     p.add_argument("--prune-round-to", type=int, metavar="N", help="keep channel counts a multiple of N (default 8)")
     p.add_argument("--reorder", action="store_true", help="sort channels by importance (exact; folded into weights)")
@@ -177,7 +190,28 @@ def _compile_options(args: argparse.Namespace) -> dict[str, Any]:
     policy = _binarize_policy(args)
     if policy is not None:
         options["binarize"] = {**(options.get("binarize") or {}), **policy}
+    lowbit = _lowbit_options(args)
+    if lowbit is not None:
+        options["lowbit_linear"] = {**(options.get("lowbit_linear") or {}), **lowbit}
     return options
+
+
+def _lowbit_options(args: argparse.Namespace) -> dict[str, Any] | None:
+    """The --lowbit-* and --calibration flags as the lowbit_linear pass's options (None if none was given)."""
+    options: dict[str, Any] = {}
+    if args.lowbit_weights is not None:
+        from bitc.passes.lowbit_linear import lowbit_format
+
+        options |= lowbit_format(args.lowbit_weights)
+    if args.lowbit_group_size is not None:
+        options["group_size"] = args.lowbit_group_size
+    if args.lowbit_salient is not None:
+        options["salient"] = args.lowbit_salient
+    if args.lowbit_exclude:
+        options["exclude"] = [name.strip() for name in args.lowbit_exclude.split(",") if name.strip()]
+    if args.calibration:
+        options["calibration"] = args.calibration
+    return options or None
 
 
 def _binarize_policy(args: argparse.Namespace) -> dict[str, Any] | None:

@@ -14,6 +14,11 @@
     planes = 2                 # weight planes W ≈ Σ αᵢ·Bᵢ, 1-4
     activations = "sign"       # or "float" (weights only)
     exclude = ["conv1"]        # or layers = [...] to name exactly which; keep_first_last = true
+    [lowbit_linear]            # low-bit MatMul/Gemm weights, float activations (the `lowbit_linear` pass's options)
+    planes = 2                 # or ternary = true
+    group_size = 128           # inputs per scale (multiple of 32; 0 = per output channel)
+    salient = 0.05             # share of input columns kept in float
+    calibration = "calib.npz"  # inputs for activation-aware / GPTQ fitting
 
 `load_config(path)` returns keyword arguments for `bitc.compile`.
 """
@@ -62,12 +67,14 @@ def load_config(path: str | os.PathLike) -> dict[str, Any]:
             options["passes"] = _passes(path, value)
         elif key == "binarize":
             options["binarize"] = _binarize(path, value)
+        elif key == "lowbit_linear":
+            options["lowbit_linear"] = _lowbit_linear(path, value)
         elif key == "prune":
             if not isinstance(value, dict) or not set(value) <= _PRUNE_KEYS:
                 raise BadInputError(f"{path}: [prune] must be a table with keys from {', '.join(sorted(_PRUNE_KEYS))}")
             options["prune"] = dict(value)
         else:
-            known = sorted([*_SCALARS, "binarize", "input_shapes", "passes", "prune"])
+            known = sorted([*_SCALARS, "binarize", "input_shapes", "lowbit_linear", "passes", "prune"])
             raise BadInputError(f"{path}: unknown key '{key}'; known keys: {', '.join(known)}")
     return options
 
@@ -117,6 +124,35 @@ def _binarize(path: Path, value: Any) -> dict[str, Any]:
         if expected is list and not all(isinstance(name, str) for name in item):
             raise BadInputError(f"{path}: [binarize] '{key}' must be a list of layer names")
     return dict(value)
+
+
+_LOWBIT_KEYS: dict[str, type | tuple[type, ...]] = {
+    "planes": int,
+    "ternary": bool,
+    "group_size": int,
+    "salient": (int, float),
+    "method": str,
+    "calibration": str,
+    "layers": list,
+    "exclude": list,
+    "keep_last": bool,
+}
+
+
+def _lowbit_linear(path: Path, value: Any) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise BadInputError(f"{path}: [lowbit_linear] must be a table, e.g. planes = 2")
+    for key, item in value.items():
+        if key not in _LOWBIT_KEYS:
+            known = ", ".join(_LOWBIT_KEYS)
+            raise BadInputError(f"{path}: unknown key '{key}' in [lowbit_linear]; known keys: {known}")
+        expected = _LOWBIT_KEYS[key]
+        if not isinstance(item, expected) or (expected is int and isinstance(item, bool)):
+            raise BadInputError(f"{path}: [lowbit_linear] '{key}' must be {_type_name(expected)}, got {item!r}")
+    options = dict(value)
+    if "calibration" in options:
+        options["calibration"] = str(path.parent / options["calibration"])
+    return options
 
 
 def _type_name(expected: type | tuple[type, ...]) -> str:

@@ -21,6 +21,9 @@ def layer_table(model: ir.Model) -> list[dict[str, Any]]:
         if node.domain == "bitc" and node.op_type in ("BinaryConv", "BinaryDense"):
             rows.append(_binary_row(node))
             continue
+        if node.domain == "bitc" and node.op_type == "LowBitMatMul":
+            rows.append(_lowbit_row(node))
+            continue
         weights = [v for v in node.inputs if _is_weight(v)]
         if node.op_type not in WEIGHTED_OPS and not weights:
             continue
@@ -62,6 +65,21 @@ def _binary_row(node: ir.Node) -> dict[str, Any]:
         "params": planes * outputs * per_output,
         "bytes": sum(int(v.const_value.nbytes) for v in constants),
         "macs": planes * positions * outputs * per_output,
+    }
+
+
+def _lowbit_row(node: ir.Node) -> dict[str, Any]:
+    """Low-bit weights × float activations: params are weights (not bits), MACs float ones, bytes as stored."""
+    planes, outputs = int(node.inputs[1].shape[0]), int(node.inputs[1].shape[1])
+    in_features = node.attributes.get_int("in_features", 0)
+    rows = math.prod(int(d) for d in node.outputs[0].shape.dims[:-1])
+    return {
+        "name": node.name or node.outputs[0].name,
+        "op": "bitc::LowBitMatMul",
+        "precision": f"{planes}-plane weights",
+        "params": outputs * in_features,
+        "bytes": sum(int(v.const_value.nbytes) for v in node.inputs[1:] if v is not None and v.const_value is not None),
+        "macs": rows * outputs * in_features,
     }
 
 

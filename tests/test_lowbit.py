@@ -202,3 +202,44 @@ def test_lowbit_linear_rejects_bad_options():
         LowBitLinear(planes=5)
     with pytest.raises(BadInputError, match="no MatMul/Gemm named nope"):
         LowBitLinear(layers=["nope"])(ir.from_proto(onnx.helper.make_model(onnx.helper.make_graph([], "g", [], []))))
+
+
+def test_cli_compiles_lowbit_weights_with_calibration(tmp_path, capsys):
+    from bitc.cli import main
+
+    path = _mlp(tmp_path)
+    np.savez(tmp_path / "calib.npz", x=np.random.default_rng(0).standard_normal((4, 96)).astype(np.float32))
+    code = main(
+        [
+            "compile",
+            str(path),
+            "-o",
+            str(tmp_path / "m.bitc"),
+            "--lowbit-weights",
+            "2",
+            "--lowbit-group-size",
+            "64",
+            "--lowbit-salient",
+            "0.05",
+            "--calibration",
+            str(tmp_path / "calib.npz"),
+        ]
+    )
+    assert code == 0, capsys.readouterr()
+    manifest = bitc.load(tmp_path / "m.bitc").manifest
+    log = {record["name"]: record for record in manifest["passes"]}
+    report = log["lowbit_linear"]["details"]
+    assert report["layers_converted"] == 2 and report["layers"]["fc1"]["salient_columns"] == 5
+    x = np.random.default_rng(1).standard_normal((4, 96)).astype(np.float32)
+    assert bitc.load(tmp_path / "m.bitc")(x=x).shape == (4, 10)
+
+
+def test_cli_rejects_a_bad_lowbit_format_and_a_missing_calibration_file(tmp_path, capsys):
+    from bitc.cli import main
+
+    path = _mlp(tmp_path)
+    assert main(["compile", str(path), "--lowbit-weights", "five"]) != 0
+    assert "plane count 1-4 or 'ternary'" in capsys.readouterr().err
+    assert main(["compile", str(path), "--lowbit-weights", "1", "--calibration", str(tmp_path / "no.npz")]) != 0
+    err = capsys.readouterr().err
+    assert "no.npz" in err and "Traceback" not in err and not (tmp_path / "mlp.bitc").exists()

@@ -3,6 +3,7 @@ float salient input columns; activations stay float. The layers become `LowBitMa
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +31,27 @@ class LowBitReport:
         return report | ({"note": self.note} if self.note else {})
 
 
+def lowbit_format(text: str) -> dict[str, Any]:
+    """'2' → 2 planes, 'ternary' → ternary."""
+    text = str(text).strip().lower()
+    if text == "ternary":
+        return {"ternary": True}
+    if text.isdigit():
+        return {"planes": int(text)}
+    raise BadInputError(f"low-bit weights must be a plane count 1-4 or 'ternary', got {text!r}")
+
+
+def load_calibration(calibration: dict[str, Any] | str | os.PathLike) -> dict[str, np.ndarray]:
+    """Calibration inputs as a dict of arrays, or an .npz file of them (named like the model's inputs)."""
+    if isinstance(calibration, dict):
+        return {name: np.asarray(value) for name, value in calibration.items()}
+    try:
+        with np.load(calibration, allow_pickle=False) as data:
+            return {name: data[name] for name in data.files}
+    except (OSError, ValueError) as exc:
+        raise BadInputError(f"{calibration}: cannot read calibration inputs ({str(exc).splitlines()[0]})") from None
+
+
 @register("lowbit_linear")
 class LowBitLinear(ir.passes.InPlacePass):
     """Low-bit weights for MatMul/Gemm layers: W ≈ Σ αᵢ·Bᵢ (1-4 planes) or ternary, float activations.
@@ -49,7 +71,7 @@ class LowBitLinear(ir.passes.InPlacePass):
         ternary: bool = False,
         group_size: int = 128,
         salient: float = 0.0,
-        calibration: dict[str, Any] | None = None,
+        calibration: dict[str, Any] | str | os.PathLike | None = None,
         method: str | None = None,
         layers: list[str] | None = None,
         exclude: list[str] | None = None,
@@ -69,7 +91,7 @@ class LowBitLinear(ir.passes.InPlacePass):
             raise BadInputError(f"lowbit_linear: method must be 'gptq' or 'fit', got {method!r}")
         self.format = WeightFormat(int(planes), bool(ternary), int(group_size))
         self.salient = float(salient)
-        self.calibration = {k: np.asarray(v) for k, v in calibration.items()} if calibration else None
+        self.calibration = load_calibration(calibration) if calibration is not None else None
         self.method = method
         self.layers = list(layers) if layers is not None else None
         self.exclude = set(exclude or [])
@@ -136,6 +158,9 @@ class LowBitLinear(ir.passes.InPlacePass):
         """E[x xᵀ] of every chosen layer's input over the calibration tokens (onnxruntime, one run)."""
         from bitc.passes import verify
 
+        inputs = {value.name for value in model.graph.inputs}
+        if missing := inputs - set(self.calibration):
+            raise BadInputError(f"lowbit_linear: calibration inputs lack {', '.join(sorted(missing))}")
         names = list(dict.fromkeys(node.inputs[0].name for node in nodes))
         values = verify.run_with_outputs(ir.to_proto(model), names, self.calibration)
         hessians = {}

@@ -75,9 +75,23 @@ def with_binarize(pipeline: str | Sequence[PassSpec] | None, policy: Mapping[str
         if required not in names:
             specs.append((required, {}))
             names.append(required)
-    at = names.index("fold_batchnorm") + 1 if "fold_batchnorm" in names else names.index("lower_binary")
-    at = min(at, names.index("lower_binary"))
+    earlier = [names.index(n) + 1 for n in ("fold_batchnorm", "prune", "reorder", "lowbit_linear") if n in names]
+    at = min(max(earlier, default=names.index("lower_binary")), names.index("lower_binary"))
     specs.insert(at, ("binarize", dict(policy)))
+    return specs
+
+
+def with_lowbit_linear(pipeline: str | Sequence[PassSpec] | None, options: Mapping[str, Any]) -> list[PassSpec]:
+    """The pipeline with ("lowbit_linear", options) after BN folding and the channel passes (a reordered model is
+    what it fits, so salient columns come out contiguous) and before binarization and binary lowering."""
+    specs: list[PassSpec] = [(name, opts) for name, opts in parse_pipeline(pipeline)]
+    names = [name for name, _ in specs]
+    if "lowbit_linear" in names:
+        raise BadInputError("lowbit_linear asked for twice: in the pass list and as an option")
+    earlier = [names.index(n) + 1 for n in ("fold_batchnorm", "prune", "reorder") if n in names]
+    later = [names.index(n) for n in ("binarize", "lower_binary", "fuse_binary", "cse", "remove_unused") if n in names]
+    at = max(earlier) if earlier else min(later, default=len(specs))
+    specs.insert(at, ("lowbit_linear", dict(options)))
     return specs
 
 

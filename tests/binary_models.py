@@ -231,14 +231,20 @@ def as_ir(proto: onnx.ModelProto) -> ir.Model:
 
 
 def lowbit_matmul_model(
-    *, shape: tuple[int, ...] = (3, 100), n: int = 45, planes: int = 1, group_size: int = 0, seed: int = 0
+    *,
+    shape: tuple[int, ...] = (3, 100),
+    n: int = 45,
+    planes: int = 1,
+    group_size: int = 0,
+    scale_dtype: type = np.float32,
+    seed: int = 0,
 ) -> onnx.ModelProto:
     """x [..., K] → LowBitMatMul with random ±1 planes and positive per-group scales."""
     from bitc.ops.lowbit_matmul import group_count
 
     rng = np.random.default_rng(seed)
     k = shape[-1]
-    scales = rng.uniform(0.1, 1.0, (planes, n, group_count(k, group_size))).astype(np.float32)
+    scales = rng.uniform(0.1, 1.0, (planes, n, group_count(k, group_size))).astype(scale_dtype)
     inits = [
         numpy_helper.from_array(pack_dense_weights(pm1(rng, (planes, n, k))), "w"),
         numpy_helper.from_array(scales, "scales"),

@@ -19,7 +19,8 @@ from bitc.ops.packing import to_pm1, unpack_signs
 
 
 class LowBitMatMul(BitcOp):
-    """x [..., K] float, weights [planes, N, ⌈K/32⌉] uint32, scales [planes, N, groups] float → [..., N] float."""
+    """x [..., K] float, weights [planes, N, ⌈K/32⌉] uint32, scales [planes, N, groups] float16 or float32 →
+    [..., N] float (scales are widened to float32 before use)."""
 
     name = "LowBitMatMul"
     attributes: ClassVar[dict[str, Any]] = {"in_features": 0, "group_size": 0}

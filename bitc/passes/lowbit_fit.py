@@ -36,9 +36,9 @@ class WeightFormat:
         return 2 if self.ternary else self.planes
 
     def bits_per_weight(self, in_features: int) -> float:
-        """Bits per weight in the artifact: the planes plus their float32 scales."""
+        """Bits per weight in the artifact: the planes plus their float16 scales."""
         groups = group_count(in_features, self.group_size)
-        return self.stored_planes * (1 + 32 * groups / in_features)
+        return self.stored_planes * (1 + 16 * groups / in_features)
 
     def label(self) -> str:
         return ("ternary" if self.ternary else f"{self.planes}-plane") + (
@@ -49,7 +49,7 @@ class WeightFormat:
 @dataclass
 class LowBitWeights:
     negative: np.ndarray  # [P, N, K] bool: bit 1 = −1
-    scales: np.ndarray  # [P, N, G] float32
+    scales: np.ndarray  # [P, N, G] float16 (stored so; the kernels widen them to float32)
     salient: np.ndarray  # [S] int64: input columns kept in float
     residual: np.ndarray  # [N, S] float32: W − Σ αB on those columns
 
@@ -57,7 +57,8 @@ class LowBitWeights:
         from bitc.ops.lowbit_matmul import group_scales
 
         signs = np.where(self.negative, -1.0, 1.0)
-        dense = (signs * group_scales(self.scales, self.negative.shape[-1], group_size)).sum(axis=0)
+        scales = self.scales.astype(np.float32)
+        dense = (signs * group_scales(scales, self.negative.shape[-1], group_size)).sum(axis=0)
         dense[:, self.salient] += self.residual
         return dense.astype(np.float32)
 
@@ -159,30 +160,32 @@ def _quantize_column(column: np.ndarray, alpha: np.ndarray, fmt: WeightFormat) -
 def _gptq(
     w: np.ndarray, fmt: WeightFormat, hessian: np.ndarray, salient: np.ndarray, block: int = 128
 ) -> LowBitWeights:
+    """GPTQ in activation order (columns with the largest E[x²] first, so later columns absorb their error);
+    the groups' scales are fitted up front on the original weights (static groups), since the kernel's groups are
+    contiguous in the original order."""
     rows, cols = w.shape
     h = np.array(hessian, dtype=np.float64)
     dead = np.diag(h) <= 0
     h[dead, dead] = 1.0
     w = w.copy()
     w[:, dead] = 0.0
+    importance = np.diag(hessian).clip(min=0)
+    groups = _group_bounds(cols, fmt.group_size)
+    scales = np.zeros((fmt.stored_planes, rows, len(groups)), dtype=np.float64)
+    for g, (start, end) in enumerate(groups):
+        scales[:, :, g], _ = _fit_group(w[:, start:end], fmt, importance[start:end])
+    group_of = np.repeat(np.arange(len(groups)), [end - start for start, end in groups])
+    order = np.argsort(-np.diag(h), kind="stable")
+    w, h = w[:, order], h[np.ix_(order, order)]
     h += 0.01 * np.mean(np.diag(h)) * np.eye(cols)
     hinv = np.linalg.cholesky(np.linalg.inv(h)).T  # upper Cholesky factor of H⁻¹
-    importance = np.diag(hessian).clip(min=0)
-    keep = np.zeros(cols, dtype=bool)
-    keep[salient] = True
-    groups = _group_bounds(cols, fmt.group_size)
+    keep = np.isin(order, salient)
     codes = np.zeros((fmt.stored_planes, rows, cols), dtype=bool)
-    scales = np.zeros((fmt.stored_planes, rows, len(groups)), dtype=np.float64)
-    group_of = np.repeat(np.arange(len(groups)), [end - start for start, end in groups])
     for start in range(0, cols, block):
         end = min(start + block, cols)
         errors = np.zeros((rows, end - start))
         for k in range(start, end):
-            g = group_of[k]
-            if k == groups[g][0]:  # fit the group's scales on the weights as updated so far
-                gs, ge = groups[g]
-                scales[:, :, g], _ = _fit_group(w[:, gs:ge], fmt, importance[gs:ge])
-            value, codes[:, :, k] = _quantize_column(w[:, k], scales[:, :, g], fmt)
+            value, codes[:, :, k] = _quantize_column(w[:, k], scales[:, :, group_of[order[k]]], fmt)
             if keep[k]:
                 value = w[:, k]
             err = (w[:, k] - value) / hinv[k, k]
@@ -190,13 +193,20 @@ def _gptq(
             errors[:, k - start] = err
             w[:, k] = value
         w[:, end:] -= errors @ hinv[start:end, end:]
-    return _finish(w, codes, scales, salient, fmt)
+    inverse = np.argsort(order)
+    return _finish(w[:, inverse], codes[:, :, inverse], scales, salient, fmt)
+
+
+def _half(scales: np.ndarray) -> np.ndarray:
+    """Scales as float16 (half the bytes; a relative rounding of 5e-4, far below the quantization error)."""
+    finite = np.finfo(np.float16).max
+    return np.clip(scales, -finite, finite).astype(np.float16)
 
 
 def _finish(
     w: np.ndarray, codes: np.ndarray, scales: np.ndarray, salient: np.ndarray, fmt: WeightFormat
 ) -> LowBitWeights:
-    result = LowBitWeights(codes, scales.astype(np.float32), salient, np.zeros((w.shape[0], salient.size), np.float32))
+    result = LowBitWeights(codes, _half(scales), salient, np.zeros((w.shape[0], salient.size), np.float32))
     if salient.size:
         approx = result.dequantize(fmt.group_size)
         result.residual = (w[:, salient] - approx[:, salient]).astype(np.float32)

@@ -31,6 +31,11 @@ class LowBitReport:
         return report | ({"note": self.note} if self.note else {})
 
 
+def _batch(value: ir.Value) -> int | None:
+    shape = value.shape
+    return shape[0] if shape is not None and len(shape) and isinstance(shape[0], int) else None
+
+
 def lowbit_format(text: str) -> dict[str, Any]:
     """'2' → 2 planes, 'ternary' → ternary."""
     text = str(text).strip().lower()
@@ -155,19 +160,28 @@ class LowBitLinear(ir.passes.InPlacePass):
         return ""
 
     def _hessians(self, model: ir.Model, nodes: list[ir.Node]) -> dict[str, np.ndarray]:
-        """E[x xᵀ] of every chosen layer's input over the calibration tokens (onnxruntime, one run)."""
+        """E[x xᵀ] of every chosen layer's input over the calibration tokens (onnxruntime). Calibration arrays
+        with more samples than the model's static batch run in batch-sized chunks."""
         from bitc.passes import verify
 
-        inputs = {value.name for value in model.graph.inputs}
-        if missing := inputs - set(self.calibration):
+        inputs = {value.name: value for value in model.graph.inputs}
+        if missing := set(inputs) - set(self.calibration):
             raise BadInputError(f"lowbit_linear: calibration inputs lack {', '.join(sorted(missing))}")
         names = list(dict.fromkeys(node.inputs[0].name for node in nodes))
-        values = verify.run_with_outputs(ir.to_proto(model), names, self.calibration)
-        hessians = {}
-        for name, value in zip(names, values, strict=True):
-            rows = value.reshape(-1, value.shape[-1]).astype(np.float64)
-            hessians[name] = rows.T @ rows / len(rows)
-        return hessians
+        proto = ir.to_proto(model)
+        batch = min(_batch(inputs[name]) or len(array) for name, array in self.calibration.items() if name in inputs)
+        samples = min(len(array) for name, array in self.calibration.items() if name in inputs)
+        if samples < batch:
+            raise BadInputError(f"lowbit_linear: {samples} calibration samples, fewer than the model's batch {batch}")
+        sums: dict[str, np.ndarray] = {}
+        rows = dict.fromkeys(names, 0)
+        for start in range(0, samples - batch + 1, batch):
+            feeds = {name: self.calibration[name][start : start + batch] for name in inputs}
+            for name, value in zip(names, verify.run_with_outputs(proto, names, feeds), strict=True):
+                flat = value.reshape(-1, value.shape[-1]).astype(np.float64)
+                sums[name] = sums.get(name, 0.0) + flat.T @ flat
+                rows[name] += len(flat)
+        return {name: sums[name] / rows[name] for name in sums}
 
     def _convert(self, graph: ir.Graph, node: ir.Node, hessian: np.ndarray | None) -> tuple[dict, ir.Value]:
         weights = constant(node.inputs[1]).astype(np.float64)

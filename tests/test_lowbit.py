@@ -12,7 +12,7 @@ from onnx import TensorProto, helper, numpy_helper
 import bitc
 from bitc import ops
 from bitc.codegen import lowbit_kernels
-from bitc.ops.lowbit_matmul import dequantize, group_count
+from bitc.ops.lowbit_matmul import dequantize, float_twin, group_count
 from bitc.ops.packing import pack_dense_weights, unpack_signs
 from bitc.passes.lowbit_fit import WeightFormat, fit_weights
 from bitc.passes.lowbit_linear import LowBitLinear
@@ -262,3 +262,43 @@ def test_cli_rejects_a_bad_lowbit_format_and_a_missing_calibration_file(tmp_path
     assert main(["compile", str(path), "--lowbit-weights", "1", "--calibration", str(tmp_path / "no.npz")]) != 0
     err = capsys.readouterr().err
     assert "no.npz" in err and "Traceback" not in err and not (tmp_path / "mlp.bitc").exists()
+
+
+@pytest.mark.slow
+def test_real_minilm_lowbit_compiles_to_what_its_dequantized_twin_computes(zoo, tmp_path):
+    """all-MiniLM-L6-v2 with 3-plane Linear weights (GPTQ on real sentences): bitc's compiled embeddings equal the
+    float model with the fitted weights, and stay close to the fp32 embeddings."""
+    import onnxruntime as ort
+
+    from bitc.zoo import real, text
+
+    path = zoo.minilm(128)
+    sentences, _ = text.sentences(12)
+    calibration = real.minilm_tokenize(sentences[:8], 128)
+    model = ir.load(path)
+    lowbit = LowBitLinear(planes=3, calibration=calibration, keep_last=False, measure_error=False)
+    lowbit(model)
+    assert lowbit.report.to_json()["layers_converted"] == 36
+    ir.save(model, tmp_path / "q.onnx")
+    bitc.compile(tmp_path / "q.onnx", tmp_path / "q.bitc", passes=[])
+    compiled = bitc.load(tmp_path / "q.bitc")
+    float_session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    twin = ort.InferenceSession(float_twin(model).SerializeToString(), providers=["CPUExecutionProvider"])
+    for sentence in sentences[8:]:
+        feeds = real.minilm_tokenize([sentence], 128)
+        got = compiled(**feeds)[0]
+        fitted = twin.run(None, feeds)[0][0]
+        fp32 = float_session.run(None, feeds)[0][0]
+        assert np.dot(got, fitted) / (np.linalg.norm(got) * np.linalg.norm(fitted)) > 0.9999
+        assert np.dot(got, fp32) / (np.linalg.norm(got) * np.linalg.norm(fp32)) > 0.85
+
+
+def test_float_twin_computes_what_the_op_computes(tmp_path):
+    import onnxruntime as ort
+
+    model = ir.load(_mlp(tmp_path))
+    LowBitLinear(planes=2, group_size=32, salient=0.05, measure_error=False)(model)
+    x = np.random.default_rng(3).standard_normal((4, 96)).astype(np.float32)
+    twin = ort.InferenceSession(float_twin(model).SerializeToString(), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(twin.run(None, {"x": x})[0], ops.reference_evaluator(model).run(None, {"x": x})[0],
+                               rtol=1e-5, atol=1e-5)  # fmt: skip

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import numpy as np
+import onnx
 import onnx_ir as ir
 
 from bitc.ops.base import BitcOp
@@ -51,3 +52,30 @@ def dequantize(weights: np.ndarray, scales: np.ndarray, in_features: int, group_
     """The float weight matrix [N, K] that the packed planes and scales stand for."""
     signs = to_pm1(unpack_signs(weights, in_features), np.float32)  # P N K
     return (signs * group_scales(scales.astype(np.float32), in_features, group_size)).sum(axis=0)
+
+
+def float_twin(model: ir.Model) -> onnx.ModelProto:
+    """The model with every LowBitMatMul as a float MatMul on its dequantized weights: what the op computes (up to
+    summation order), in standard ONNX, so onnxruntime can evaluate a low-bit model's quality quickly."""
+    from onnx import helper, numpy_helper
+
+    proto = ir.to_proto(model)
+    initializers = {tensor.name: tensor for tensor in proto.graph.initializer}
+    replaced: set[str] = set()
+    for node in proto.graph.node:
+        if node.op_type != LowBitMatMul.name or node.domain != "bitc":
+            continue
+        attrs = dict(LowBitMatMul.attributes) | {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        planes, scales = (numpy_helper.to_array(initializers[name]) for name in node.input[1:3])
+        dense = dequantize(planes, scales, int(attrs["in_features"]), int(attrs["group_size"])).T
+        name = f"{node.name or node.output[0]}__dequantized"
+        proto.graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(dense), name))
+        replaced.update(node.input[1:3])
+        node.ClearField("attribute")
+        node.op_type, node.domain = "MatMul", ""
+        node.input[:] = [node.input[0], name]
+    still_used = {name for node in proto.graph.node for name in node.input}
+    kept = [t for t in proto.graph.initializer if t.name not in replaced or t.name in still_used]
+    del proto.graph.initializer[:]
+    proto.graph.initializer.extend(kept)
+    return proto

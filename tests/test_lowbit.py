@@ -302,3 +302,11 @@ def test_float_twin_computes_what_the_op_computes(tmp_path):
     twin = ort.InferenceSession(float_twin(model).SerializeToString(), providers=["CPUExecutionProvider"])
     np.testing.assert_allclose(twin.run(None, {"x": x})[0], ops.reference_evaluator(model).run(None, {"x": x})[0],
                                rtol=1e-5, atol=1e-5)  # fmt: skip
+
+
+def test_python_api_takes_calibration_arrays_and_the_manifest_describes_them(tmp_path):
+    x = np.random.default_rng(0).standard_normal((4, 96)).astype(np.float32)
+    result = bitc.compile(_mlp(tmp_path), tmp_path / "m.bitc", lowbit_linear={"planes": 2, "calibration": {"x": x}})
+    record = next(r for r in result.manifest["passes"] if r["name"] == "lowbit_linear")
+    assert record["options"]["calibration"] == {"x": "array[4, 96] float32"}
+    assert record["details"]["layers_converted"] == 2

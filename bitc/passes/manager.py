@@ -45,9 +45,23 @@ class PassRecord:
     def to_json(self, timing: bool = True) -> dict[str, Any]:
         """As a dict; `timing=False` drops the wall time so that manifests are reproducible byte for byte."""
         record = {k: v for k, v in asdict(self).items() if v is not None}
+        record["options"] = _json_safe(record.get("options", {}))
         if not timing:
             record.pop("seconds")
         return record
+
+
+def _json_safe(value: Any) -> Any:
+    """Options as the manifest can hold them: arrays (e.g. calibration inputs) become a short description."""
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if hasattr(value, "shape") and hasattr(value, "dtype"):
+        return f"array{list(value.shape)} {value.dtype}"
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return str(value)
 
 
 def parse_pipeline(text: str | Sequence[PassSpec] | None) -> list[tuple[str, dict[str, Any]]]:

@@ -310,3 +310,18 @@ def test_python_api_takes_calibration_arrays_and_the_manifest_describes_them(tmp
     record = next(r for r in result.manifest["passes"] if r["name"] == "lowbit_linear")
     assert record["options"]["calibration"] == {"x": "array[4, 96] float32"}
     assert record["details"]["layers_converted"] == 2
+
+
+def test_sequential_calibration_sees_the_converted_layers_before(tmp_path, monkeypatch):
+    """fc2 is fitted on what the converted fc1 produces: its Hessian comes from a second run, on the float twin."""
+    x = np.random.default_rng(0).standard_normal((4, 96)).astype(np.float32)
+    seen: list[list[str]] = []
+    original = LowBitLinear._hessians
+
+    def spy(self, model, nodes):
+        seen.append([n.name for n in nodes] + [n.op_type for n in model.graph if n.op_type == "LowBitMatMul"])
+        return original(self, model, nodes)
+
+    monkeypatch.setattr(LowBitLinear, "_hessians", spy)
+    LowBitLinear(planes=1, calibration={"x": x}, sequential=True, measure_error=False)(ir.load(_mlp(tmp_path)))
+    assert seen == [["fc1"], ["fc2", "LowBitMatMul"]]

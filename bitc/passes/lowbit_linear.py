@@ -13,6 +13,7 @@ import onnx_ir as ir
 from bitc import ops
 from bitc.errors import BadInputError
 from bitc.graph_edit import add_initializer, constant, replace_output
+from bitc.ops.lowbit_matmul import float_twin
 from bitc.ops.packing import WORD_BITS, pack_signs
 from bitc.passes.lowbit_fit import WeightFormat, fit_weights
 from bitc.passes.registry import register
@@ -65,7 +66,9 @@ class LowBitLinear(ir.passes.InPlacePass):
     `salient`: share (0-1) of input columns per layer kept in float (the columns whose error costs most; after
     `reorder` they tend to be one contiguous block, read with a Slice, else a Gather). With `calibration` inputs
     (a dict of arrays) the fit is activation-aware and, with `method="gptq"` (the default then), error-compensating;
-    without, each group is fitted by alternating least squares on the weights alone. Layers with constant 2-D
+    without, each group is fitted by alternating least squares on the weights alone. `sequential` calibrates each
+    layer on the outputs of the layers already converted before it (one onnxruntime run per distinct input: better
+    at 1-2 planes, slower on deep models). Layers with constant 2-D
     weights qualify; `layers` / `exclude` choose, and the last one (an LLM's vocabulary head) stays float unless
     `keep_last=False`. The report gives bits per weight and each layer's weight and output relative error.
     """
@@ -81,6 +84,7 @@ class LowBitLinear(ir.passes.InPlacePass):
         layers: list[str] | None = None,
         exclude: list[str] | None = None,
         keep_last: bool = True,
+        sequential: bool = False,
         min_features: int = 32,
         measure_error: bool = True,
     ) -> None:
@@ -101,6 +105,7 @@ class LowBitLinear(ir.passes.InPlacePass):
         self.layers = list(layers) if layers is not None else None
         self.exclude = set(exclude or [])
         self.keep_last = keep_last
+        self.sequential = bool(sequential)
         self.min_features = int(min_features)
         self.measure_error = measure_error
         self.report = LowBitReport()
@@ -120,13 +125,17 @@ class LowBitLinear(ir.passes.InPlacePass):
                 chosen.append(node)
         if not chosen:
             return ir.passes.PassResult(model, False)
-        hessians = self._hessians(model, chosen) if self.calibration is not None else {}
+        hessians = self._hessians(model, chosen) if self.calibration is not None and not self.sequential else {}
         model.opset_imports.setdefault(ops.DOMAIN, ops.DOMAIN_VERSION)
         before = ir.to_proto(model) if self.measure_error else None
         outputs: dict[str, tuple[str, ir.Value]] = {}
         bits, weights = 0.0, 0
         for node in chosen:
             original = node.outputs[0].name
+            if self.sequential and self.calibration is not None and node.inputs[0].name not in hessians:
+                # the layers reading this input see what the already converted layers before them produce
+                sharing = [n for n in chosen if n.inputs[0] is node.inputs[0]]
+                hessians = self._hessians(model, sharing)
             entry, new_output = self._convert(graph, node, hessians.get(node.inputs[0].name))
             self.report.layers[node.name] = entry
             outputs[node.name] = (original, new_output)
@@ -168,7 +177,7 @@ class LowBitLinear(ir.passes.InPlacePass):
         if missing := set(inputs) - set(self.calibration):
             raise BadInputError(f"lowbit_linear: calibration inputs lack {', '.join(sorted(missing))}")
         names = list(dict.fromkeys(node.inputs[0].name for node in nodes))
-        proto = ir.to_proto(model)
+        proto = float_twin(model)
         batch = min(_batch(inputs[name]) or len(array) for name, array in self.calibration.items() if name in inputs)
         samples = min(len(array) for name, array in self.calibration.items() if name in inputs)
         if samples < batch:

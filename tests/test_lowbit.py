@@ -325,3 +325,16 @@ def test_sequential_calibration_sees_the_converted_layers_before(tmp_path, monke
     monkeypatch.setattr(LowBitLinear, "_hessians", spy)
     LowBitLinear(planes=1, calibration={"x": x}, sequential=True, measure_error=False)(ir.load(_mlp(tmp_path)))
     assert seen == [["fc1"], ["fc2", "LowBitMatMul"]]
+
+
+def test_a_lowbit_node_with_inconsistent_shapes_is_a_one_line_error(tmp_path, capsys):
+    from bitc.cli import main
+
+    proto = lowbit_matmul_model(shape=(2, 100), n=8)
+    in_features = next(a for a in proto.graph.node[0].attribute if a.name == "in_features")
+    in_features.i = 130  # no longer matches x or the packed words
+    onnx.save(proto, tmp_path / "bad.onnx")
+    assert main(["compile", str(tmp_path / "bad.onnx"), "-o", str(tmp_path / "bad.bitc")]) != 0
+    err = capsys.readouterr().err
+    assert "node 'lowbit' (LowBitMatMul)" in err and "in_features=130" in err and "Traceback" not in err
+    assert not (tmp_path / "bad.bitc").exists()

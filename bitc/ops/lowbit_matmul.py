@@ -28,7 +28,19 @@ class LowBitMatMul(BitcOp):
 
     @classmethod
     def output_types(cls, input_shapes: Sequence[tuple[int, ...]], **attrs: Any) -> list[tuple[ir.DataType, tuple]]:
-        return [(ir.DataType.FLOAT, (*input_shapes[0][:-1], input_shapes[1][1]))]
+        if len(input_shapes) != 3:
+            raise ValueError(f"needs 3 inputs (x, weights, scales), got {len(input_shapes)}")
+        x, weights, scales = input_shapes
+        k, group_size = int(attrs["in_features"]), int(attrs["group_size"])
+        expected_scales = (*weights[:2], group_count(k, group_size)) if len(weights) == 3 else None
+        if not x or x[-1] != k or len(weights) != 3 or weights[2] != -(-k // 32) or tuple(scales) != expected_scales:
+            raise ValueError(
+                f"shapes x {list(x)}, weights {list(weights)}, scales {list(scales)} do not fit in_features={k}, "
+                f"group_size={group_size} (want x [..., {k}], weights [P, N, {-(-k // 32)}], scales [P, N, groups])"
+            )
+        if group_size < 0 or group_size % 32:
+            raise ValueError(f"group_size must be 0 or a multiple of 32, got {group_size}")
+        return [(ir.DataType.FLOAT, (*x[:-1], weights[1]))]
 
     @staticmethod
     def reference(x: np.ndarray, weights: np.ndarray, scales: np.ndarray, **attrs: Any) -> tuple[np.ndarray, ...]:

@@ -113,16 +113,21 @@ _BINARIZE_KEYS: dict[str, type | tuple[type, ...]] = {
 
 
 def _binarize(path: Path, value: Any) -> dict[str, Any]:
+    return _pass_table(path, "binarize", value, _BINARIZE_KEYS)
+
+
+def _pass_table(path: Path, table: str, value: Any, keys: dict[str, type | tuple[type, ...]]) -> dict[str, Any]:
+    """A pass's options table, each key known and of its type (lists hold layer names)."""
     if not isinstance(value, dict):
-        raise BadInputError(f"{path}: [binarize] must be a table, e.g. planes = 2")
+        raise BadInputError(f"{path}: [{table}] must be a table, e.g. planes = 2")
     for key, item in value.items():
-        if key not in _BINARIZE_KEYS:
-            raise BadInputError(f"{path}: unknown key '{key}' in [binarize]; known keys: {', '.join(_BINARIZE_KEYS)}")
-        expected = _BINARIZE_KEYS[key]
+        if key not in keys:
+            raise BadInputError(f"{path}: unknown key '{key}' in [{table}]; known keys: {', '.join(keys)}")
+        expected = keys[key]
         if not isinstance(item, expected) or (expected is int and isinstance(item, bool)):
-            raise BadInputError(f"{path}: [binarize] '{key}' must be {_type_name(expected)}, got {item!r}")
+            raise BadInputError(f"{path}: [{table}] '{key}' must be {_type_name(expected)}, got {item!r}")
         if expected is list and not all(isinstance(name, str) for name in item):
-            raise BadInputError(f"{path}: [binarize] '{key}' must be a list of layer names")
+            raise BadInputError(f"{path}: [{table}] '{key}' must be a list of layer names")
     return dict(value)
 
 
@@ -136,20 +141,12 @@ _LOWBIT_KEYS: dict[str, type | tuple[type, ...]] = {
     "layers": list,
     "exclude": list,
     "keep_last": bool,
+    "sequential": bool,
 }
 
 
 def _lowbit_linear(path: Path, value: Any) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        raise BadInputError(f"{path}: [lowbit_linear] must be a table, e.g. planes = 2")
-    for key, item in value.items():
-        if key not in _LOWBIT_KEYS:
-            known = ", ".join(_LOWBIT_KEYS)
-            raise BadInputError(f"{path}: unknown key '{key}' in [lowbit_linear]; known keys: {known}")
-        expected = _LOWBIT_KEYS[key]
-        if not isinstance(item, expected) or (expected is int and isinstance(item, bool)):
-            raise BadInputError(f"{path}: [lowbit_linear] '{key}' must be {_type_name(expected)}, got {item!r}")
-    options = dict(value)
+    options = _pass_table(path, "lowbit_linear", value, _LOWBIT_KEYS)
     if "calibration" in options:
         options["calibration"] = str(path.parent / options["calibration"])
     return options

@@ -338,3 +338,15 @@ def test_a_lowbit_node_with_inconsistent_shapes_is_a_one_line_error(tmp_path, ca
     err = capsys.readouterr().err
     assert "node 'lowbit' (LowBitMatMul)" in err and "in_features=130" in err and "Traceback" not in err
     assert not (tmp_path / "bad.bitc").exists()
+
+
+def test_config_table_gives_the_lowbit_options_with_the_calibration_path_next_to_it(tmp_path):
+    from bitc.config import load_config
+    from bitc.errors import BadInputError
+
+    (tmp_path / "bitc.toml").write_text('[lowbit_linear]\nplanes = 3\ngroup_size = 64\ncalibration = "c.npz"\n')
+    options = load_config(tmp_path / "bitc.toml")["lowbit_linear"]
+    assert options == {"planes": 3, "group_size": 64, "calibration": str(tmp_path / "c.npz")}
+    (tmp_path / "bad.toml").write_text('[lowbit_linear]\nplanes = "two"\n')
+    with pytest.raises(BadInputError, match=r"\[lowbit_linear\] 'planes' must be an integer"):
+        load_config(tmp_path / "bad.toml")

@@ -27,20 +27,20 @@ PARALLEL_MIN_MACS = 1 << 22
 
 def block_weights(packed: np.ndarray) -> np.ndarray:
     """[P, N, KW] → [P, ⌈N/16⌉, KW, 16]: 16 rows' words side by side (padded rows are zero bits)."""
-    planes, rows, in_words = packed.shape
-    blocks = -(-rows // LANES)
-    padded = np.zeros((planes, blocks * LANES, in_words), dtype=np.uint32)
-    padded[:, :rows] = packed
-    return np.ascontiguousarray(padded.reshape(planes, blocks, LANES, in_words).transpose(0, 1, 3, 2))
+    return _rows_innermost(packed, np.uint32)
 
 
 def block_scales(scales: np.ndarray) -> np.ndarray:
-    """[P, N, G] → [P, ⌈N/16⌉, G, 16] (padded rows get zero scales, so they add nothing)."""
-    planes, rows, groups = scales.shape
+    """[P, N, G] → [P, ⌈N/16⌉, G, 16] float32 (padded rows get zero scales, so they add nothing)."""
+    return _rows_innermost(scales, np.float32)
+
+
+def _rows_innermost(array: np.ndarray, dtype: type) -> np.ndarray:
+    planes, rows, inner = array.shape
     blocks = -(-rows // LANES)
-    padded = np.zeros((planes, blocks * LANES, groups), dtype=np.float32)
-    padded[:, :rows] = scales
-    return np.ascontiguousarray(padded.reshape(planes, blocks, LANES, groups).transpose(0, 1, 3, 2))
+    padded = np.zeros((planes, blocks * LANES, inner), dtype=dtype)
+    padded[:, :rows] = array
+    return np.ascontiguousarray(padded.reshape(planes, blocks, LANES, inner).transpose(0, 1, 3, 2))
 
 
 def lookup_tables(x: Any, in_words: int) -> Any:

@@ -63,14 +63,14 @@ class LowBitLinear(ir.passes.InPlacePass):
     """Low-bit weights for MatMul/Gemm layers: W ≈ Σ αᵢ·Bᵢ (1-4 planes) or ternary, float activations.
 
     `planes` 1-4, or `ternary`; `group_size` inputs share a scale (a multiple of 32; 0 = one per output channel).
-    `salient`: share (0-1) of input columns per layer kept in float (the columns whose error costs most; after
-    `reorder` they tend to be one contiguous block, read with a Slice, else a Gather). With `calibration` inputs
+    `salient`: share (0-1) of input columns per layer kept in float (the columns whose error costs most), read
+    with a Slice when they form one block, else a Gather. With `calibration` inputs
     (a dict of arrays) the fit is activation-aware and, with `method="gptq"` (the default then), error-compensating;
     without, each group is fitted by alternating least squares on the weights alone. `sequential` calibrates each
     layer on the outputs of the layers already converted before it (one onnxruntime run per distinct input: better
-    at 1-2 planes, slower on deep models). Layers with constant 2-D
-    weights qualify; `layers` / `exclude` choose, and the last one (an LLM's vocabulary head) stays float unless
-    `keep_last=False`. The report gives bits per weight and each layer's weight and output relative error.
+    at 1-2 planes, slower on deep models). Layers with constant 2-D weights qualify; `layers` / `exclude` choose,
+    and the last one (an LLM's vocabulary head) stays float unless `keep_last=False`. The report gives bits per
+    weight and each layer's weight and output relative error.
     """
 
     def __init__(

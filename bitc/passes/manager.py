@@ -96,8 +96,8 @@ def with_binarize(pipeline: str | Sequence[PassSpec] | None, policy: Mapping[str
 
 
 def with_lowbit_linear(pipeline: str | Sequence[PassSpec] | None, options: Mapping[str, Any]) -> list[PassSpec]:
-    """The pipeline with ("lowbit_linear", options) after BN folding and the channel passes (a reordered model is
-    what it fits, so salient columns come out contiguous) and before binarization and binary lowering."""
+    """The pipeline with ("lowbit_linear", options) after BN folding and the channel passes (it fits the weights
+    as pruned / reordered) and before binarization and binary lowering."""
     specs: list[PassSpec] = [(name, opts) for name, opts in parse_pipeline(pipeline)]
     names = [name for name, _ in specs]
     if "lowbit_linear" in names:

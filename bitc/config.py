@@ -136,6 +136,7 @@ _LOWBIT_KEYS: dict[str, type | tuple[type, ...]] = {
     "ternary": bool,
     "group_size": int,
     "salient": (int, float),
+    "salient_block": bool,
     "method": str,
     "calibration": str,
     "layers": list,

@@ -69,12 +69,13 @@ def fit_weights(
     *,
     hessian: np.ndarray | None = None,
     salient: int = 0,
+    salient_block: bool = False,
     gptq: bool = True,
 ) -> LowBitWeights:
     """weights [N, K] → LowBitWeights. `hessian` [K, K] = E[x xᵀ] of the layer input (None: unweighted fit)."""
     w = np.asarray(weights, dtype=np.float64)
     importance = None if hessian is None else np.maximum(np.diag(hessian), 0.0)
-    columns = salient_columns(w, importance, salient)
+    columns = salient_columns(w, importance, salient, block=salient_block)
     if hessian is not None and gptq:
         return _gptq(w, fmt, hessian, columns)
     groups = _group_bounds(w.shape[1], fmt.group_size)
@@ -86,11 +87,17 @@ def fit_weights(
     return _finish(w, codes, scales, columns, fmt)
 
 
-def salient_columns(w: np.ndarray, importance: np.ndarray | None, count: int) -> np.ndarray:
-    """The `count` input columns whose error would cost most: E[x_k²]·‖W[:, k]‖² (or ‖W[:, k]‖² alone)."""
+def salient_columns(w: np.ndarray, importance: np.ndarray | None, count: int, *, block: bool = False) -> np.ndarray:
+    """The `count` input columns whose error would cost most: E[x_k²]·‖W[:, k]‖² (or ‖W[:, k]‖² alone); with
+    `block`, the contiguous run of `count` columns with the largest total (one Slice at run time — after
+    `reorder` has sorted the channels by importance, that run is where the important ones are)."""
     if count <= 0:
         return np.zeros(0, dtype=np.int64)
     score = (w**2).sum(axis=0) * (importance if importance is not None else 1.0)
+    if block:
+        totals = np.convolve(score, np.ones(count), mode="valid")
+        start = int(np.argmax(totals))
+        return np.arange(start, start + count, dtype=np.int64)
     return np.sort(np.argsort(-score, kind="stable")[:count]).astype(np.int64)
 
 

@@ -64,9 +64,11 @@ class LowBitLinear(ir.passes.InPlacePass):
 
     `planes` 1-4, or `ternary`; `group_size` inputs share a scale (a multiple of 32; 0 = one per output channel).
     `salient`: share (0-1) of input columns per layer kept in float (the columns whose error costs most), read
-    with a Slice when they form one block, else a Gather. With `calibration` inputs
-    (a dict of arrays) the fit is activation-aware and, with `method="gptq"` (the default then), error-compensating;
-    without, each group is fitted by alternating least squares on the weights alone. `sequential` calibrates each
+    with a Slice when they form one block, else a Gather; `salient_block` keeps the best contiguous block instead
+    (PB-LLM with channel reordering: run `reorder` first so the important channels sit together). With
+    `calibration` inputs (a dict of arrays) the fit is activation-aware and, with `method="gptq"` (the default
+    then), error-compensating; without, each group is fitted by alternating least squares on the weights alone.
+    `sequential` calibrates each
     layer on the outputs of the layers already converted before it (one onnxruntime run per distinct input: better
     at 1-2 planes, slower on deep models). Layers with constant 2-D weights qualify; `layers` / `exclude` choose,
     and the last one (an LLM's vocabulary head) stays float unless `keep_last=False`. The report gives bits per
@@ -79,6 +81,7 @@ class LowBitLinear(ir.passes.InPlacePass):
         ternary: bool = False,
         group_size: int = 128,
         salient: float = 0.0,
+        salient_block: bool = False,
         calibration: dict[str, Any] | str | os.PathLike | None = None,
         method: str | None = None,
         layers: list[str] | None = None,
@@ -100,6 +103,7 @@ class LowBitLinear(ir.passes.InPlacePass):
             raise BadInputError(f"lowbit_linear: method must be 'gptq' or 'fit', got {method!r}")
         self.format = WeightFormat(int(planes), bool(ternary), int(group_size))
         self.salient = float(salient)
+        self.salient_block = bool(salient_block)
         self.calibration = load_calibration(calibration) if calibration is not None else None
         self.method = method
         self.layers = list(layers) if layers is not None else None
@@ -207,7 +211,14 @@ class LowBitLinear(ir.passes.InPlacePass):
             weights = weights.T  # MatMul [K, N] → rows are outputs
         out_features, in_features = weights.shape
         salient = round(self.salient * in_features)
-        fitted = fit_weights(weights, self.format, hessian=hessian, salient=salient, gptq=self.method == "gptq")
+        fitted = fit_weights(
+            weights,
+            self.format,
+            hessian=hessian,
+            salient=salient,
+            salient_block=self.salient_block,
+            gptq=self.method == "gptq",
+        )
         name = node.name or node.outputs[0].name
         x = node.inputs[0]
         layer = ir.node(

@@ -41,6 +41,7 @@ def test_lowbit_reference_matches_float_math(k, group_size, planes):
 
 def test_weight_blocking_puts_16_rows_side_by_side():
     packed = np.arange(2 * 20 * 3, dtype=np.uint32).reshape(2, 20, 3)
+    assert lowbit_kernels.block_weights(packed, 8).shape == (2, 3, 3, 8)
     blocked = lowbit_kernels.block_weights(packed)
     assert blocked.shape == (2, 2, 3, 16)
     assert np.array_equal(blocked[1, 0, 2], packed[1, :16, 2])
@@ -62,10 +63,11 @@ LOWBIT_CASES = {
 }
 
 
-@pytest.mark.parametrize("target", ["cpu", "cpu:x86-64-v3"])
+@pytest.mark.parametrize("target", ["cpu", "cpu:x86-64-v3", "cpu:x86-64-v2"])
 @pytest.mark.parametrize("case", list(LOWBIT_CASES))
 def test_lowbit_kernel_matches_reference(tmp_path, case, target):
-    """AVX-512 table-lookup kernel (cpu here) and the portable compute (an AVX2 target) vs the numpy reference."""
+    """The table-lookup kernel on AVX-512 (cpu here) and AVX2 (x86-64-v3), and the portable compute (x86-64-v2,
+    no AVX2), vs the numpy reference."""
     options = LOWBIT_CASES[case]
     proto = lowbit_matmul_model(**options)
     onnx.save(proto, tmp_path / "m.onnx")
@@ -77,15 +79,19 @@ def test_lowbit_kernel_matches_reference(tmp_path, case, target):
     np.testing.assert_allclose(got, reference, rtol=1e-5, atol=1e-5 * np.abs(reference).max())
 
 
-def test_lut_kernel_looks_up_16_rows_per_instruction():
+@pytest.mark.parametrize(
+    ("isa", "mcpu", "register", "per_nibble"), [("avx512", "znver4", "%zmm", 1), ("avx2", "haswell", "%ymm", 2)]
+)
+def test_lut_kernel_looks_up_a_vector_of_rows_per_instruction(isa, mcpu, register, per_nibble):
     import tvm
 
-    func = lowbit_kernels.lut_matmul(rows=1, blocks=4, in_words=8, planes=1, groups=1, group_words=8)
-    target = tvm.target.Target({"kind": "llvm", "mcpu": "znver4"})
+    func = lowbit_kernels.lut_matmul(rows=1, blocks=4, in_words=8, planes=1, groups=1, group_words=8, isa=isa)
+    target = tvm.target.Target({"kind": "llvm", "mcpu": mcpu})
     asm = tvm.compile(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}), target=target)
     lines = asm.jit().inspect_source("asm").splitlines()
-    # one 16-lane table lookup per nibble: vpermps, or vpermd (LLVM's integer-domain spelling of the same shuffle)
-    assert sum(1 for line in lines if line.split()[:1] in (["vpermps"], ["vpermd"]) and "%zmm" in line) >= 8
+    # table lookups per nibble: vpermps, or vpermd (LLVM's integer-domain spelling of the same shuffle)
+    lookups = sum(1 for line in lines if line.split()[:1] in (["vpermps"], ["vpermd"]) and register in line)
+    assert lookups >= 8 * per_nibble
 
 
 def _layer_error(fmt: WeightFormat, **options) -> float:

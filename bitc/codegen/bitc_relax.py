@@ -17,8 +17,11 @@ from bitc.errors import CompileError
 _OPAQUE = 8
 
 
-def emit(bb: Any, node: ir.Node, args: list[Any], lanes: int) -> list[Any]:
-    """Emit `node` into the block builder; `args` are the Relax values of its non-constant inputs, in order."""
+def emit(bb: Any, node: ir.Node, args: list[Any], lanes: int, lookup: str | None = None) -> list[Any]:
+    """Emit `node` into the block builder; `args` are the Relax values of its non-constant inputs, in order;
+    `lookup` is the ISA of the low-bit lookup kernel (None: portable compute)."""
+    if node.op_type == "LowBitMatMul":
+        return [_lowbit_matmul(bb, node, args, lookup)]
     emitter = _EMITTERS.get(node.op_type)
     if emitter is None:
         raise CompileError(f"node '{node.name}': bitc op {node.op_type} has no kernel")
@@ -154,7 +157,7 @@ def _packed_max_pool(bb: Any, node: ir.Node, args: list[Any], lanes: int) -> Any
     return bb.emit_te(compute, args[0], primfunc_name_hint="bitc_packed_max_pool", **_attrs("packed_max_pool"))
 
 
-def _lowbit_matmul(bb: Any, node: ir.Node, args: list[Any], lanes: int) -> Any:
+def _lowbit_matmul(bb: Any, node: ir.Node, args: list[Any], lookup: str | None) -> Any:
     from tvm import relax
 
     attrs = ops.get("LowBitMatMul").attrs(node)
@@ -164,18 +167,19 @@ def _lowbit_matmul(bb: Any, node: ir.Node, args: list[Any], lanes: int) -> Any:
     shape = [int(d) for d in node.inputs[0].shape]
     rows = int(np.prod(shape[:-1]))
     x = args[0] if len(shape) == 2 else bb.emit(relax.op.reshape(args[0], [rows, in_features]))
-    if lanes == lowbit.LANES:
+    if lookup is not None:
+        lanes = lowbit.lookup_lanes(lookup)
         tables = bb.emit_te(
             lowbit.lookup_tables, x, in_words, primfunc_name_hint="bitc_lowbit_tables", **_attrs("lowbit_tables")
         )
-        weights, blocked_scales = lowbit.block_weights(packed), lowbit.block_scales(scales)
+        weights, blocked_scales = lowbit.block_weights(packed, lanes), lowbit.block_scales(scales, lanes)
         blocks, groups = weights.shape[1], scales.shape[2]
         group_words = in_words if group_size <= 0 else group_size // lowbit.WORD_BITS
-        kernel = lowbit.lut_matmul(rows, blocks, in_words, planes, groups, group_words)
+        kernel = lowbit.lut_matmul(rows, blocks, in_words, planes, groups, group_words, lookup)
         gvar = bb.add_func(kernel, "bitc_lowbit_matmul")
-        padded = relax.TensorType([rows, blocks * lowbit.LANES], "float32")
+        padded = relax.TensorType([rows, blocks * lanes], "float32")
         out = bb.emit(relax.call_tir(gvar, [tables, _relax_const(weights), _relax_const(blocked_scales)], padded))
-        if blocks * lowbit.LANES != out_features:
+        if blocks * lanes != out_features:
             out = bb.emit(relax.op.strided_slice(out, axes=[1], begin=[0], end=[out_features]))
     else:
 
@@ -198,7 +202,6 @@ _EMITTERS = {
     "BinaryConv": _binary_conv,
     "BinaryDense": _binary_dense,
     "PackedMaxPool": _packed_max_pool,
-    "LowBitMatMul": _lowbit_matmul,
 }
 
 

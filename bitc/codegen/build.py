@@ -10,7 +10,7 @@ from typing import Any
 
 import onnx_ir as ir
 
-from bitc.codegen import fast_math, nchwc, tuning
+from bitc.codegen import fast_math, lowbit_kernels, nchwc, tuning
 from bitc.codegen.bitc_relax import cancel_layout_round_trips
 from bitc.codegen.cpu_schedules import default_schedule_pass
 from bitc.codegen.relax_import import to_relax
@@ -73,7 +73,8 @@ def build(
 
     start = time.perf_counter()
     tuning_options = tuning_options or tuning.TuningOptions()
-    mod = to_relax(model, source, lanes=target.vector_lanes)
+    lookup = lowbit_kernels.lookup_isa(set(target.cpu_features()))
+    mod = to_relax(model, source, lanes=target.vector_lanes, lookup=lookup)
     try:
         mod, conv_layout = lower_to_fused_tir(mod, target)
         mod, tuning_report = tuning.apply(mod, target, tuning_options)

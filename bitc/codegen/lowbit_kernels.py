@@ -7,7 +7,8 @@ FMA, reading 1/32 of the weight bytes. Measured on one Zen 4 core: ~85 G MAC/s p
 0.2 ms, onnxruntime fp32 2.5 ms). Rows are handled in vectors of 16 (weights re-blocked to [P, N/16, K/32, 16]),
 `rows` vectors at a time so one table load serves several output vectors.
 
-Targets without AVX-512 get the plain compute (select ±x per bit), correct and vectorised by TVM, not fast.
+AVX2 CPUs get the same kernel on 8 rows per vector: two 8-entry `vpermps` (one per half of the table) and a blend
+on the nibble's top bit. CPUs without AVX2 get the plain compute (select ±x per bit), correct, not fast.
 """
 
 from __future__ import annotations
@@ -25,22 +26,60 @@ NIBBLES = WORD_BITS // 4
 PARALLEL_MIN_MACS = 1 << 22
 
 
-def block_weights(packed: np.ndarray) -> np.ndarray:
-    """[P, N, KW] → [P, ⌈N/16⌉, KW, 16]: 16 rows' words side by side (padded rows are zero bits)."""
-    return _rows_innermost(packed, np.uint32)
+def block_weights(packed: np.ndarray, lanes: int = LANES) -> np.ndarray:
+    """[P, N, KW] → [P, ⌈N/lanes⌉, KW, lanes]: `lanes` rows' words side by side (padded rows are zero bits)."""
+    return _rows_innermost(packed, np.uint32, lanes)
 
 
-def block_scales(scales: np.ndarray) -> np.ndarray:
-    """[P, N, G] → [P, ⌈N/16⌉, G, 16] float32 (padded rows get zero scales, so they add nothing)."""
-    return _rows_innermost(scales, np.float32)
+def block_scales(scales: np.ndarray, lanes: int = LANES) -> np.ndarray:
+    """[P, N, G] → [P, ⌈N/lanes⌉, G, lanes] float32 (padded rows get zero scales, so they add nothing)."""
+    return _rows_innermost(scales, np.float32, lanes)
 
 
-def _rows_innermost(array: np.ndarray, dtype: type) -> np.ndarray:
+def _rows_innermost(array: np.ndarray, dtype: type, lanes: int) -> np.ndarray:
     planes, rows, inner = array.shape
-    blocks = -(-rows // LANES)
-    padded = np.zeros((planes, blocks * LANES, inner), dtype=dtype)
+    blocks = -(-rows // lanes)
+    padded = np.zeros((planes, blocks * lanes, inner), dtype=dtype)
     padded[:, :rows] = array
-    return np.ascontiguousarray(padded.reshape(planes, blocks, LANES, inner).transpose(0, 1, 3, 2))
+    return np.ascontiguousarray(padded.reshape(planes, blocks, lanes, inner).transpose(0, 1, 3, 2))
+
+
+def lookup_isa(features: frozenset[str] | set[str]) -> str | None:
+    """Which table-lookup kernel the CPU can run: 'avx512' (16 rows per vpermps), 'avx2' (8 rows, two vpermps
+    and a blend per nibble), or None (the portable compute)."""
+    return "avx512" if "avx512f" in features else "avx2" if "avx2" in features else None
+
+
+def _lookup_avx512(tables: Any, m: Any, table: Any, nibbles: Any) -> Any:
+    """16 rows' partial sums: vpermps uses the low 4 bits of each lane as the table index."""
+    from tvm import tirx
+
+    row = tables.vload([m, table, 0], "float32x16")
+    index = tirx.reinterpret("int32x16", nibbles)
+    return tirx.call_llvm_pure_intrin("float32x16", "llvm.x86.avx512.permvar.sf.512", row, index)
+
+
+def _lookup_avx2(tables: Any, m: Any, table: Any, nibbles: Any) -> Any:
+    """8 rows' partial sums: an 8-entry vpermps on each half of the table (low 3 bits), bit 3 picks the half."""
+    from tvm import tirx
+
+    index = tirx.reinterpret("int32x8", nibbles)
+    low, high = (
+        tirx.call_llvm_pure_intrin(
+            "float32x8", "llvm.x86.avx2.permps", tables.vload([m, table, half], "float32x8"), index
+        )
+        for half in (0, 8)
+    )
+    upper_half = (nibbles & tirx.Broadcast(tirx.const(8, "uint32"), 8)) != tirx.Broadcast(tirx.const(0, "uint32"), 8)
+    return tirx.Select(upper_half, high, low)
+
+
+_LOOKUPS = {"avx512": (16, _lookup_avx512), "avx2": (8, _lookup_avx2)}
+
+
+def lookup_lanes(isa: str) -> int:
+    """Output rows per lookup vector for that ISA."""
+    return _LOOKUPS[isa][0]
 
 
 def lookup_tables(x: Any, in_words: int) -> Any:
@@ -65,55 +104,55 @@ def lookup_tables(x: Any, in_words: int) -> Any:
     )
 
 
-def lut_matmul(rows: int, blocks: int, in_words: int, planes: int, groups: int, group_words: int) -> Any:
-    """The AVX-512 kernel: tables [M, 8·KW, 16], weights [P, NB, KW, 16], scales [P, NB, G, 16] → y [M, NB·16].
+def lut_matmul(
+    rows: int, blocks: int, in_words: int, planes: int, groups: int, group_words: int, isa: str = "avx512"
+) -> Any:
+    """The lookup kernel: tables [M, 8·KW, 16], weights [P, NB, KW, L], scales [P, NB, G, L] → y [M, NB·L], with
+    L = 16 rows per vector on AVX-512, 8 on AVX2.
 
     Per output vector: for each plane and scale group, sum the looked-up partial sums, then y += scale · sum."""
     from tvm.script import tirx as T
 
+    lanes, lookup = _LOOKUPS[isa]
     tile = next(t for t in (4, 2, 1) if blocks % t == 0)
-    parallel = rows * blocks * LANES * in_words * WORD_BITS * planes >= PARALLEL_MIN_MACS
+    parallel = rows * blocks * lanes * in_words * WORD_BITS * planes >= PARALLEL_MIN_MACS
     outer_loop = T.parallel if parallel else T.serial
-    permute = "llvm.x86.avx512.permvar.sf.512"
 
     @T.prim_func
     def lut_matmul(
         tables: T.Buffer((rows, in_words * NIBBLES, LANES), "float32"),
-        weights: T.Buffer((planes, blocks, in_words, LANES), "uint32"),
-        scales: T.Buffer((planes, blocks, groups, LANES), "float32"),
-        y: T.Buffer((rows, blocks * LANES), "float32"),
+        weights: T.Buffer((planes, blocks, in_words, lanes), "uint32"),
+        scales: T.Buffer((planes, blocks, groups, lanes), "float32"),
+        y: T.Buffer((rows, blocks * lanes), "float32"),
     ):
         T.func_attr({"tir.noalias": True})
         for outer in outer_loop(blocks // tile):
             for m in range(rows):
-                total = T.alloc_buffer((tile, LANES), "float32", scope="local")
-                acc = T.alloc_buffer((tile, LANES), "float32", scope="local")
+                total = T.alloc_buffer((tile, lanes), "float32", scope="local")
+                acc = T.alloc_buffer((tile, lanes), "float32", scope="local")
                 for r in T.unroll(tile):
-                    total[r, T.ramp(0, 1, LANES)] = T.Broadcast(T.float32(0), LANES)
+                    total[r, T.ramp(0, 1, lanes)] = T.Broadcast(T.float32(0), lanes)
                 for p in range(planes):
                     for g in range(groups):
                         for r in T.unroll(tile):
-                            acc[r, T.ramp(0, 1, LANES)] = T.Broadcast(T.float32(0), LANES)
+                            acc[r, T.ramp(0, 1, lanes)] = T.Broadcast(T.float32(0), lanes)
                         for kw in range(T.min(group_words, in_words - g * group_words)):
                             for j in T.unroll(NIBBLES):
                                 for r in T.unroll(tile):
-                                    acc[r, T.ramp(0, 1, LANES)] = acc[r, T.ramp(0, 1, LANES)] + T.call_llvm_pure_intrin(
-                                        "float32x16",
-                                        permute,
-                                        tables[m, (g * group_words + kw) * NIBBLES + j, T.ramp(0, 1, LANES)],
-                                        T.reinterpret(
-                                            "int32x16",
-                                            weights[p, outer * tile + r, g * group_words + kw, T.ramp(0, 1, LANES)]
-                                            >> T.Broadcast(T.uint32(4 * j), LANES),
-                                        ),
+                                    acc[r, T.ramp(0, 1, lanes)] = acc[r, T.ramp(0, 1, lanes)] + lookup(
+                                        tables,
+                                        m,
+                                        (g * group_words + kw) * NIBBLES + j,
+                                        weights[p, outer * tile + r, g * group_words + kw, T.ramp(0, 1, lanes)]
+                                        >> T.Broadcast(T.uint32(4 * j), lanes),
                                     )
                         for r in T.unroll(tile):
-                            total[r, T.ramp(0, 1, LANES)] = (
-                                total[r, T.ramp(0, 1, LANES)]
-                                + acc[r, T.ramp(0, 1, LANES)] * scales[p, outer * tile + r, g, T.ramp(0, 1, LANES)]
+                            total[r, T.ramp(0, 1, lanes)] = (
+                                total[r, T.ramp(0, 1, lanes)]
+                                + acc[r, T.ramp(0, 1, lanes)] * scales[p, outer * tile + r, g, T.ramp(0, 1, lanes)]
                             )
                 for r in T.unroll(tile):
-                    y[m, T.ramp((outer * tile + r) * LANES, 1, LANES)] = total[r, T.ramp(0, 1, LANES)]
+                    y[m, T.ramp((outer * tile + r) * lanes, 1, lanes)] = total[r, T.ramp(0, 1, lanes)]
 
     attrs = {KERNEL_ATTR: "lowbit_matmul", "tirx.is_scheduled": True, "op_pattern": 8}
     return lut_matmul.without_attr("global_symbol").with_attr(attrs)

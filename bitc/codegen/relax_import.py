@@ -18,13 +18,14 @@ from bitc.codegen import bitc_relax
 from bitc.errors import BadInputError, CompileError, first_line
 
 
-def to_relax(model: ir.Model, source: str = "model", lanes: int = 16):
+def to_relax(model: ir.Model, source: str = "model", lanes: int = 16, lookup: str | None = "avx512"):
     """Import the (already normalised, static-shape) model with its weights bound as constants; `lanes` is the
-    output-channel block of the binary kernels (the target's 32-bit vector lanes)."""
+    output-channel block of the binary kernels (the target's 32-bit vector lanes), `lookup` the ISA of the
+    low-bit table-lookup kernel (`lowbit_kernels.lookup_isa`; None: the portable compute)."""
     ir.external_data.load_to_model(model)  # TVM would resolve external paths from the working directory
     if not any(ops.is_bitc(node) for node in model.graph):
         return _from_onnx(ir.to_proto(model), model, source)
-    return _import_mixed(model, source, lanes)
+    return _import_mixed(model, source, lanes, lookup)
 
 
 def _from_onnx(proto: onnx.ModelProto, model: ir.Model, source: str) -> Any:
@@ -40,7 +41,7 @@ def _from_onnx(proto: onnx.ModelProto, model: ir.Model, source: str) -> Any:
         raise CompileError(f"{source}: TVM's ONNX importer failed: {first_line(exc)}") from None
 
 
-def _import_mixed(model: ir.Model, source: str, lanes: int) -> Any:
+def _import_mixed(model: ir.Model, source: str, lanes: int, lookup: str | None) -> Any:
     from tvm import relax
 
     model.graph.sort()
@@ -58,7 +59,7 @@ def _import_mixed(model: ir.Model, source: str, lanes: int) -> Any:
                 run = list(run)
                 if is_bitc:
                     for node in run:
-                        (output,) = bitc_relax.emit(bb, node, [env[node.inputs[0].name]], lanes)
+                        (output,) = bitc_relax.emit(bb, node, [env[node.inputs[0].name]], lanes, lookup)
                         env[node.outputs[0].name] = output
                     continue
                 last = position[id(run[-1])]

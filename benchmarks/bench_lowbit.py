@@ -1,6 +1,6 @@
 """Low-bit transformer weights: speed of the LowBitMatMul kernels and the quality they keep on real models.
 
-    python benchmarks/bench_lowbit.py --gemv [--threads 1,2] [--runs 200]
+    python benchmarks/bench_lowbit.py --gemv [--threads 1,2] [--runs 200] [--batches 1,16] [--target cpu:x86-64-v3]
     python benchmarks/bench_lowbit.py --quality [--plot benchmarks/lowbit_quality.png]
     python benchmarks/bench_lowbit.py --decode
 
@@ -63,8 +63,9 @@ def _lowbit_model(source: Path, path: Path, options: dict) -> Path:
     return path
 
 
-def gemv(threads: list[int], runs: int, batches: list[int]) -> None:
-    table = Table(title="Linear layer latency (median ms) and speed-up vs onnxruntime fp32", show_lines=False)
+def gemv(threads: list[int], runs: int, batches: list[int], target: str = "cpu") -> None:
+    title = f"Linear layer latency (median ms) and speed-up vs onnxruntime fp32, bitc --target {target}"
+    table = Table(title=title, show_lines=False)
     for column in [
         "rows",
         "K→N",
@@ -81,12 +82,12 @@ def gemv(threads: list[int], runs: int, batches: list[int]) -> None:
             for k, n in GEMV_SHAPES:
                 float_onnx = _linear_model(folder / f"linear_{rows}_{k}_{n}.onnx", rows, k, n)
                 float_artifact = folder / f"linear_{rows}_{k}_{n}.bitc"
-                bitc.compile(float_onnx, float_artifact)
+                bitc.compile(float_onnx, float_artifact, target=target)
                 artifacts = {}
                 for name, options in FORMATS.items():
                     lowbit = _lowbit_model(float_onnx, folder / f"{name}_{rows}_{k}_{n}.onnx", options)
                     artifacts[name] = folder / f"{name}_{rows}_{k}_{n}.bitc"
-                    bitc.compile(lowbit, artifacts[name], passes=[])
+                    bitc.compile(lowbit, artifacts[name], passes=[], target=target)
                 for count in threads:
                     ort = bench_artifact(str(float_artifact), threads=[count], runs=runs, onnx_path=str(float_onnx))[0]
                     ort_ms, fp32_ms = ort["onnxruntime"]["median_ms"], ort["bitc"]["median_ms"]
@@ -310,12 +311,13 @@ def main() -> None:
     parser.add_argument("--threads", default="1,2")
     parser.add_argument("--batches", default="1,16")
     parser.add_argument("--runs", type=int, default=200)
+    parser.add_argument("--target", default="cpu", help="bitc target for --gemv (e.g. cpu:x86-64-v3 for AVX2)")
     parser.add_argument("--plot", default=None, help="write the size/quality curve here (PNG)")
     parser.add_argument("--models", default="minilm,smollm2")
     args = parser.parse_args()
     threads = [int(t) for t in args.threads.split(",")]
     if args.gemv:
-        gemv(threads, args.runs, [int(b) for b in args.batches.split(",")])
+        gemv(threads, args.runs, [int(b) for b in args.batches.split(",")], args.target)
     if args.decode:
         decode(threads, min(args.runs, 30))
     if args.quality:

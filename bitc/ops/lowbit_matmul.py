@@ -15,8 +15,8 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
-from bitc.ops.base import BitcOp
-from bitc.ops.packing import to_pm1, unpack_signs
+from bitc.ops.base import DOMAIN, BitcOp
+from bitc.ops.packing import WORD_BITS, to_pm1, unpack_signs, words
 
 
 class LowBitMatMul(BitcOp):
@@ -33,12 +33,12 @@ class LowBitMatMul(BitcOp):
         x, weights, scales = input_shapes
         k, group_size = int(attrs["in_features"]), int(attrs["group_size"])
         expected_scales = (*weights[:2], group_count(k, group_size)) if len(weights) == 3 else None
-        if not x or x[-1] != k or len(weights) != 3 or weights[2] != -(-k // 32) or tuple(scales) != expected_scales:
+        if not x or x[-1] != k or len(weights) != 3 or weights[2] != words(k) or tuple(scales) != expected_scales:
             raise ValueError(
                 f"shapes x {list(x)}, weights {list(weights)}, scales {list(scales)} do not fit in_features={k}, "
-                f"group_size={group_size} (want x [..., {k}], weights [P, N, {-(-k // 32)}], scales [P, N, groups])"
+                f"group_size={group_size} (want x [..., {k}], weights [P, N, {words(k)}], scales [P, N, groups])"
             )
-        if group_size < 0 or group_size % 32:
+        if group_size < 0 or group_size % WORD_BITS:
             raise ValueError(f"group_size must be 0 or a multiple of 32, got {group_size}")
         return [(ir.DataType.FLOAT, (*x[:-1], weights[1]))]
 
@@ -75,7 +75,7 @@ def float_twin(model: ir.Model) -> onnx.ModelProto:
     initializers = {tensor.name: tensor for tensor in proto.graph.initializer}
     replaced: set[str] = set()
     for node in proto.graph.node:
-        if node.op_type != LowBitMatMul.name or node.domain != "bitc":
+        if node.op_type != LowBitMatMul.name or node.domain != DOMAIN:
             continue
         attrs = dict(LowBitMatMul.attributes) | {a.name: helper.get_attribute_value(a) for a in node.attribute}
         planes, scales = (numpy_helper.to_array(initializers[name]) for name in node.input[1:3])

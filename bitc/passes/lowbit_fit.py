@@ -142,8 +142,14 @@ def _weighted_mean(values: np.ndarray, d: np.ndarray, mask: np.ndarray) -> np.nd
 
 def _ternary_planes(w: np.ndarray, alpha: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """{−α, 0, +α} as two planes of scale α/2: +α = (+,+), −α = (−,−), 0 = (+,−)."""
-    t = np.where(np.abs(w) > alpha[:, None] / 2, np.sign(w), 0.0)
-    return np.stack([alpha / 2, alpha / 2]), np.stack([t < 0, t <= 0])
+    _, negative = _ternary_codes(w, alpha[:, None])
+    return np.stack([alpha / 2, alpha / 2]), negative
+
+
+def _ternary_codes(w: np.ndarray, alpha: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each weight to −1, 0 or +1 (zero below α/2) → (the codes, their two negative planes)."""
+    t = np.where(np.abs(w) > alpha / 2, np.sign(w), 0.0)
+    return t, np.stack([t < 0, t <= 0])
 
 
 def _nearest_signs(w: np.ndarray, alpha: np.ndarray) -> np.ndarray:
@@ -158,8 +164,8 @@ def _quantize_column(column: np.ndarray, alpha: np.ndarray, fmt: WeightFormat) -
     """One column [N] on its group's scales alpha [P, N] → (value [N], negative codes [P, N])."""
     if fmt.ternary:
         scale = alpha[0] * 2
-        t = np.where(np.abs(column) > scale / 2, np.sign(column), 0.0)
-        return t * scale, np.stack([t < 0, t <= 0])
+        t, negative = _ternary_codes(column, scale)
+        return t * scale, negative
     signs = _nearest_signs(column[:, None], alpha.T)[:, 0, :]  # N P
     return (signs * alpha.T).sum(axis=1), (signs < 0).T
 

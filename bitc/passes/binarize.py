@@ -10,6 +10,7 @@ import onnx_ir as ir
 
 from bitc.errors import BadInputError
 from bitc.graph_edit import add_initializer, constant, replace_output
+from bitc.passes import verify
 from bitc.passes.registry import register
 
 _LAYER_OPS = ("Conv", "Gemm", "MatMul")
@@ -95,7 +96,7 @@ class Binarize(ir.passes.InPlacePass):
             self.report.layers[node.name], new_output = self._binarize(graph, node, weights)
             outputs[node.name] = (original_output, new_output)
         if before is not None and outputs:
-            errors, self.report.note = measure_output_errors(before, model, outputs)
+            errors, self.report.note = verify.measure_output_errors(before, model, outputs)
             for name, error in errors.items():
                 self.report.layers[name]["output_rel_error"] = error
         return ir.passes.PassResult(model, bool(self.report.layers))
@@ -154,47 +155,6 @@ class Binarize(ir.passes.InPlacePass):
         replace_output(graph, node.outputs[0], total)
         graph.remove(node, safe=True)
         return {"op": node.op_type, "planes": self.planes, "weight_rel_error": round(error, 6)}, total
-
-
-def measure_output_errors(
-    before: Any, model: ir.Model, outputs: dict[str, tuple[str, ir.Value]]
-) -> tuple[dict[str, float], str | None]:
-    """Each rewritten layer's output vs the float model's, relative (‖Δ‖/‖y‖) on seeded random inputs —
-    cumulative: it includes what the rewritten layers before it changed. onnxruntime runs the float model; the
-    rewritten one runs there too, or in onnx's reference evaluator once it holds bitc ops. Returns the errors, or
-    a note saying why they were not measured."""
-    from bitc import ops
-    from bitc.ops.lowbit_matmul import float_twin
-    from bitc.passes import verify
-
-    try:
-        feeds = verify.random_feeds(model)
-        reference = verify.run_with_outputs(before, [old for old, _ in outputs.values()], feeds)
-        names = [new.name for _, new in outputs.values()]
-        bitc_ops = {node.op_type for node in model.graph if ops.is_bitc(node)}
-        if bitc_ops <= {"LowBitMatMul"}:  # standard ONNX once dequantized: onnxruntime, fast on real models
-            got = verify.run_with_outputs(float_twin(model), names, feeds)
-        else:
-            got = _reference_outputs(model, names, feeds)
-    except Exception as exc:  # a model that cannot run here: the weight errors are still reported
-        return {}, f"output errors not measured: {str(exc).splitlines()[0][:160]}"
-    errors = {}
-    for name, expected, actual in zip(outputs, reference, got, strict=True):
-        norm = float(np.linalg.norm(expected)) or 1.0
-        errors[name] = round(float(np.linalg.norm(actual - expected)) / norm, 6)
-    return errors, None
-
-
-def _reference_outputs(model: ir.Model, names: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-    import onnx
-
-    from bitc import ops
-
-    proto = ir.to_proto(model)
-    known = {o.name for o in proto.graph.output}
-    proto.graph.output.extend(onnx.ValueInfoProto(name=name) for name in names if name not in known)
-    evaluator = ops.reference_evaluator(ir.from_proto(proto))
-    return list(evaluator.run(names, feeds))
 
 
 def _sign(graph: ir.Graph, anchor: ir.Node, x: ir.Value) -> ir.Value:

@@ -15,6 +15,7 @@ from bitc.errors import BadInputError
 from bitc.graph_edit import add_initializer, constant, replace_output
 from bitc.ops.lowbit_matmul import float_twin
 from bitc.ops.packing import WORD_BITS, pack_signs
+from bitc.passes import verify
 from bitc.passes.lowbit_fit import WeightFormat, fit_weights
 from bitc.passes.registry import register
 
@@ -147,9 +148,7 @@ class LowBitLinear(ir.passes.InPlacePass):
             weights += entry["weights"]
         self.report.bits_per_weight = bits / weights
         if before is not None:
-            from bitc.passes.binarize import measure_output_errors
-
-            errors, self.report.note = measure_output_errors(before, model, outputs)
+            errors, self.report.note = verify.measure_output_errors(before, model, outputs)
             for name, error in errors.items():
                 self.report.layers[name]["output_rel_error"] = error
         return ir.passes.PassResult(model, True)
@@ -175,8 +174,6 @@ class LowBitLinear(ir.passes.InPlacePass):
     def _hessians(self, model: ir.Model, nodes: list[ir.Node]) -> dict[str, np.ndarray]:
         """E[x xᵀ] of every chosen layer's input over the calibration tokens (onnxruntime). Calibration arrays
         with more samples than the model's static batch run in batch-sized chunks."""
-        from bitc.passes import verify
-
         inputs = {value.name: value for value in model.graph.inputs}
         if missing := set(inputs) - set(self.calibration):
             raise BadInputError(f"lowbit_linear: calibration inputs lack {', '.join(sorted(missing))}")

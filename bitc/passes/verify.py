@@ -43,12 +43,46 @@ def _session(model_bytes: bytes, threads: int = 0) -> Any:
 def run_with_outputs(proto: Any, names: list[str], feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
     """Run a ModelProto with onnxruntime, returning the intermediate values called `names` (made graph outputs
     for this run only): per-layer errors and activation statistics read them."""
+    return _session(_with_outputs(proto, names).SerializeToString()).run(names, dict(feeds))
+
+
+def _with_outputs(proto: Any, names: list[str]) -> Any:
+    """A copy of the ModelProto with the values called `names` as extra graph outputs."""
     import onnx
 
     proto = onnx.ModelProto.FromString(proto.SerializeToString())
     known = {o.name for o in proto.graph.output}
     proto.graph.output.extend(onnx.ValueInfoProto(name=name) for name in names if name not in known)
-    return _session(proto.SerializeToString()).run(names, dict(feeds))
+    return proto
+
+
+def measure_output_errors(
+    before: Any, model: ir.Model, outputs: dict[str, tuple[str, ir.Value]]
+) -> tuple[dict[str, float], str | None]:
+    """Each rewritten layer's output vs the float model's, relative (‖Δ‖/‖y‖) on seeded random inputs —
+    cumulative: it includes what the rewritten layers before it changed. `before` is the float model's
+    ModelProto, `outputs` maps a layer to (its output's name there, its output value now). onnxruntime runs the
+    float model, and the rewritten one too while its only bitc ops are LowBitMatMul (through their float twin);
+    onnx's reference evaluator runs other bitc ops. Returns the errors, or a note saying why none were measured."""
+    from bitc import ops
+    from bitc.ops.lowbit_matmul import float_twin
+
+    try:
+        feeds = random_feeds(model)
+        reference = run_with_outputs(before, [old for old, _ in outputs.values()], feeds)
+        names = [new.name for _, new in outputs.values()]
+        if {node.op_type for node in model.graph if ops.is_bitc(node)} <= {"LowBitMatMul"}:
+            got = run_with_outputs(float_twin(model), names, feeds)
+        else:
+            with_outputs = ir.from_proto(_with_outputs(ir.to_proto(model), names))
+            got = list(ops.reference_evaluator(with_outputs).run(names, feeds))
+    except Exception as exc:  # a model that cannot run here: the weight errors are still reported
+        return {}, f"output errors not measured: {str(exc).splitlines()[0][:160]}"
+    errors = {}
+    for name, expected, actual in zip(outputs, reference, got, strict=True):
+        norm = float(np.linalg.norm(expected)) or 1.0
+        errors[name] = round(float(np.linalg.norm(actual - expected)) / norm, 6)
+    return errors, None
 
 
 def run_reference(model: ir.Model, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -17,15 +18,21 @@ from bitc.errors import CompileError
 _OPAQUE = 8
 
 
-def emit(bb: Any, node: ir.Node, args: list[Any], lanes: int, lookup: str | None = None) -> list[Any]:
-    """Emit `node` into the block builder; `args` are the Relax values of its non-constant inputs, in order;
-    `lookup` is the ISA of the low-bit lookup kernel (None: portable compute)."""
-    if node.op_type == "LowBitMatMul":
-        return [_lowbit_matmul(bb, node, args, lookup)]
+@dataclass(frozen=True)
+class KernelTarget:
+    """What the bitc kernels need to know of the CPU: its 32-bit vector lanes (the binary kernels' channel block)
+    and the ISA of the low-bit table lookup (`lowbit_kernels.lookup_isa`; None: the portable compute)."""
+
+    lanes: int = 16
+    lookup: str | None = "avx512"
+
+
+def emit(bb: Any, node: ir.Node, args: list[Any], target: KernelTarget) -> list[Any]:
+    """Emit `node` into the block builder; `args` are the Relax values of its non-constant inputs, in order."""
     emitter = _EMITTERS.get(node.op_type)
     if emitter is None:
         raise CompileError(f"node '{node.name}': bitc op {node.op_type} has no kernel")
-    return [emitter(bb, node, args, lanes)]
+    return [emitter(bb, node, args, target)]
 
 
 def _attrs(kernel: str) -> dict[str, Any]:
@@ -50,7 +57,8 @@ def _relax_const(array: np.ndarray) -> Any:
     return relax.const(np.ascontiguousarray(array))
 
 
-def _bitpack(bb: Any, node: ir.Node, args: list[Any], lanes: int) -> Any:
+def _bitpack(bb: Any, node: ir.Node, args: list[Any], target: KernelTarget) -> Any:
+    lanes = target.lanes
     x = args[0]
     shape = [int(d) for d in node.inputs[0].shape]
     if len(shape) == 4 and shape[1] % lanes == 0:  # read the blocked layout the float convs around us use
@@ -76,7 +84,8 @@ def from_blocked(x: Any, block: int) -> Any:
     return relax.op.layout_transform(x, index_map=lambda n, cb, h, w, cl: (n, cb * block + cl, h, w))
 
 
-def _binary_conv(bb: Any, node: ir.Node, args: list[Any], lanes: int) -> Any:
+def _binary_conv(bb: Any, node: ir.Node, args: list[Any], target: KernelTarget) -> Any:
+    lanes = target.lanes
     attrs = ops.get("BinaryConv").attrs(node)
     packed = _constant(node, 1)
     planes, out_channels, kh, kw, _ = packed.shape
@@ -124,7 +133,8 @@ def _binary_conv(bb: Any, node: ir.Node, args: list[Any], lanes: int) -> Any:
     return bb.emit(from_blocked(out, out_block)) if out_block else out
 
 
-def _binary_dense(bb: Any, node: ir.Node, args: list[Any], lanes: int) -> Any:
+def _binary_dense(bb: Any, node: ir.Node, args: list[Any], target: KernelTarget) -> Any:
+    lanes = target.lanes
     attrs = ops.get("BinaryDense").attrs(node)
     packed = _constant(node, 1)
     planes, out_features, _ = packed.shape
@@ -148,7 +158,7 @@ def _binary_dense(bb: Any, node: ir.Node, args: list[Any], lanes: int) -> Any:
     )
 
 
-def _packed_max_pool(bb: Any, node: ir.Node, args: list[Any], lanes: int) -> Any:
+def _packed_max_pool(bb: Any, node: ir.Node, args: list[Any], target: KernelTarget) -> Any:
     attrs = ops.get("PackedMaxPool").attrs(node)
 
     def compute(x: Any) -> Any:
@@ -157,7 +167,7 @@ def _packed_max_pool(bb: Any, node: ir.Node, args: list[Any], lanes: int) -> Any
     return bb.emit_te(compute, args[0], primfunc_name_hint="bitc_packed_max_pool", **_attrs("packed_max_pool"))
 
 
-def _lowbit_matmul(bb: Any, node: ir.Node, args: list[Any], lookup: str | None) -> Any:
+def _lowbit_matmul(bb: Any, node: ir.Node, args: list[Any], target: KernelTarget) -> Any:
     from tvm import relax
 
     attrs = ops.get("LowBitMatMul").attrs(node)
@@ -167,7 +177,7 @@ def _lowbit_matmul(bb: Any, node: ir.Node, args: list[Any], lookup: str | None) 
     shape = [int(d) for d in node.inputs[0].shape]
     rows = int(np.prod(shape[:-1]))
     x = args[0] if len(shape) == 2 else bb.emit(relax.op.reshape(args[0], [rows, in_features]))
-    if lookup is not None:
+    if (lookup := target.lookup) is not None:
         lanes = lowbit.lookup_lanes(lookup)
         tables = bb.emit_te(
             lowbit.lookup_tables, x, in_words, primfunc_name_hint="bitc_lowbit_tables", **_attrs("lowbit_tables")
@@ -202,6 +212,7 @@ _EMITTERS = {
     "BinaryConv": _binary_conv,
     "BinaryDense": _binary_dense,
     "PackedMaxPool": _packed_max_pool,
+    "LowBitMatMul": _lowbit_matmul,
 }
 
 

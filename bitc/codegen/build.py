@@ -11,7 +11,7 @@ from typing import Any
 import onnx_ir as ir
 
 from bitc.codegen import fast_math, lowbit_kernels, nchwc, tuning
-from bitc.codegen.bitc_relax import cancel_layout_round_trips
+from bitc.codegen.bitc_relax import KernelTarget, cancel_layout_round_trips
 from bitc.codegen.cpu_schedules import default_schedule_pass
 from bitc.codegen.relax_import import to_relax
 from bitc.codegen.target import CpuTarget
@@ -74,7 +74,7 @@ def build(
     start = time.perf_counter()
     tuning_options = tuning_options or tuning.TuningOptions()
     lookup = lowbit_kernels.lookup_isa(set(target.cpu_features()))
-    mod = to_relax(model, source, lanes=target.vector_lanes, lookup=lookup)
+    mod = to_relax(model, source, KernelTarget(lanes=target.vector_lanes, lookup=lookup))
     try:
         mod, conv_layout = lower_to_fused_tir(mod, target)
         mod, tuning_report = tuning.apply(mod, target, tuning_options)

@@ -18,14 +18,13 @@ from bitc.codegen import bitc_relax
 from bitc.errors import BadInputError, CompileError, first_line
 
 
-def to_relax(model: ir.Model, source: str = "model", lanes: int = 16, lookup: str | None = "avx512"):
-    """Import the (already normalised, static-shape) model with its weights bound as constants; `lanes` is the
-    output-channel block of the binary kernels (the target's 32-bit vector lanes), `lookup` the ISA of the
-    low-bit table-lookup kernel (`lowbit_kernels.lookup_isa`; None: the portable compute)."""
+def to_relax(model: ir.Model, source: str = "model", target: bitc_relax.KernelTarget | None = None):
+    """Import the (already normalised, static-shape) model with its weights bound as constants; `target` says
+    what the bitc kernels need of the CPU (default: AVX-512)."""
     ir.external_data.load_to_model(model)  # TVM would resolve external paths from the working directory
     if not any(ops.is_bitc(node) for node in model.graph):
         return _from_onnx(ir.to_proto(model), model, source)
-    return _import_mixed(model, source, lanes, lookup)
+    return _import_mixed(model, source, target or bitc_relax.KernelTarget())
 
 
 def _from_onnx(proto: onnx.ModelProto, model: ir.Model, source: str) -> Any:
@@ -41,7 +40,7 @@ def _from_onnx(proto: onnx.ModelProto, model: ir.Model, source: str) -> Any:
         raise CompileError(f"{source}: TVM's ONNX importer failed: {first_line(exc)}") from None
 
 
-def _import_mixed(model: ir.Model, source: str, lanes: int, lookup: str | None) -> Any:
+def _import_mixed(model: ir.Model, source: str, target: bitc_relax.KernelTarget) -> Any:
     from tvm import relax
 
     model.graph.sort()
@@ -59,7 +58,7 @@ def _import_mixed(model: ir.Model, source: str, lanes: int, lookup: str | None) 
                 run = list(run)
                 if is_bitc:
                     for node in run:
-                        (output,) = bitc_relax.emit(bb, node, [env[node.inputs[0].name]], lanes, lookup)
+                        (output,) = bitc_relax.emit(bb, node, [env[node.inputs[0].name]], target)
                         env[node.outputs[0].name] = output
                     continue
                 last = position[id(run[-1])]

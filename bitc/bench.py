@@ -86,7 +86,8 @@ def _measure(engine: str, model: str, artifact: str, threads: int, runs: int, wa
     return summarize(time_calls(lambda: session.run(None, inputs), runs=runs, warmup=warmup))
 
 
-def onnxruntime_session(onnx_path: str, threads: int) -> Any:
+def onnxruntime_session(onnx_path: str | os.PathLike, threads: int = 0) -> Any:
+    """A CPU onnxruntime session on `threads` intra-op threads (0: onnxruntime's default)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -94,7 +95,7 @@ def onnxruntime_session(onnx_path: str, threads: int) -> Any:
     options.inter_op_num_threads = 1
     options.log_severity_level = 3
     try:
-        return ort.InferenceSession(onnx_path, options, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
     except Exception as exc:
         raise BadInputError(f"{onnx_path}: onnxruntime cannot load it ({str(exc).splitlines()[0][:200]})") from None
 

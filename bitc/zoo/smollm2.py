@@ -22,6 +22,7 @@ import onnx_ir as ir
 import torch
 from torch import nn
 
+from bitc.bench import onnxruntime_session
 from bitc.frontend import from_torch
 from bitc.passes.cleanup import FoldConstants, RemoveUnused
 from bitc.zoo.text import bbc_news_text
@@ -427,16 +428,6 @@ def _linear_scope(node: ir.Node) -> str | None:
     if len(scopes) < 2 or len(classes) < 2 or classes[-2] != "torch.nn.modules.linear.Linear":
         return None
     return scopes[-2]
-
-
-def onnxruntime_session(path: str | os.PathLike, threads: int = 0) -> Any:
-    """A CPU onnxruntime session (threads=0: onnxruntime's default)."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    options.intra_op_num_threads = threads
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
 def check_logits_export(path: str | os.PathLike) -> float:

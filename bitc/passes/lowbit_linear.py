@@ -130,9 +130,10 @@ class LowBitLinear(ir.passes.InPlacePass):
                 chosen.append(node)
         if not chosen:
             return ir.passes.PassResult(model, False)
-        hessians = self._hessians(model, chosen) if self.calibration is not None and not self.sequential else {}
+        calibrate_once = self.calibration is not None and not self.sequential
+        before = ir.to_proto(model) if self.measure_error or calibrate_once else None
+        hessians = self._hessians(model, chosen, before) if calibrate_once else {}
         model.opset_imports.setdefault(ops.DOMAIN, ops.DOMAIN_VERSION)
-        before = ir.to_proto(model) if self.measure_error else None
         outputs: dict[str, tuple[str, ir.Value]] = {}
         bits, weights = 0.0, 0
         for node in chosen:
@@ -147,7 +148,7 @@ class LowBitLinear(ir.passes.InPlacePass):
             bits += entry["bits_per_weight"] * entry["weights"]
             weights += entry["weights"]
         self.report.bits_per_weight = bits / weights
-        if before is not None:
+        if self.measure_error:
             errors, self.report.note = verify.measure_output_errors(before, model, outputs)
             for name, error in errors.items():
                 self.report.layers[name]["output_rel_error"] = error
@@ -171,14 +172,15 @@ class LowBitLinear(ir.passes.InPlacePass):
             return f"fewer than {self.min_features} features"
         return ""
 
-    def _hessians(self, model: ir.Model, nodes: list[ir.Node]) -> dict[str, np.ndarray]:
-        """E[x xᵀ] of every chosen layer's input over the calibration tokens (onnxruntime). Calibration arrays
-        with more samples than the model's static batch run in batch-sized chunks."""
+    def _hessians(self, model: ir.Model, nodes: list[ir.Node], proto: Any = None) -> dict[str, np.ndarray]:
+        """E[x xᵀ] of every chosen layer's input over the calibration tokens (onnxruntime, one session; `proto`:
+        the model as a ModelProto if the caller has it). Calibration arrays with more samples than the model's
+        static batch run in batch-sized chunks."""
         inputs = {value.name: value for value in model.graph.inputs}
         if missing := set(inputs) - set(self.calibration):
             raise BadInputError(f"lowbit_linear: calibration inputs lack {', '.join(sorted(missing))}")
         names = list(dict.fromkeys(node.inputs[0].name for node in nodes))
-        proto = float_twin(model)
+        session = verify.session_with_outputs(proto if proto is not None else float_twin(model), names)
         batch = min(_batch(inputs[name]) or len(array) for name, array in self.calibration.items() if name in inputs)
         samples = min(len(array) for name, array in self.calibration.items() if name in inputs)
         if samples < batch:
@@ -187,7 +189,7 @@ class LowBitLinear(ir.passes.InPlacePass):
         rows = dict.fromkeys(names, 0)
         for start in range(0, samples - batch + 1, batch):
             feeds = {name: self.calibration[name][start : start + batch] for name in inputs}
-            for name, value in zip(names, verify.run_with_outputs(proto, names, feeds), strict=True):
+            for name, value in zip(names, session.run(names, feeds), strict=True):
                 flat = value.reshape(-1, value.shape[-1]).astype(np.float64)
                 sums[name] = sums.get(name, 0.0) + flat.T @ flat
                 rows[name] += len(flat)

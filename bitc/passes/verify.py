@@ -43,7 +43,12 @@ def _session(model_bytes: bytes, threads: int = 0) -> Any:
 def run_with_outputs(proto: Any, names: list[str], feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
     """Run a ModelProto with onnxruntime, returning the intermediate values called `names` (made graph outputs
     for this run only): per-layer errors and activation statistics read them."""
-    return _session(_with_outputs(proto, names).SerializeToString()).run(names, dict(feeds))
+    return session_with_outputs(proto, names).run(names, dict(feeds))
+
+
+def session_with_outputs(proto: Any, names: list[str]) -> Any:
+    """An onnxruntime session on the ModelProto with `names` as extra outputs, for running it on many feeds."""
+    return _session(_with_outputs(proto, names).SerializeToString())
 
 
 def _with_outputs(proto: Any, names: list[str]) -> Any:

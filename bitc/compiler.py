@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import signal
 import threading
@@ -25,6 +26,7 @@ from bitc.passes import PassRecord, run_pipeline, with_binarize, with_channel_pa
 from bitc.passes.lowbit_linear import lowbit_format
 from bitc.passes.verify import static_shape
 from bitc.runtime.artifact import FORMAT, FORMAT_VERSION, LIBRARY_NAME, write_artifact
+from bitc.runtime.kv_cache import METADATA_KEY as KV_METADATA_KEY
 
 
 @dataclass
@@ -120,6 +122,8 @@ def compile(
         "stats": {"nodes": len(ir_model.graph), "parameters": _parameter_count(ir_model), **summarize_layers(layers)},
         "layers": layers,
     }
+    if (kv_cache := ir_model.metadata_props.get(KV_METADATA_KEY)) is not None:
+        manifest["kv_cache"] = json.loads(kv_cache)
     _reinstall_python_signal_handlers()
     stage("writing")
     start = time.perf_counter()

@@ -10,9 +10,12 @@ import onnx_ir as ir
 
 from bitc import ops
 from bitc.codegen import binary_kernels as kernels
+from bitc.codegen import kv_kernels
 from bitc.codegen import lowbit_kernels as lowbit
 from bitc.codegen.relax_rewrite import rewrite_calls
 from bitc.errors import CompileError
+from bitc.ops.kv_attention import FIXED_INPUTS
+from bitc.runtime.kv_cache import STATE_NAMES
 
 # Opaque to FuseOps: the kernels carry their epilogues already and have schedules of their own.
 _OPAQUE = 8
@@ -207,12 +210,36 @@ def _lowbit_matmul(bb: Any, node: ir.Node, args: list[Any], target: KernelTarget
     return out if len(shape) == 2 else bb.emit(relax.op.reshape(out, [*shape[:-1], out_features]))
 
 
+def _kv_attention(bb: Any, node: ir.Node, args: list[Any], target: KernelTarget) -> Any:
+    from tvm import relax
+
+    from bitc.ops.kv_attention import layout_of
+
+    attrs = ops.get("KVAttention").attrs(node)
+    query = [int(d) for d in node.inputs[0].shape]
+    layers = int(node.inputs[len(FIXED_INPUTS)].shape[0])
+    layout = layout_of(attrs, layers=layers, kv_heads=query[1], head_dim=query[3])
+    positions = layout.quantized_capacity + layout.window_slots + kv_kernels.LANES
+    if layout.pre_rope:
+        cos, sin = (_constant(node, len(node.inputs) - 2), _constant(node, len(node.inputs) - 1))
+        tables = kv_kernels.rope_tables_transposed(cos, sin, positions)
+    else:
+        tables = (np.zeros((layout.head_dim, 1), np.float32),) * 2
+    kernel = kv_kernels.kv_attention(
+        layout, query[2], int(attrs["layer"]), float(attrs["scale"]), positions if layout.pre_rope else 0
+    )
+    gvar = bb.add_func(kernel, f"bitc_kv_attention_{int(attrs['layer'])}")
+    inputs = [*args[: len(FIXED_INPUTS) + len(STATE_NAMES)], *(_relax_const(t) for t in tables)]
+    return bb.emit(relax.call_tir(gvar, inputs, relax.TensorType(query, "float32")))
+
+
 _EMITTERS = {
     "BitPack": _bitpack,
     "BinaryConv": _binary_conv,
     "BinaryDense": _binary_dense,
     "PackedMaxPool": _packed_max_pool,
     "LowBitMatMul": _lowbit_matmul,
+    "KVAttention": _kv_attention,
 }
 
 

@@ -58,7 +58,8 @@ def _import_mixed(model: ir.Model, source: str, target: bitc_relax.KernelTarget)
                 run = list(run)
                 if is_bitc:
                     for node in run:
-                        (output,) = bitc_relax.emit(bb, node, [env[node.inputs[0].name]], target)
+                        args = [env[v.name] for v in node.inputs if v is not None and v.name in env]
+                        (output,) = bitc_relax.emit(bb, node, args, target)
                         env[node.outputs[0].name] = output
                     continue
                 last = position[id(run[-1])]

@@ -91,4 +91,11 @@ def _op_run_class(op: type[BitcOp]) -> type:
 
 
 def _import_ops() -> None:
-    from bitc.ops import binary_conv, binary_dense, bitpack, lowbit_matmul, packed_pool  # noqa: F401  (registration on import)
+    from bitc.ops import (  # noqa: F401  (registration on import)
+        binary_conv,
+        binary_dense,
+        bitpack,
+        kv_attention,
+        lowbit_matmul,
+        packed_pool,
+    )

@@ -52,6 +52,7 @@ def _import_builtin_passes() -> None:
         binary_fusion,
         cleanup,
         fold_batchnorm,
+        kv_compress,
         lowbit_linear,
         lower_binary,
         prune,

@@ -13,6 +13,8 @@ from bitc.errors import BadInputError, BitcError, first_line
 from bitc.runtime import tvm_loader
 from bitc.runtime.artifact import LIBRARY_NAME, read_artifact
 from bitc.runtime.hostcpu import host_arch, host_cpu_flags
+from bitc.runtime.kv_cache import KVCacheLayout
+from bitc.runtime.session import DecoderSession
 
 _ALIGNMENT = 64  # TVM kernels assume 64-byte aligned buffers; numpy only guarantees 16.
 
@@ -74,6 +76,29 @@ class Model:
 
         tensors = self._prepare(inputs)
         return time_calls(lambda: self._main(*tensors), runs=runs, warmup=warmup)
+
+    def session(self) -> DecoderSession:
+        """A decoder session that owns this model's KV cache (models compiled with `kv_compress`). The cache
+        arrays are handed to the compiled step once, as zero-copy views, and updated in place."""
+        if "kv_cache" not in self.manifest:
+            raise BadInputError(
+                f"{self.path}: not a decoder with a runtime-owned KV cache (compile it with --kv-bits / kv_compress)"
+            )
+        try:
+            layout = KVCacheLayout.from_json(self.manifest["kv_cache"])
+        except (TypeError, ValueError) as exc:
+            raise BadInputError(f"{self.path}: manifest 'kv_cache' is malformed ({first_line(exc)})") from None
+        return DecoderSession(layout, self._bind, allocate=aligned_zeros)
+
+    def _bind(self, feeds: Mapping[str, np.ndarray]) -> Any:
+        """The compiled step over `feeds`, converted to TVM tensors once (zero-copy views of the arrays)."""
+        missing = [spec.name for spec in self.inputs if spec.name not in feeds]
+        if missing:
+            raise BadInputError(f"{self.path}: the decoder's inputs {missing} are not part of its KV cache layout")
+        ffi = tvm_loader.ffi()
+        tensors = [ffi.from_dlpack(_checked(spec, feeds[spec.name])) for spec in self.inputs]
+        main = self._main
+        return lambda: [np.from_dlpack(value) for value in main(*tensors)]
 
     def set_instrument(self, callback: Any | None) -> None:
         """Call `callback(func, symbol, before, ret, *args)` around every VM call (None removes it): profiling."""
@@ -145,6 +170,11 @@ def _checked(spec: TensorSpec, value: Any) -> np.ndarray:
     if array.shape != spec.shape:
         raise BadInputError(f"input '{spec.name}': shape {list(array.shape)}, expected {list(spec.shape)}")
     return array
+
+
+def aligned_zeros(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+    """Zeros in a 64-byte aligned buffer (kernels handed the array without a copy assume that alignment)."""
+    return _aligned(np.zeros(shape, dtype))
 
 
 def _aligned(array: np.ndarray) -> np.ndarray:

@@ -1,0 +1,336 @@
+"""kv_compress: a decoder's float KV cache → a compressed cache the runtime owns (KIVI, optionally KVQuant's
+pre-RoPE keys), with each layer's attention a `KVAttention` node that reads the low-bit codes.
+
+The decoder must be a one-token step over a fixed-length cache: past_keys / past_values inputs [layers, 1,
+kv_heads, L, D], each layer's slice read by a Gather, the new key and value written into it by a Where at the
+step's position, attention as MatMul(q, Kᵀ) · scale → mask → Softmax → MatMul(·, V), and the updated slices stacked
+into present outputs (`bitc.zoo.smollm2.export_decoder_onnx` writes this form). The pass replaces the cache
+inputs with the compressed state inputs (`bitc.runtime.kv_cache.STATE_NAMES`) and the present outputs with
+new_keys / new_values [layers, 1, kv_heads, 1, D]: the step returns only what the runtime appends.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import onnx_ir as ir
+import onnx_ir.passes.common as common
+
+from bitc import ops
+from bitc.errors import CompileError
+from bitc.graph_edit import add_initializer, constant
+from bitc.ops.kv_attention import KVAttention, layout_attributes
+from bitc.passes.registry import register
+from bitc.runtime.kv_cache import METADATA_KEY, STATE_NAMES, SUPPORTED_BITS, KVCacheLayout
+
+
+@dataclass
+class CacheAttention:
+    """One layer's attention over the cache, as found in the graph."""
+
+    layer: int
+    query: ir.Value
+    key: ir.Value  # this step's key [1, H, 1, D], after RoPE
+    value: ir.Value
+    keys_all: ir.Value  # the Where outputs: cache with the step written
+    values_all: ir.Value
+    output: ir.Value  # MatMul(probs, V)
+    scale: float
+    anchor: ir.Node  # the node the replacement goes before
+
+
+@dataclass
+class KVReport:
+    layers: int = 0
+    layout: dict[str, Any] = field(default_factory=dict)
+    bytes_full: int = 0
+    bytes_float: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        ratio = self.bytes_float / self.bytes_full if self.bytes_full else 0.0
+        return {
+            "attention_layers": self.layers,
+            "layout": self.layout,
+            "cache_bytes_at_max_context": self.bytes_full,
+            "float32_cache_bytes_at_max_context": self.bytes_float,
+            "compression": round(ratio, 2),
+        }
+
+
+@register("kv_compress")
+class KVCompress(ir.passes.InPlacePass):
+    """Compress a decoder's KV cache (KIVI keys per channel, values per token, float window); runtime-owned.
+
+    `bits` for keys and values (1, 2, 4 or 8; None keeps a float cache, still runtime-owned and copy-free),
+    `key_bits` / `value_bits` override it (1-bit keys with per-channel scale: key_bits=1), `key_group` tokens
+    per key scale, `value_group` channels per value scale (0: the whole head), `residual` newest tokens kept
+    float, `pre_rope` quantizes keys before the rotary embedding (the kernel rotates them).
+    """
+
+    def __init__(
+        self,
+        bits: int | None = 4,
+        key_bits: int | None = None,
+        value_bits: int | None = None,
+        key_group: int = 32,
+        value_group: int = 0,
+        residual: int = 128,
+        pre_rope: bool = False,
+    ):
+        super().__init__()
+        self.float_cache = bits is None and key_bits is None and value_bits is None
+        self.key_bits = int(key_bits or bits or 8)
+        self.value_bits = int(value_bits or bits or 8)
+        for name, value in (("key_bits", self.key_bits), ("value_bits", self.value_bits)):
+            if value not in SUPPORTED_BITS:
+                raise ValueError(f"{name} must be one of {SUPPORTED_BITS}, got {value}")
+        self.key_group, self.value_group = int(key_group), int(value_group)
+        self.residual, self.pre_rope = int(residual), bool(pre_rope)
+        self.report = KVReport()
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        self.report = KVReport()
+        graph = model.graph
+        found = find_cache_attention(graph)
+        past_keys, past_values = _cache_inputs(found)
+        layers, batch, heads, length, head_dim = (int(d) for d in past_keys.shape)
+        if batch != 1:
+            raise CompileError(
+                f"kv_compress: the cache input '{past_keys.name}' has batch {batch}; decoding is batch 1"
+            )
+        if sorted(a.layer for a in found) != list(range(layers)):
+            raise CompileError(f"kv_compress: {len(found)} attention layers read a cache of {layers} layers")
+        layout = KVCacheLayout(
+            layers=layers,
+            kv_heads=heads,
+            head_dim=head_dim,
+            max_context=length,
+            key_bits=self.key_bits,
+            value_bits=self.value_bits,
+            key_group=self.key_group,
+            value_group=self.value_group,
+            residual=max(self.residual, length) if self.float_cache else self.residual,
+            pre_rope=self.pre_rope,
+            input_ids=graph.inputs[0].name or "input_ids",
+            position=_position_input(graph, past_keys, past_values).name or "position",
+            logits=graph.outputs[0].name or "logits",
+        )
+        state = _add_state_inputs(graph, layout, past_keys, past_values)
+        rope = _rope_tables(graph, found) if layout.pre_rope else ()
+        for attention in found:
+            key = _unrotated(graph, attention) if layout.pre_rope else attention.key
+            node = ir.node(
+                KVAttention.name,
+                [attention.query, key, attention.value, *state, *rope],
+                attributes={"layer": attention.layer, "scale": attention.scale, **layout_attributes(layout)},
+                domain=ops.DOMAIN,
+                name=f"kv_attention_{attention.layer}",
+            )
+            graph.insert_before(attention.anchor, node)
+            ops.infer_shapes(node)
+            ir.convenience.replace_all_uses_with(attention.output, node.outputs[0])
+            _emit_new_entries(graph, attention, key, layout)
+        graph.inputs.remove(past_keys)
+        graph.inputs.remove(past_values)
+        common.RemoveUnusedNodesPass()(model)
+        model.opset_imports[ops.DOMAIN] = ops.DOMAIN_VERSION
+        model.metadata_props[METADATA_KEY] = layout.to_metadata()
+        self.report.layers = len(found)
+        self.report.layout = layout.to_json()
+        self.report.bytes_full = layout.cache_bytes(length)
+        self.report.bytes_float = layout.float_cache_bytes(length)
+        return ir.passes.PassResult(model, True)
+
+
+# ---------------------------------------------------------------------------------------------------- matching
+
+
+def find_cache_attention(graph: ir.Graph) -> list[CacheAttention]:
+    """Every Softmax whose scores read a cache update (Where(slot, new, Gather(past, layer))); an error naming
+    what is missing when the graph has none."""
+    found = [a for node in graph if node.op_type == "Softmax" and (a := _match(node)) is not None]
+    if not found:
+        raise CompileError(
+            "kv_compress: no attention over a KV cache found (want past_keys/past_values inputs [layers, 1, H, L, D] "
+            "read by Gather, updated by Where, then MatMul(q, Kᵀ) → Softmax → MatMul(·, V))"
+        )
+    return found
+
+
+def _producer(value: ir.Value | None, op_type: str) -> ir.Node | None:
+    node = value.producer() if value is not None else None
+    return node if node is not None and node.op_type == op_type and node.domain in ("", "ai.onnx") else None
+
+
+def _match(softmax: ir.Node) -> CacheAttention | None:
+    consumers = [use.node for use in softmax.outputs[0].uses()]
+    if len(consumers) != 1 or consumers[0].op_type != "MatMul" or consumers[0].inputs[0] is not softmax.outputs[0]:
+        return None
+    attend = consumers[0]
+    scores, scale = _unmasked_scores(softmax.inputs[0])
+    qk = _producer(scores, "MatMul")
+    transpose = _producer(qk.inputs[1], "Transpose") if qk is not None else None
+    if transpose is None or list(transpose.attributes.get_ints("perm", [])) != [0, 1, 3, 2]:
+        return None
+    keys = _cache_update(transpose.inputs[0])
+    values = _cache_update(attend.inputs[1])
+    if keys is None or values is None or keys[2] != values[2]:
+        return None
+    return CacheAttention(
+        layer=keys[2],
+        query=qk.inputs[0],
+        key=keys[0],
+        value=values[0],
+        keys_all=transpose.inputs[0],
+        values_all=attend.inputs[1],
+        output=attend.outputs[0],
+        scale=scale,
+        anchor=attend,
+    )
+
+
+def _unmasked_scores(value: ir.Value) -> tuple[ir.Value | None, float]:
+    """Skip the mask (Where(mask, s, fill) or Add(s, mask)) and a constant scale (Mul / Div): (scores, scale)."""
+    if (where := _producer(value, "Where")) is not None:
+        value = where.inputs[1]
+    elif (add := _producer(value, "Add")) is not None and constant(add.inputs[1]) is None:
+        value = add.inputs[0]
+    for op_type, invert in (("Mul", False), ("Div", True)):
+        if (node := _producer(value, op_type)) is not None:
+            factor = constant(node.inputs[1])
+            if factor is not None and factor.size == 1:
+                number = float(factor.reshape(()))
+                return node.inputs[0], 1.0 / number if invert else number
+    return value, 1.0
+
+
+def _cache_update(value: ir.Value) -> tuple[ir.Value, ir.Value, int] | None:
+    """Where(slot, new, Gather(past, layer)) → (new, past input, layer)."""
+    where = _producer(value, "Where")
+    gather = _producer(where.inputs[2], "Gather") if where is not None else None
+    if gather is None or gather.attributes.get_int("axis", 0) != 0:
+        return None
+    past, index = gather.inputs[0], constant(gather.inputs[1])
+    if not past.is_graph_input() or index is None or index.size != 1 or past.shape is None or len(past.shape) != 5:
+        return None
+    new = where.inputs[1]
+    if new.shape is None or len(new.shape) != 4 or int(new.shape[2]) != 1:
+        return None
+    return new, past, int(index.reshape(()))
+
+
+def _cache_inputs(found: list[CacheAttention]) -> tuple[ir.Value, ir.Value]:
+    pasts = {(_cache_update(a.keys_all)[1], _cache_update(a.values_all)[1]) for a in found}  # type: ignore[index]
+    if len(pasts) != 1:
+        raise CompileError(f"kv_compress: the attention layers read {len(pasts)} different cache input pairs")
+    return pasts.pop()
+
+
+def _position_input(graph: ir.Graph, *caches: ir.Value) -> ir.Value:
+    others = [v for v in graph.inputs if v not in caches and v is not graph.inputs[0]]
+    if len(graph.inputs) != 4 or len(others) != 1:
+        raise CompileError(
+            f"kv_compress: want inputs (input_ids, position, past_keys, past_values), got "
+            f"{[v.name for v in graph.inputs]}"
+        )
+    return others[0]
+
+
+# ---------------------------------------------------------------------------------------------------- rewrite
+
+
+def _add_state_inputs(graph: ir.Graph, layout: KVCacheLayout, *caches: ir.Value) -> list[ir.Value]:
+    values = []
+    for name, (shape, dtype) in layout.state_specs().items():
+        value = ir.Value(name=name, shape=ir.Shape(shape), type=ir.TensorType(ir.DataType.from_numpy(np.dtype(dtype))))
+        graph.inputs.append(value)
+        values.append(value)
+    assert [v.name for v in values] == list(STATE_NAMES)
+    return values
+
+
+def _emit_new_entries(graph: ir.Graph, attention: CacheAttention, key: ir.Value, layout: KVCacheLayout) -> None:
+    """The present outputs stacked the updated caches (Unsqueeze → Concat); stack this step's key and value
+    instead, and name the outputs new_keys / new_values."""
+    for updated, new, name in (
+        (attention.keys_all, key, layout.new_keys),
+        (attention.values_all, attention.value, layout.new_values),
+    ):
+        stacks = [use.node for use in updated.uses() if use.node.op_type == "Unsqueeze"]
+        outputs = [
+            use.node.outputs[0]
+            for stack in stacks
+            for use in stack.outputs[0].uses()
+            if use.node.op_type == "Concat" and use.node.outputs[0].is_graph_output()
+        ]
+        if len(stacks) != 1 or len(outputs) != 1:
+            raise CompileError(
+                f"kv_compress: layer {attention.layer}'s updated cache does not reach a stacked present output"
+            )
+        stacks[0].replace_input_with(0, new)
+        outputs[0].name = name
+        outputs[0].shape = ir.Shape([layout.layers, 1, layout.kv_heads, 1, layout.head_dim])
+
+
+def _rotation(key: ir.Value) -> tuple[ir.Value, ir.Node, np.ndarray, np.ndarray] | None:
+    """key = Transpose(x·cos + rotate_half(x)·sin) with cos/sin gathered from constant tables at the position →
+    (x, the Transpose, cos table, sin table)."""
+    transpose = _producer(key, "Transpose")
+    rotation = _producer(transpose.inputs[0], "Add") if transpose is not None else None
+    if rotation is None:
+        return None
+    raw = cos = sin = None
+    for term in rotation.inputs:
+        product = _producer(term, "Mul")
+        if product is None:
+            return None
+        tables = [_table_behind(v) for v in product.inputs]
+        if sum(t is not None for t in tables) != 1:
+            return None
+        table = next(t for t in tables if t is not None)
+        other = next(v for v, t in zip(product.inputs, tables, strict=True) if t is None)
+        if _producer(other, "Concat") is not None:
+            sin = table
+        else:
+            raw, cos = other, table
+    if raw is None or cos is None or sin is None:
+        return None
+    return raw, transpose, cos, sin
+
+
+def _table_behind(value: ir.Value | None) -> np.ndarray | None:
+    """The constant [positions, D] table behind `Unsqueeze(Gather(table, position))`."""
+    node = value.producer() if value is not None else None
+    while node is not None and node.op_type in ("Unsqueeze", "Reshape", "Expand"):
+        node = node.inputs[0].producer()
+    if node is not None and node.op_type == "Gather" and (table := constant(node.inputs[0])) is not None:
+        return table if table.ndim == 2 else None
+    return None
+
+
+def _unrotated(graph: ir.Graph, attention: CacheAttention) -> ir.Value:
+    """Pre-RoPE keys: the step's key before the rotation, transposed like the rotated one."""
+    parts = _rotation(attention.key)
+    if parts is None:
+        raise CompileError(
+            f"kv_compress: pre_rope: layer {attention.layer}'s key is not Transpose(x·cos + rotate_half(x)·sin)"
+        )
+    raw, transpose, _, _ = parts
+    node = ir.node("Transpose", [raw], attributes={"perm": list(transpose.attributes.get_ints("perm"))})
+    graph.insert_before(attention.anchor, node)
+    node.outputs[0].shape, node.outputs[0].dtype = attention.key.shape, attention.key.dtype
+    return node.outputs[0]
+
+
+def _rope_tables(graph: ir.Graph, found: list[CacheAttention]) -> tuple[ir.Value, ...]:
+    """cos and sin tables of the keys' rotation (the same in every layer), as initializers the nodes read."""
+    parts = _rotation(found[0].key)
+    if parts is None:
+        raise CompileError("kv_compress: pre_rope: the keys' rotation (x·cos + rotate_half(x)·sin) was not found")
+    _, _, cos, sin = parts
+    return (
+        add_initializer(graph, cos.astype(np.float32), "kv_rope_cos"),
+        add_initializer(graph, sin.astype(np.float32), "kv_rope_sin"),
+    )

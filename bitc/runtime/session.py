@@ -1,0 +1,139 @@
+"""A stateful decoder session: owns the (compressed) KV cache, runs prefill and decode steps, generates tokens.
+
+The compiled step reads the cache state arrays in place (they are handed to the model once, as zero-copy views)
+and returns only logits and the step's new keys and values; the session appends those to the cache. Prefill feeds
+the prompt through the same one-token step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+import numpy as np
+
+from bitc.errors import BadInputError
+from bitc.runtime.kv_cache import STATE_NAMES, KVCacheLayout, KVCacheState
+
+StepFunction = Callable[[], Sequence[np.ndarray]]
+Binder = Callable[[Mapping[str, np.ndarray]], StepFunction]
+
+
+class ContextFullError(BadInputError):
+    """The session's cache holds `max_context` tokens already."""
+
+
+class DecoderSession:
+    """One sequence's decoding state. Make it with `model.session()`; `step(token)` → logits of the next token,
+    `generate(prompt, max_new_tokens)` → the new tokens (greedy, or top-k sampling)."""
+
+    def __init__(self, layout: KVCacheLayout, bind: Binder, allocate: Callable[..., np.ndarray] = np.zeros):
+        """`bind(feeds)` gets the step's input arrays once (they are updated in place before every step) and
+        returns the function that runs one step on them: (logits, new_keys, new_values, ...)."""
+        self.layout = layout
+        self.cache = KVCacheState(layout, allocate)
+        self.input_ids = allocate((1, 1), np.dtype(np.int64))
+        self.position = allocate((1,), np.dtype(np.int64))
+        self._run = bind(self.feeds())
+        self._pending: int | None = None
+        self._logits: np.ndarray | None = None
+
+    @property
+    def tokens(self) -> int:
+        """Tokens cached so far (prompt and generated)."""
+        return self.cache.tokens
+
+    @property
+    def max_context(self) -> int:
+        return self.layout.max_context
+
+    def reset(self) -> None:
+        """Start a new sequence (the cache memory is reused)."""
+        self.cache.reset()
+        self._pending = self._logits = None
+
+    def feeds(self) -> dict[str, np.ndarray]:
+        """The step's inputs by name (the cache arrays themselves, not copies)."""
+        names = {self.layout.input_ids: self.input_ids, self.layout.position: self.position}
+        return names | {name: self.cache.arrays[name] for name in STATE_NAMES}
+
+    def step(self, token: int) -> np.ndarray:
+        """Feed one token; returns the next-token logits [vocab] (float32, a fresh array)."""
+        if self.cache.tokens >= self.layout.max_context:
+            raise ContextFullError(
+                f"context is full: the model was compiled for at most {self.layout.max_context} tokens "
+                "(compile the decoder with a longer cache, or reset() the session)"
+            )
+        self.input_ids[0, 0] = token
+        self.position[0] = self.cache.tokens
+        logits, keys, values = self._run()[:3]
+        result = np.array(logits, dtype=np.float32).reshape(-1)
+        self.cache.append(np.asarray(keys)[:, 0, :, 0, :], np.asarray(values)[:, 0, :, 0, :])
+        self._logits = result
+        return result
+
+    def prefill(self, token_ids: Iterable[int]) -> np.ndarray:
+        """Feed a prompt; returns the logits after its last token."""
+        ids = [int(t) for t in token_ids]
+        if not ids:
+            raise BadInputError("prefill needs at least one token")
+        self._check_room(len(ids))
+        logits = None
+        for token in ids:
+            logits = self.step(token)
+        return logits  # type: ignore[return-value]
+
+    def generate(
+        self,
+        prompt_ids: Iterable[int],
+        max_new_tokens: int,
+        *,
+        top_k: int | None = None,
+        temperature: float = 1.0,
+        seed: int | None = None,
+        stop_ids: Iterable[int] = (),
+    ) -> np.ndarray:
+        """Continue the session with `prompt_ids` and `max_new_tokens` more: greedy by default, top-k sampling at
+        `temperature` with `top_k`. Stops early at a token in `stop_ids`. Returns the new token ids (int64). The
+        last one is not fed yet (that would need one more step): the next `generate` feeds it first, so calls
+        continue one conversation."""
+        prompt = ([self._pending] if self._pending is not None else []) + [int(t) for t in prompt_ids]
+        if max_new_tokens < 0:
+            raise BadInputError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+        if top_k is not None and top_k < 1:
+            raise BadInputError(f"top_k must be >= 1, got {top_k}")
+        if temperature <= 0:
+            raise BadInputError(f"temperature must be > 0, got {temperature}")
+        if not prompt and self._logits is None:
+            raise BadInputError("generate needs a prompt (at least one token) on a fresh session")
+        # the last new token is returned, not fed: max_new_tokens - 1 of them need a slot
+        self._check_room(len(prompt) + max(max_new_tokens - 1, 0))
+        rng = np.random.default_rng(seed)
+        stops = {int(t) for t in stop_ids}
+        logits = self.prefill(prompt) if prompt else self._logits
+        self._pending = None
+        out: list[int] = []
+        for index in range(max_new_tokens):
+            token = choose(logits, top_k, temperature, rng)
+            out.append(token)
+            if token in stops or index == max_new_tokens - 1:
+                break
+            logits = self.step(token)
+        self._pending = out[-1] if out else None
+        return np.asarray(out, dtype=np.int64)
+
+    def _check_room(self, tokens: int) -> None:
+        if self.tokens + tokens > self.layout.max_context:
+            raise ContextFullError(
+                f"{tokens} more tokens do not fit: {self.tokens} cached, the model holds at most "
+                f"{self.layout.max_context} (compile the decoder with a longer cache)"
+            )
+
+
+def choose(logits: np.ndarray, top_k: int | None, temperature: float, rng: np.random.Generator) -> int:
+    """Greedy (top_k None or 1) or a sample from the `top_k` most likely tokens at `temperature`."""
+    if top_k is None or top_k == 1:
+        return int(np.argmax(logits))
+    k = min(top_k, logits.size)
+    candidates = np.argpartition(logits, -k)[-k:]
+    scaled = logits[candidates].astype(np.float64) / temperature
+    probs = np.exp(scaled - scaled.max())
+    return int(candidates[rng.choice(k, p=probs / probs.sum())])

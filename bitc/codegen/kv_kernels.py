@@ -57,19 +57,19 @@ def kv_attention(layout: KVCacheLayout, groups: int, layer: int, scale: float, r
     `rope_positions` > 0 (pre-RoPE keys) adds two inputs, the rotary tables transposed to [D, positions]."""
     from tvm.script import tirx as T
 
-    H, D, G, LY = layout.kv_heads, layout.head_dim, groups, layer  # noqa: N806
-    KB, VB, KG = layout.key_bits, layout.value_bits, layout.key_group  # noqa: N806
-    TQ, WS = layout.quantized_capacity, layout.window_slots  # noqa: N806
-    KL, VL, VW = WORD_BITS // KB, WORD_BITS // VB, layout.value_words  # noqa: N806
-    VGS = layout.value_group or D  # noqa: N806
-    ROWS_PER_GROUP = KG // KL  # noqa: N806
-    S = TQ + WS + LANES  # noqa: N806  (scores; slack for a whole last vector)
-    DP = VW * VL  # noqa: N806  (value channels incl. the last word's padding)
-    HALF = D // 2  # noqa: N806
-    PRE = rope_positions > 0  # noqa: N806
-    P = max(rope_positions, 1)  # noqa: N806
+    H, D, G, LY = layout.kv_heads, layout.head_dim, groups, layer
+    KB, VB, KG = layout.key_bits, layout.value_bits, layout.key_group
+    TQ, WS = layout.quantized_capacity, layout.window_slots
+    KL, VL, VW = WORD_BITS // KB, WORD_BITS // VB, layout.value_words
+    VGS = layout.value_group or D
+    ROWS_PER_GROUP = KG // KL
+    S = TQ + WS + LANES
+    DP = VW * VL
+    HALF = D // 2
+    PRE = rope_positions > 0
+    P = max(rope_positions, 1)
     layers = layout.layers
-    SC = float(scale)  # noqa: N806
+    SC = float(scale)
     kmask, vmask = (1 << KB) - 1, (1 << VB) - 1
 
     def unpack(word: Any, bits: int, lanes: int, mask: int) -> Any:

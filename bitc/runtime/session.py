@@ -8,6 +8,7 @@ the prompt through the same one-token step.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
+
 import numpy as np
 
 from bitc.errors import BadInputError

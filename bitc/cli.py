@@ -85,6 +85,15 @@ def _parser() -> argparse.ArgumentParser:
         metavar="FILE.npz",
         help="calibration inputs (arrays named like the model inputs) for --lowbit-*",
     )
+    p.add_argument(
+        "--kv-bits",
+        metavar="B|float",
+        help="compress a decoder's KV cache to B bits (1, 2, 4, 8; KIVI) or keep it float, runtime-owned either way",
+    )
+    p.add_argument("--kv-residual", type=int, metavar="R", help="newest tokens kept in float (default 128)")
+    p.add_argument("--kv-group", type=int, metavar="G", help="tokens per key scale (multiple of 32; default 32)")
+    p.add_argument("--kv-key-bits", type=int, metavar="B", help="key bits, overriding --kv-bits (1: 1-bit keys)")
+    p.add_argument("--kv-pre-rope", action="store_true", help="quantize keys before the rotary embedding")
     p.add_argument("--prune", type=float, metavar="RATIO", help="remove this share of each channel group (0-1)")
     p.add_argument("--prune-round-to", type=int, metavar="N", help="keep channel counts a multiple of N (default 8)")
     p.add_argument("--reorder", action="store_true", help="sort channels by importance (exact; folded into weights)")
@@ -105,6 +114,20 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, help="worker threads (default: one per core)")
     p.add_argument("-v", "--verbose", action="store_true")
     p.set_defaults(handler=_run)
+
+    p = sub.add_parser("generate", help="generate tokens with a decoder artifact (compiled with --kv-bits)")
+    p.add_argument("artifact")
+    p.add_argument("--ids", metavar="ID,ID,...", help="prompt token ids")
+    p.add_argument("--prompt", metavar="TEXT", help="prompt text (needs --tokenizer)")
+    p.add_argument("--tokenizer", metavar="PATH", help="a transformers tokenizer folder or .gguf file (for --prompt)")
+    p.add_argument("--max-new-tokens", type=int, default=32, metavar="N")
+    p.add_argument("--top-k", type=int, metavar="K", help="sample from the K most likely tokens (default: greedy)")
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, help="worker threads (default: one per core)")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("-v", "--verbose", action="store_true")
+    p.set_defaults(handler=_generate)
 
     p = sub.add_parser("bench", help="measure an artifact's latency (optionally beside onnxruntime)")
     p.add_argument("artifact")
@@ -193,7 +216,27 @@ def _compile_options(args: argparse.Namespace) -> dict[str, Any]:
     lowbit = _lowbit_options(args)
     if lowbit is not None:
         options["lowbit_linear"] = {**(options.get("lowbit_linear") or {}), **lowbit}
+    kv = _kv_options(args)
+    if kv is not None:
+        options["kv_compress"] = {**(options.get("kv_compress") or {}), **kv}
     return options
+
+
+def _kv_options(args: argparse.Namespace) -> dict[str, Any] | None:
+    """The --kv-* flags as the kv_compress pass's options (None if none was given)."""
+    options: dict[str, Any] = {}
+    if args.kv_bits is not None:
+        if args.kv_bits == "float":
+            options["bits"] = None
+        elif args.kv_bits.isdigit():
+            options["bits"] = int(args.kv_bits)
+        else:
+            raise BadInputError(f"--kv-bits must be 1, 2, 4, 8 or float, got '{args.kv_bits}'")
+    flags = {"residual": args.kv_residual, "key_group": args.kv_group, "key_bits": args.kv_key_bits}
+    options |= {key: value for key, value in flags.items() if value is not None}
+    if args.kv_pre_rope:
+        options["pre_rope"] = True
+    return options or None
 
 
 def _lowbit_options(args: argparse.Namespace) -> dict[str, Any] | None:
@@ -261,6 +304,67 @@ def _run(args: argparse.Namespace) -> int:
             line += f" -> {file}"
         print(line)
     return 0
+
+
+def _generate(args: argparse.Namespace) -> int:
+    import json
+    import time
+
+    import bitc
+
+    if (args.ids is None) == (args.prompt is None):
+        raise BadInputError("give the prompt as --ids 1,2,3 or as --prompt TEXT (with --tokenizer)")
+    tokenizer = _tokenizer(args.tokenizer) if args.tokenizer else None
+    if args.prompt is not None:
+        if tokenizer is None:
+            raise BadInputError("--prompt needs --tokenizer (a transformers tokenizer folder or .gguf file)")
+        prompt = list(tokenizer(args.prompt, add_special_tokens=False)["input_ids"])
+    else:
+        try:
+            prompt = [int(item) for item in args.ids.split(",") if item.strip()]
+        except ValueError:
+            raise BadInputError(f"--ids must be comma-separated integers, got '{args.ids}'") from None
+    session = bitc.load(args.artifact, num_threads=args.threads).session()
+    start = time.perf_counter()
+    new = session.generate(prompt, args.max_new_tokens, top_k=args.top_k, temperature=args.temperature, seed=args.seed)
+    seconds = time.perf_counter() - start
+    result = {
+        "prompt_tokens": len(prompt),
+        "new_ids": [int(t) for t in new],
+        "seconds": round(seconds, 3),
+        "tokens_per_second": round((len(prompt) + len(new)) / seconds, 2) if seconds else None,
+        "cache_bytes": session.cache.nbytes_in_use(),
+    }
+    if tokenizer is not None:
+        result["text"] = tokenizer.decode([int(t) for t in new])
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    if "text" in result:
+        print(result["text"])
+    print("new ids:", ",".join(map(str, result["new_ids"])))
+    print(
+        f"{len(prompt)} prompt + {len(new)} new tokens in {seconds:.2f} s "
+        f"({result['tokens_per_second']} tokens/s), KV cache {result['cache_bytes'] / 2**20:.2f} MiB"
+    )
+    return 0
+
+
+def _tokenizer(path: str) -> Any:
+    """A transformers tokenizer from a folder or a .gguf file (transformers is a compiler-side dependency)."""
+    try:
+        from transformers import AutoTokenizer
+    except ImportError:
+        raise BadInputError("--tokenizer needs the transformers package (pip install transformers)") from None
+    location = Path(path)
+    if not location.exists():
+        raise BadInputError(f"{path}: no such tokenizer folder or file")
+    try:
+        if location.suffix == ".gguf":
+            return AutoTokenizer.from_pretrained(str(location.parent), gguf_file=location.name)
+        return AutoTokenizer.from_pretrained(str(location))
+    except Exception as exc:  # transformers raises OSError/ValueError/... with long texts
+        raise BadInputError(f"{path}: cannot load a tokenizer ({first_line(exc)})") from None
 
 
 def _bench(args: argparse.Namespace) -> int:

@@ -22,7 +22,14 @@ from bitc.codegen.target import parse_target
 from bitc.errors import BadInputError
 from bitc.frontend import from_torch, load_onnx, normalize
 from bitc.layers import layer_table, summarize_layers
-from bitc.passes import PassRecord, run_pipeline, with_binarize, with_channel_passes, with_lowbit_linear
+from bitc.passes import (
+    PassRecord,
+    run_pipeline,
+    with_binarize,
+    with_channel_passes,
+    with_kv_compress,
+    with_lowbit_linear,
+)
 from bitc.passes.lowbit_linear import lowbit_format
 from bitc.passes.verify import static_shape
 from bitc.runtime.artifact import FORMAT, FORMAT_VERSION, LIBRARY_NAME, write_artifact
@@ -47,6 +54,7 @@ def compile(
     prune: Mapping[str, Any] | float | None = None,
     reorder: Mapping[str, Any] | bool | None = None,
     lowbit_linear: Mapping[str, Any] | int | str | None = None,
+    kv_compress: Mapping[str, Any] | int | None = None,
     input_shapes: Mapping[str, Sequence[int]] | None = None,
     example_inputs: Sequence[Any] | None = None,
     tune_trials: int = 0,
@@ -66,7 +74,9 @@ def compile(
     first and last, 1 weight plane, sign activations) or a dict of the `binarize` pass's options. `prune` (a ratio
     or the `prune` pass's options) and `reorder` (True or its options) run after BN folding. `lowbit_linear`
     gives MatMul/Gemm layers low-bit weights with float activations: a plane count, "ternary", or the
-    `lowbit_linear` pass's options (group_size, salient, calibration, ...).
+    `lowbit_linear` pass's options (group_size, salient, calibration, ...). `kv_compress` compresses a decoder's
+    KV cache: a bit width or the `kv_compress` pass's options (residual, key_group, pre_rope, ...); the artifact
+    then runs through `bitc.load(path).session()`.
     `on_pass`, `on_tuning(done, total)` and `on_stage(name)` report progress (the CLI draws it).
     """
     stage = on_stage or (lambda _name: None)
@@ -91,6 +101,9 @@ def compile(
     if lowbit_linear is not None:
         lowbit_options = lowbit_linear if isinstance(lowbit_linear, Mapping) else lowbit_format(str(lowbit_linear))
         passes = with_lowbit_linear(passes, lowbit_options)
+    if kv_compress is not None:
+        kv_options = kv_compress if isinstance(kv_compress, Mapping) else {"bits": int(kv_compress)}
+        passes = with_kv_compress(passes, kv_options)
     if binarize:
         passes = with_binarize(passes, {} if binarize is True else binarize)
     ir_model, records = run_pipeline(ir_model, passes, dump_dir=dump_ir, verify_numerics=verify, on_pass=on_pass)

@@ -19,6 +19,11 @@
     group_size = 128           # inputs per scale (multiple of 32; 0 = per output channel)
     salient = 0.05             # share of input columns kept in float
     calibration = "calib.npz"  # inputs for activation-aware / GPTQ fitting
+    [kv_compress]              # a decoder's KV cache, runtime-owned (the `kv_compress` pass's options)
+    bits = 2                   # 1, 2, 4 or 8 (KIVI); key_bits / value_bits override it
+    residual = 128             # newest tokens kept in float
+    key_group = 32             # tokens per key scale; value_group = channels per value scale (0: head)
+    pre_rope = false           # quantize keys before the rotary embedding
 
 `load_config(path)` returns keyword arguments for `bitc.compile`.
 """
@@ -69,12 +74,14 @@ def load_config(path: str | os.PathLike) -> dict[str, Any]:
             options["binarize"] = _binarize(path, value)
         elif key == "lowbit_linear":
             options["lowbit_linear"] = _lowbit_linear(path, value)
+        elif key == "kv_compress":
+            options["kv_compress"] = _pass_table(path, "kv_compress", value, _KV_KEYS)
         elif key == "prune":
             if not isinstance(value, dict) or not set(value) <= _PRUNE_KEYS:
                 raise BadInputError(f"{path}: [prune] must be a table with keys from {', '.join(sorted(_PRUNE_KEYS))}")
             options["prune"] = dict(value)
         else:
-            known = sorted([*_SCALARS, "binarize", "input_shapes", "lowbit_linear", "passes", "prune"])
+            known = sorted([*_SCALARS, "binarize", "input_shapes", "kv_compress", "lowbit_linear", "passes", "prune"])
             raise BadInputError(f"{path}: unknown key '{key}'; known keys: {', '.join(known)}")
     return options
 
@@ -143,6 +150,17 @@ _LOWBIT_KEYS: dict[str, type | tuple[type, ...]] = {
     "exclude": list,
     "keep_last": bool,
     "sequential": bool,
+}
+
+
+_KV_KEYS = {
+    "bits": int,
+    "key_bits": int,
+    "value_bits": int,
+    "key_group": int,
+    "value_group": int,
+    "residual": int,
+    "pre_rope": bool,
 }
 
 

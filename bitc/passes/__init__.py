@@ -7,6 +7,7 @@ from bitc.passes.manager import (
     run_pipeline,
     with_binarize,
     with_channel_passes,
+    with_kv_compress,
     with_lowbit_linear,
 )
 from bitc.passes.registry import available, create, register
@@ -21,5 +22,6 @@ __all__ = [
     "run_pipeline",
     "with_binarize",
     "with_channel_passes",
+    "with_kv_compress",
     "with_lowbit_linear",
 ]

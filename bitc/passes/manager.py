@@ -109,6 +109,18 @@ def with_lowbit_linear(pipeline: str | Sequence[PassSpec] | None, options: Mappi
     return specs
 
 
+def with_kv_compress(pipeline: str | Sequence[PassSpec] | None, options: Mapping[str, Any]) -> list[PassSpec]:
+    """The pipeline with ("kv_compress", options) last but the final clean-ups: it rewrites the attention the
+    other passes leave in place, and the clean-ups then drop the float cache's dead mask and update nodes."""
+    specs: list[PassSpec] = [(name, opts) for name, opts in parse_pipeline(pipeline)]
+    names = [name for name, _ in specs]
+    if "kv_compress" in names:
+        raise BadInputError("kv_compress asked for twice: in the pass list and as an option")
+    cleanups = [names.index(n) for n in ("cse", "remove_unused") if n in names]
+    specs.insert(min(cleanups, default=len(specs)), ("kv_compress", dict(options)))
+    return specs
+
+
 def with_channel_passes(
     pipeline: str | Sequence[PassSpec] | None, prune: Mapping[str, Any] | None, reorder: Mapping[str, Any] | None
 ) -> list[PassSpec]:

@@ -285,8 +285,8 @@ class KVCacheState:
         arrays["kv_value_scales"][:, :, start : start + group] = scales
         arrays["kv_value_zeros"][:, :, start : start + group] = zeros
         keep = layout.window - group
-        arrays["kv_window_keys"][..., :keep] = arrays["kv_window_keys"][..., group:].copy()
-        arrays["kv_window_values"][:, :, :keep] = arrays["kv_window_values"][:, :, group:].copy()
+        arrays["kv_window_keys"][..., :keep] = arrays["kv_window_keys"][..., group : layout.window].copy()
+        arrays["kv_window_values"][:, :, :keep] = arrays["kv_window_values"][:, :, group : layout.window].copy()
         arrays["kv_lengths"][:] = (start + group, keep)
 
     def dequantized(self, layer: int) -> tuple[np.ndarray, np.ndarray]:

@@ -12,9 +12,10 @@ prompts, 4-bit vs float cache. Memory: bytes of the cache at 2048 tokens (codes,
 float window) vs a float32 cache.
 
 --decode: decode steps reaching a full context (512 and 2048 tokens), tokens/s (mean of 32 steps, which
-includes one flush of the window into the quantized cache): onnxruntime fp32 on
-the uncompressed export (its cache an input and an output) vs bitc with fp32 weights and a float / 2-bit cache
-(4 bits runs the same kernel at the same speed), and bitc with 2-plane Linear weights and a 2-bit cache; all in this process, one engine after the other.
+includes one flush of the window into the quantized cache): onnxruntime fp32 on the uncompressed export (its cache
+an input and an output) vs bitc with fp32 weights and a float / 2-bit cache (4 bits runs the same kernel at the
+same speed), and bitc with 2-plane Linear weights and a 2-bit cache; all in this process, one engine after the
+other, 1 thread (so TVM starts no worker threads that could slow onnxruntime).
 """
 
 from __future__ import annotations

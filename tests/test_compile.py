@@ -185,3 +185,32 @@ def test_channel_counts_without_a_multiple_of_8_still_get_blocked_convs(tmp_path
     compiled = bitc.load(bitc.compile(path, tmp_path / "m.bitc").path)
     x = np.random.default_rng(0).standard_normal((1, 3, 16, 16)).astype(np.float32)
     np.testing.assert_allclose(compiled(x), run_onnxruntime(path, {"x": x})[0], rtol=1e-5, atol=1e-5)
+
+
+def test_single_row_matmul_streams_reblocked_weights_and_matches_onnxruntime(tmp_path):
+    """A decode-style MatMul (one row × a large constant matrix, N not a multiple of the 64-column tile) goes to
+    the re-blocked GEMV kernel; a two-row one keeps the ordinary schedule. Both match onnxruntime."""
+    import onnx
+    import onnx_ir as ir
+    from onnx import TensorProto, helper, numpy_helper
+
+    from bitc.codegen.float_gemv import is_streamed_gemv
+
+    rng = np.random.default_rng(0)
+    weights = rng.standard_normal((320, 1000)).astype(np.float32)
+    for rows in (1, 2):
+        graph = helper.make_graph(
+            [helper.make_node("MatMul", ["x", "w"], ["y"]), helper.make_node("Relu", ["y"], ["z"])],
+            "gemv",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, rows, 320])],
+            [helper.make_tensor_value_info("z", TensorProto.FLOAT, [1, rows, 1000])],
+            [numpy_helper.from_array(weights, "w")],
+        )
+        path = tmp_path / f"gemv{rows}.onnx"
+        onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), path)
+        matmul = next(node for node in ir.load(path).graph if node.op_type == "MatMul")
+        assert is_streamed_gemv(matmul) == (rows == 1)
+        x = rng.standard_normal((1, rows, 320)).astype(np.float32)
+        result = bitc.compile(path, tmp_path / f"gemv{rows}.bitc")
+        got = bitc.load(result.path)(x)
+        np.testing.assert_allclose(got, run_onnxruntime(path, {"x": x})[0], rtol=1e-4, atol=1e-4)

@@ -10,7 +10,7 @@ import onnx_ir as ir
 
 from bitc import ops
 from bitc.codegen import binary_kernels as kernels
-from bitc.codegen import kv_kernels
+from bitc.codegen import float_gemv, kv_kernels
 from bitc.codegen import lowbit_kernels as lowbit
 from bitc.codegen.relax_rewrite import rewrite_calls
 from bitc.errors import CompileError
@@ -28,10 +28,18 @@ class KernelTarget:
 
     lanes: int = 16
     lookup: str | None = "avx512"
+    cores: int = 1
+
+
+def is_custom(node: ir.Node) -> bool:
+    """Nodes bitc emits itself: its own ops, and float GEMVs over large constant weights (re-blocked)."""
+    return ops.is_bitc(node) or float_gemv.is_streamed_gemv(node)
 
 
 def emit(bb: Any, node: ir.Node, args: list[Any], target: KernelTarget) -> list[Any]:
     """Emit `node` into the block builder; `args` are the Relax values of its non-constant inputs, in order."""
+    if not ops.is_bitc(node):
+        return [_float_gemv(bb, node, args, target)]
     emitter = _EMITTERS.get(node.op_type)
     if emitter is None:
         raise CompileError(f"node '{node.name}': bitc op {node.op_type} has no kernel")
@@ -208,6 +216,23 @@ def _lowbit_matmul(bb: Any, node: ir.Node, args: list[Any], target: KernelTarget
             **_attrs("lowbit_generic"),
         )
     return out if len(shape) == 2 else bb.emit(relax.op.reshape(out, [*shape[:-1], out_features]))
+
+
+def _float_gemv(bb: Any, node: ir.Node, args: list[Any], target: KernelTarget) -> Any:
+    from tvm import relax
+
+    weights = _constant(node, 1)
+    in_features, out_features = weights.shape
+    blocked = float_gemv.block_weights(weights)
+    kernel = float_gemv.gemv(in_features, blocked.shape[0], target.cores)
+    gvar = bb.add_func(kernel, "bitc_float_gemv")
+    x = bb.emit(relax.op.reshape(args[0], [1, in_features]))
+    padded = blocked.shape[0] * float_gemv.TILE
+    out = bb.emit(relax.call_tir(gvar, [x, _relax_const(blocked)], relax.TensorType([1, padded], "float32")))
+    if padded != out_features:
+        out = bb.emit(relax.op.strided_slice(out, axes=[1], begin=[0], end=[out_features]))
+    shape = [int(d) for d in node.outputs[0].shape]
+    return bb.emit(relax.op.reshape(out, shape))
 
 
 def _kv_attention(bb: Any, node: ir.Node, args: list[Any], target: KernelTarget) -> Any:

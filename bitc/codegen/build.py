@@ -74,7 +74,7 @@ def build(
     start = time.perf_counter()
     tuning_options = tuning_options or tuning.TuningOptions()
     lookup = lowbit_kernels.lookup_isa(set(target.cpu_features()))
-    mod = to_relax(model, source, KernelTarget(lanes=target.vector_lanes, lookup=lookup))
+    mod = to_relax(model, source, KernelTarget(lanes=target.vector_lanes, lookup=lookup, cores=target.num_cores))
     try:
         mod, conv_layout = lower_to_fused_tir(mod, target)
         mod, tuning_report = tuning.apply(mod, target, tuning_options)

@@ -13,7 +13,6 @@ from typing import Any
 import onnx
 import onnx_ir as ir
 
-from bitc import ops
 from bitc.codegen import bitc_relax
 from bitc.errors import BadInputError, CompileError, first_line
 
@@ -22,7 +21,7 @@ def to_relax(model: ir.Model, source: str = "model", target: bitc_relax.KernelTa
     """Import the (already normalised, static-shape) model with its weights bound as constants; `target` says
     what the bitc kernels need of the CPU (default: AVX-512)."""
     ir.external_data.load_to_model(model)  # TVM would resolve external paths from the working directory
-    if not any(ops.is_bitc(node) for node in model.graph):
+    if not any(bitc_relax.is_custom(node) for node in model.graph):
         return _from_onnx(ir.to_proto(model), model, source)
     return _import_mixed(model, source, target or bitc_relax.KernelTarget())
 
@@ -54,7 +53,7 @@ def _import_mixed(model: ir.Model, source: str, target: bitc_relax.KernelTarget)
     env: dict[str, Any] = {v.name: p for v, p in zip(model.graph.inputs, params, strict=True)}
     with bb.function("main", params, attrs={"num_input": len(params)}):
         with bb.dataflow():
-            for index, (is_bitc, run) in enumerate(itertools.groupby(nodes, key=ops.is_bitc)):
+            for index, (is_bitc, run) in enumerate(itertools.groupby(nodes, key=bitc_relax.is_custom)):
                 run = list(run)
                 if is_bitc:
                     for node in run:

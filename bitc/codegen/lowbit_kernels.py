@@ -128,8 +128,10 @@ def lut_matmul(
         T.func_attr({"tir.noalias": True})
         for outer in outer_loop(blocks // tile):
             for m in range(rows):
-                total = T.alloc_buffer((tile, lanes), "float32", scope="local")
-                acc = T.alloc_buffer((tile, lanes), "float32", scope="local")
+                # default ("global") scope: TVM puts small global allocations on the stack, where LLVM keeps
+                # them in registers; "local" ones go to a heap workspace, and every accumulation to memory
+                total = T.alloc_buffer((tile, lanes), "float32")
+                acc = T.alloc_buffer((tile, lanes), "float32")
                 for r in T.unroll(tile):
                     total[r, T.ramp(0, 1, lanes)] = T.Broadcast(T.float32(0), lanes)
                 for p in range(planes):

@@ -91,7 +91,7 @@ def _parser() -> argparse.ArgumentParser:
         help="compress a decoder's KV cache to B bits (1, 2, 4, 8; KIVI) or keep it float, runtime-owned either way",
     )
     p.add_argument("--kv-residual", type=int, metavar="R", help="newest tokens kept in float (default 128)")
-    p.add_argument("--kv-group", type=int, metavar="G", help="tokens per key scale (multiple of 32; default 32)")
+    p.add_argument("--kv-group", type=int, metavar="G", help="tokens per key scale (a multiple of 32/bits; default 32)")
     p.add_argument("--kv-key-bits", type=int, metavar="B", help="key bits, overriding --kv-bits (1: 1-bit keys)")
     p.add_argument("--kv-pre-rope", action="store_true", help="quantize keys before the rotary embedding")
     p.add_argument("--prune", type=float, metavar="RATIO", help="remove this share of each channel group (0-1)")

@@ -190,17 +190,20 @@ def _filled_state(layout: KVCacheLayout, tokens: int, seed: int = 0) -> KVCacheS
 
 
 @pytest.mark.parametrize(
-    ("key_bits", "value_bits", "value_group", "pre_rope", "tokens"),
+    ("key_bits", "value_bits", "value_group", "pre_rope", "tokens", "key_group"),
     [
-        (2, 2, 0, False, 300),
-        (4, 4, 0, False, 171),
-        (1, 2, 0, False, 300),
-        (8, 8, 32, False, 95),
-        (2, 2, 0, True, 300),
-        (2, 2, 32, False, 0),
+        (2, 2, 0, False, 300, 32),
+        (4, 4, 0, False, 171, 32),
+        (1, 2, 0, False, 300, 32),
+        (8, 8, 32, False, 95, 32),
+        (2, 2, 0, True, 300, 32),
+        (2, 2, 32, False, 0, 32),
+        (2, 2, 32, True, 250, 16),
     ],
 )
-def test_compiled_kv_attention_matches_its_numpy_reference(key_bits, value_bits, value_group, pre_rope, tokens):
+def test_compiled_kv_attention_matches_its_numpy_reference(
+    key_bits, value_bits, value_group, pre_rope, tokens, key_group
+):
     import tvm
 
     from bitc.codegen import kv_kernels
@@ -214,6 +217,7 @@ def test_compiled_kv_attention_matches_its_numpy_reference(key_bits, value_bits,
         key_bits=key_bits,
         value_bits=value_bits,
         value_group=value_group,
+        key_group=key_group,
         residual=64,
         pre_rope=pre_rope,
     )

@@ -66,12 +66,20 @@ class KVCacheLayout:
         for name in ("key_bits", "value_bits"):
             if getattr(self, name) not in SUPPORTED_BITS:
                 raise ValueError(f"{name} must be one of {SUPPORTED_BITS}, got {getattr(self, name)}")
-        if self.key_group <= 0 or self.key_group % WORD_BITS:
-            raise ValueError(f"key_group must be a positive multiple of {WORD_BITS} tokens, got {self.key_group}")
-        if self.value_group < 0 or (self.value_group and (self.head_dim % self.value_group or self.value_group % 32)):
+        per_word = WORD_BITS // self.key_bits
+        if self.key_group <= 0 or self.key_group % per_word:
             raise ValueError(
-                f"value_group must be 0 or a multiple of 32 dividing head_dim {self.head_dim}, got {self.value_group}"
+                f"key_group must be a positive multiple of {per_word} tokens (a word of {self.key_bits}-bit codes), "
+                f"got {self.key_group}"
             )
+        step = max(16, WORD_BITS // self.value_bits)  # a word's channels, and a kernel vector, in one group
+        if self.value_group < 0 or (self.value_group and (self.head_dim % self.value_group or self.value_group % step)):
+            raise ValueError(
+                f"value_group must be 0 or a multiple of {step} dividing head_dim {self.head_dim}, "
+                f"got {self.value_group}"
+            )
+        if self.head_dim % 16:
+            raise ValueError(f"head_dim must be a multiple of 16, got {self.head_dim}")
         if self.residual < 0:
             raise ValueError(f"residual must be >= 0, got {self.residual}")
         if self.max_context < 1:

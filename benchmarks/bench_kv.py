@@ -1,6 +1,7 @@
 """KV-cache compression on SmolLM2-135M: quality (perplexity, greedy agreement), memory, decode speed.
 
     python benchmarks/bench_kv.py --quality [--tokens 1024]
+    python benchmarks/bench_kv.py --greedy [--tokens 1024]
     python benchmarks/bench_kv.py --decode [--contexts 512,2048] [--threads 1]
 
 --quality: the decoder exported with a cache of `tokens` slots, compiled by bitc with a float cache (runtime-owned,
@@ -37,6 +38,7 @@ import bitc
 from bitc.bench import onnxruntime_session
 from bitc.passes.kv_compress import KVCompress
 from bitc.passes.lowbit_linear import LowBitLinear
+from bitc.runtime.artifact import read_manifest
 from bitc.runtime.kv_cache import KVCacheLayout
 from bitc.zoo import smollm2
 from bitc.zoo.text import next_token_nll, pydoc_text
@@ -116,12 +118,12 @@ def quality(tokens: int) -> None:
             console.print(f"  {name}: " + ", ".join(f"{text} {value:.3f}" for text, value in rows[name].items()))
         others = {name: artifacts[name] for name in GREEDY}
         agreement = _in_subprocess(greedy_agreement, artifacts["float cache"], others)
+        float_bytes = _layout(artifacts["float cache"]).float_cache_bytes(2048)
     reference = rows["float cache"]
     table = Table(title=f"SmolLM2-135M perplexity, {tokens} tokens decoded through the cache")
     columns = ["cache", *texts, *(f"{t} vs float" for t in texts), "MiB at 2048 tokens", "bits/value", "× smaller"]
     for column in columns:
         table.add_column(column, justify="right")
-    float_bytes = _layout(artifacts["float cache"]).float_cache_bytes(2048)
     for name, values in rows.items():
         changes = [f"{100 * (values[t] / reference[t] - 1):+.2f}%" for t in texts]
         size = memory.get(name)
@@ -135,8 +137,23 @@ def quality(tokens: int) -> None:
         )
     console.print(table)
     console.print(f"float32 cache at 2048 tokens: {float_bytes / 2**20:.2f} MiB (bits/value counts scales and window)")
+    _print_agreement(agreement)
+
+
+def _print_agreement(agreement: dict[str, list[int]]) -> None:
     for name, matches in agreement.items():
         console.print(f"greedy, 32 new tokens after 4 BBC prompts, {name} vs float cache: same first {matches} tokens")
+
+
+def greedy(tokens: int) -> None:
+    """Only the greedy comparison (the float cache and the GREEDY variants)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        source = smollm2.export_decoder_onnx(folder / "decoder.onnx", tokens).path
+        paths = {name: compile_decoder(source, folder / f"{i}.bitc", QUALITY[name]) for i, name in
+                 enumerate(("float cache", *GREEDY))}  # fmt: skip
+        reference = paths.pop("float cache")
+        _print_agreement(_in_subprocess(greedy_agreement, reference, paths))
 
 
 def _perplexities(path: Path, texts: dict[str, np.ndarray]) -> dict[str, float]:
@@ -156,7 +173,7 @@ def _in_subprocess(function, *args):
 
 
 def _layout(path: Path) -> KVCacheLayout:
-    return KVCacheLayout.from_json(bitc.load(path).manifest["kv_cache"])
+    return KVCacheLayout.from_json(read_manifest(path)["kv_cache"])
 
 
 def greedy_agreement(reference: Path, others: dict[str, Path], new_tokens: int = 32) -> dict[str, list[int]]:
@@ -245,6 +262,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quality", action="store_true")
     parser.add_argument("--decode", action="store_true")
+    parser.add_argument("--greedy", action="store_true", help="only the greedy comparison of --quality")
     parser.add_argument("--tokens", type=int, default=1024)
     parser.add_argument("--contexts", default="512,2048")
     parser.add_argument("--threads", type=int, default=1)
@@ -252,6 +270,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.quality:
         quality(args.tokens)
+    elif args.greedy:
+        greedy(args.tokens)
     if args.decode:
         decode([int(c) for c in args.contexts.split(",")], args.threads, args.runs)
 

@@ -35,7 +35,7 @@ from rich.console import Console
 from rich.table import Table
 
 import bitc
-from bitc.bench import onnxruntime_session
+from bitc.bench import onnxruntime_session, time_calls
 from bitc.passes.kv_compress import KVCompress
 from bitc.passes.lowbit_linear import LowBitLinear
 from bitc.runtime.artifact import read_manifest
@@ -226,7 +226,7 @@ def _ort_step(source: Path, context: int, threads: int, runs: int) -> float:
     cache = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
     feeds = {"input_ids": np.array([[42]]), "position": np.array([context - 1]), "past_keys": cache}
     feeds["past_values"] = cache.copy()
-    return _mean(lambda: session.run(None, feeds), runs)
+    return float(np.mean(time_calls(lambda: session.run(None, feeds), runs=runs, warmup=3)))
 
 
 def _bitc_step(path: Path, context: int, threads: int, runs: int) -> float:
@@ -243,19 +243,7 @@ def _bitc_step(path: Path, context: int, threads: int, runs: int) -> float:
     start_tokens = context - runs
     session.cache.tokens = start_tokens
     session.cache.arrays["kv_lengths"][:] = session.layout.split(start_tokens)
-    start = time.perf_counter()
-    for _ in range(runs):
-        session.step(42)
-    return (time.perf_counter() - start) / runs
-
-
-def _mean(call, runs: int, warmup: int = 3) -> float:
-    for _ in range(warmup):
-        call()
-    start = time.perf_counter()
-    for _ in range(runs):
-        call()
-    return (time.perf_counter() - start) / runs
+    return float(np.mean(time_calls(lambda: session.step(42), runs=runs, warmup=0)))
 
 
 def main() -> None:

@@ -313,7 +313,6 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _generate(args: argparse.Namespace) -> int:
-    import json
     import time
 
     import bitc

@@ -147,8 +147,7 @@ def _print_kv_cache(kv: dict[str, Any]) -> None:
 
     layout = KVCacheLayout.from_json(kv)
     full = layout.max_context
-    quantized = layout.residual < full
-    kind = f"keys {layout.key_bits}-bit, values {layout.value_bits}-bit" if quantized else "float32"
+    kind = f"keys {layout.key_bits}-bit, values {layout.value_bits}-bit" if layout.quantizes else "float32"
     _out.print(
         f"KV cache (runtime-owned): {kind}, {full} tokens max, float window {layout.residual} tokens, "
         f"key group {layout.key_group}, value group {layout.value_group or layout.head_dim}"

@@ -36,6 +36,8 @@ class CacheAttention:
     value: ir.Value
     keys_all: ir.Value  # the Where outputs: cache with the step written
     values_all: ir.Value
+    past_keys: ir.Value  # the cache inputs the Where updates read
+    past_values: ir.Value
     output: ir.Value  # MatMul(probs, V)
     scale: float
     anchor: ir.Node  # the node the replacement goes before
@@ -117,7 +119,7 @@ class KVCompress(ir.passes.InPlacePass):
             position=_position_input(graph, past_keys, past_values).name or "position",
             logits=graph.outputs[0].name or "logits",
         )
-        state = _add_state_inputs(graph, layout, past_keys, past_values)
+        state = _add_state_inputs(graph, layout)
         rope = _rope_tables(graph, found) if layout.pre_rope else ()
         for attention in found:
             key = _unrotated(graph, attention) if layout.pre_rope else attention.key
@@ -185,6 +187,8 @@ def _match(softmax: ir.Node) -> CacheAttention | None:
         value=values[0],
         keys_all=transpose.inputs[0],
         values_all=attend.inputs[1],
+        past_keys=keys[1],
+        past_values=values[1],
         output=attend.outputs[0],
         scale=scale,
         anchor=attend,
@@ -222,7 +226,7 @@ def _cache_update(value: ir.Value) -> tuple[ir.Value, ir.Value, int] | None:
 
 
 def _cache_inputs(found: list[CacheAttention]) -> tuple[ir.Value, ir.Value]:
-    pasts = {(_cache_update(a.keys_all)[1], _cache_update(a.values_all)[1]) for a in found}  # type: ignore[index]
+    pasts = {(a.past_keys, a.past_values) for a in found}
     if len(pasts) != 1:
         raise CompileError(f"kv_compress: the attention layers read {len(pasts)} different cache input pairs")
     return pasts.pop()
@@ -241,13 +245,14 @@ def _position_input(graph: ir.Graph, *caches: ir.Value) -> ir.Value:
 # ---------------------------------------------------------------------------------------------------- rewrite
 
 
-def _add_state_inputs(graph: ir.Graph, layout: KVCacheLayout, *caches: ir.Value) -> list[ir.Value]:
-    values = []
-    for name, (shape, dtype) in layout.state_specs().items():
+def _add_state_inputs(graph: ir.Graph, layout: KVCacheLayout) -> list[ir.Value]:
+    """The cache state as graph inputs, in `STATE_NAMES` order (the order KVAttention reads them in)."""
+    values, specs = [], layout.state_specs()
+    for name in STATE_NAMES:
+        shape, dtype = specs[name]
         value = ir.Value(name=name, shape=ir.Shape(shape), type=ir.TensorType(ir.DataType.from_numpy(np.dtype(dtype))))
         graph.inputs.append(value)
         values.append(value)
-    assert [v.name for v in values] == list(STATE_NAMES)
     return values
 
 

@@ -111,6 +111,11 @@ class KVCacheLayout:
     def value_words(self) -> int:
         return -(-self.head_dim * self.value_bits // WORD_BITS)
 
+    @property
+    def quantizes(self) -> bool:
+        """Whether any token ever leaves the float window (a float cache is a window as long as the context)."""
+        return self.split(self.max_context - 1)[0] > 0
+
     def state_specs(self) -> dict[str, tuple[tuple[int, ...], str]]:
         """Shape and dtype of each state input, by name."""
         heads, d, tq, w = self.layers, self.head_dim, self.quantized_capacity, self.window_slots
@@ -284,8 +289,8 @@ class KVCacheState:
         keys = np.swapaxes(arrays["kv_window_keys"][:, :, :, :group], -1, -2)
         values = arrays["kv_window_values"][:, :, :group, :]
         codes, scales, zeros = quantize_keys(keys, layout.key_bits)
-        rows = group * layout.key_bits // WORD_BITS
-        arrays["kv_key_codes"][:, :, start * layout.key_bits // WORD_BITS :][:, :, :rows] = codes
+        first_row = start * layout.key_bits // WORD_BITS
+        arrays["kv_key_codes"][:, :, first_row : first_row + codes.shape[2]] = codes
         arrays["kv_key_scales"][:, :, start // group] = scales
         arrays["kv_key_zeros"][:, :, start // group] = zeros
         codes, scales, zeros = quantize_values(values, layout.value_bits, layout.value_group)

@@ -60,7 +60,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="ONNX file (external data beside it is read)")
     p.add_argument("-o", "--output", help="artifact path (default: MODEL name with .bitc)")
     p.add_argument("--config", metavar="bitc.toml", help="compile options from a TOML file (flags override it)")
-    p.add_argument("--target", help="cpu (this machine) or cpu:<llvm cpu name> (default: cpu)")
+    p.add_argument(
+        "--target",
+        help="cpu (this machine), cpu:<llvm cpu name>, cuda (this GPU, else sm_80) or cuda:sm_XY (default: cpu)",
+    )
     p.add_argument("--passes", help="comma-separated pass pipeline (default: the standard clean-ups); see 'passes'")
     p.add_argument("--input-shape", action="append", default=[], metavar="NAME=D0,D1,...", help="fix input shapes")
     p.add_argument(

@@ -81,7 +81,7 @@ def compile(
     """
     stage = on_stage or (lambda _name: None)
     timings: dict[str, float] = {}
-    cpu_target = parse_target(target, num_cores)
+    build_target = parse_target(target, num_cores)
     if tune_trials < 0:
         raise BadInputError(f"--tune-trials must be >= 0, got {tune_trials}")
 
@@ -116,7 +116,7 @@ def compile(
         on_progress=on_tuning,
     )
     stage("tuning and building" if tune_trials else "building (TVM)")
-    built = build(ir_model, cpu_target, tuning_options=options, source=source)
+    built = build(ir_model, build_target, tuning_options=options, source=source)
     timings["build"] = built.seconds
 
     layers = layer_table(ir_model)
@@ -127,7 +127,7 @@ def compile(
         "source": {"name": source, "sha256": source_sha},
         "inputs": [_spec(v) for v in ir_model.graph.inputs],
         "outputs": [_spec(v) for v in ir_model.graph.outputs],
-        "target": cpu_target.to_manifest(),
+        "target": build_target.to_manifest(),
         "versions": _versions(ir_model),
         "passes": [r.to_json(timing=False) for r in records],
         "tuning": built.tuning,
@@ -135,12 +135,14 @@ def compile(
         "stats": {"nodes": len(ir_model.graph), "parameters": _parameter_count(ir_model), **summarize_layers(layers)},
         "layers": layers,
     }
+    if built.kernels:
+        manifest["kernels"] = built.kernels
     if (kv_cache := ir_model.metadata_props.get(KV_METADATA_KEY)) is not None:
         manifest["kv_cache"] = json.loads(kv_cache)
     _reinstall_python_signal_handlers()
     stage("writing")
     start = time.perf_counter()
-    write_artifact(output_path, manifest, {LIBRARY_NAME: built.library})
+    write_artifact(output_path, manifest, {LIBRARY_NAME: built.library, **built.members})
     timings["write"] = time.perf_counter() - start
     return CompileResult(path=output_path, manifest=manifest, pass_log=records, seconds=timings)
 

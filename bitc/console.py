@@ -114,7 +114,7 @@ def print_inspect(info: dict[str, Any], verbose: bool = False) -> None:
     if info["kind"] == "artifact":
         m = info["manifest"]
         _out.print(f"[bold]{info['path']}[/bold]: bitc artifact, {info['size_bytes'] / 1e6:.2f} MB")
-        _out.print(f"source: {m['source']['name']}  target: {m['target']['name']} ({m['target']['num_cores']} cores)")
+        _out.print(f"source: {m['source']['name']}  target: {_target_line(m['target'])}")
         _out.print(f"versions: {', '.join(f'{k} {v}' for k, v in m['versions'].items())}")
         _print_values(m["inputs"], m["outputs"])
         _out.print(f"passes: {', '.join(p['name'] for p in m['passes'])}")
@@ -139,6 +139,15 @@ def print_inspect(info: dict[str, Any], verbose: bool = False) -> None:
     _out.print(table)
     if info.get("layers"):
         _print_layers(info["layers"], info["summary"], verbose)
+
+
+def _target_line(target: dict[str, Any]) -> str:
+    if target.get("kind") == "cuda":
+        return (
+            f"{target['name']} (NVIDIA GPU, {target.get('arch_source', '?')} arch; "
+            f"PTX {target.get('ptx', '?')} for newer GPUs)"
+        )
+    return f"{target['name']} ({target.get('num_cores', '?')} cores)"
 
 
 def _print_kv_cache(kv: dict[str, Any]) -> None:

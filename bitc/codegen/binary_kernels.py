@@ -100,9 +100,13 @@ def binary_conv(
     output: str,
     classes: tuple[int, int, int, int] = (0, 0, 0, 0),
     out_block: int | None = None,
+    flat_pixels: bool = False,
 ) -> Any:
     """popc[n, oh, ow, block, lane] over the window on +1-padded words, then the epilogue in the output layout
-    (NCHW, or NCHW{out_block}c, which lets the float parts around it stay in the blocked layout)."""
+    (NCHW, or NCHW{out_block}c, which lets the float parts around it stay in the blocked layout).
+
+    `flat_pixels` makes popc [n·oh·ow, block, lane] instead: one pixel axis, which GPU schedules tile as the M
+    axis of a GEMM (a fused split of n, oh, ow would give the tiles non-rectangular regions)."""
     from tvm import te, tirx
 
     g = geometry
@@ -124,19 +128,30 @@ def binary_conv(
     kw = te.reduce_axis((0, g.kw), "kw")
     cw = te.reduce_axis((0, g.in_words), "cw")
     sh, sw = g.strides
-    popc = te.compute(
-        (g.n, g.out_h, g.out_w, g.planes * blocks, lanes),
-        lambda n, oh, ow, b, lane: te.sum(
+
+    def window_popc(n: Any, oh: Any, ow: Any, b: Any, lane: Any) -> Any:
+        return te.sum(
             tirx.popcount(padded[n, oh * sh + kh, ow * sw + kw, cw] ^ weights[b, kh, kw, cw, lane]).astype("int32"),
             axis=[kh, kw, cw],
-        ),
-        name="popc",
-    )
+        )
+
+    if flat_pixels:
+        pixels = g.out_h * g.out_w
+        flat = te.compute(
+            (g.n * pixels, g.planes * blocks, lanes),
+            lambda p, b, lane: window_popc(p // pixels, p % pixels // g.out_w, p % g.out_w, b, lane),
+            name="popc",
+        )
+
+        def popc_at(n: Any, oh: Any, ow: Any, b: Any, lane: Any) -> Any:
+            return flat[(n * g.out_h + oh) * g.out_w + ow, b, lane]
+    else:
+        popc_at = te.compute((g.n, g.out_h, g.out_w, g.planes * blocks, lanes), window_popc, name="popc")
     full = g.in_channels * g.kh * g.kw
     row_top, row_bottom, col_left, col_right = classes
 
     def dot(plane: int, n: Any, oh: Any, ow: Any, o: Any) -> Any:
-        value = full - 2 * popc[n, oh, ow, plane * blocks + o // lanes, o % lanes]
+        value = full - 2 * popc_at(n, oh, ow, plane * blocks + o // lanes, o % lanes)
         if correction is not None:
             rc = _class_index(oh, g.out_h, row_top, row_bottom)
             cc = _class_index(ow, g.out_w, col_left, col_right)
@@ -189,6 +204,16 @@ def binary_dense(
         lambda m, b, lane: te.sum(tirx.popcount(x[m, k] ^ weights[b, k, lane]).astype("int32"), axis=k),
         name="popc",
     )
+    return dense_epilogue(popc, epilogue, in_features=in_features, out_features=out_features, output=output)
+
+
+def dense_epilogue(popc: Any, epilogue: list[Any], *, in_features: int, out_features: int, output: str) -> Any:
+    """From popc(x xor w) [M, P·blocks, lanes] to the float ([M, O]) or packed-sign ([M, words]) output."""
+    from tvm import te
+
+    m_rows, blocks_all, lanes = (int(d) for d in popc.shape)
+    blocks = -(-out_features // lanes)
+    planes = blocks_all // blocks
 
     def dot(plane: int, m: Any, o: Any) -> Any:
         return in_features - 2 * popc[m, plane * blocks + o // lanes, o % lanes]

@@ -23,21 +23,29 @@ _OPAQUE = 8
 
 @dataclass(frozen=True)
 class KernelTarget:
-    """What the bitc kernels need to know of the CPU: its 32-bit vector lanes (the binary kernels' channel block)
-    and the ISA of the low-bit table lookup (`lowbit_kernels.lookup_isa`; None: the portable compute)."""
+    """What the bitc kernels need to know of the device. CPU: its 32-bit vector lanes (the binary kernels' channel
+    block) and the ISA of the low-bit table lookup (`lowbit_kernels.lookup_isa`; None: the portable compute).
+    CUDA (`kind="cuda"`): whether 1-bit tensor-core mma exists (sm_80+)."""
 
     lanes: int = 16
     lookup: str | None = "avx512"
     cores: int = 1
+    kind: str = "llvm"
+    b1_mma: bool = False
 
 
-def is_custom(node: ir.Node) -> bool:
-    """Nodes bitc emits itself: its own ops, and float GEMVs over large constant weights (re-blocked)."""
-    return ops.is_bitc(node) or float_gemv.is_streamed_gemv(node)
+def is_custom(node: ir.Node, target: KernelTarget) -> bool:
+    """Nodes bitc emits itself: its own ops, and (on CPUs) float GEMVs over large constant weights (re-blocked;
+    on GPUs dlight's GEMV rule schedules those)."""
+    return ops.is_bitc(node) or (target.kind == "llvm" and float_gemv.is_streamed_gemv(node))
 
 
 def emit(bb: Any, node: ir.Node, args: list[Any], target: KernelTarget) -> list[Any]:
     """Emit `node` into the block builder; `args` are the Relax values of its non-constant inputs, in order."""
+    if target.kind == "cuda":
+        from bitc.codegen import cuda_relax
+
+        return [cuda_relax.emit(bb, node, args, target)]
     if not ops.is_bitc(node):
         return [_float_gemv(bb, node, args, target)]
     emitter = _EMITTERS.get(node.op_type)

@@ -14,7 +14,7 @@ from bitc.codegen import fast_math, lowbit_kernels, nchwc, tuning
 from bitc.codegen.bitc_relax import KernelTarget, cancel_layout_round_trips
 from bitc.codegen.cpu_schedules import default_schedule_pass
 from bitc.codegen.relax_import import to_relax
-from bitc.codegen.target import CpuTarget
+from bitc.codegen.target import CpuTarget, CudaTarget
 from bitc.errors import BitcError, CompileError, first_line
 
 
@@ -24,6 +24,8 @@ class BuildResult:
     seconds: float
     tuning: dict[str, Any] = field(default_factory=dict)
     conv_layout: str = "blocked"
+    members: dict[str, bytes] = field(default_factory=dict)  # artifact members beside the library
+    kernels: dict[str, Any] = field(default_factory=dict)  # manifest entry describing `members`
 
 
 def lower_to_fused_tir(mod: Any, target: CpuTarget) -> tuple[Any, str]:
@@ -63,7 +65,7 @@ def _legalize_map() -> dict[str, Any]:
 
 def build(
     model: ir.Model,
-    target: CpuTarget,
+    target: CpuTarget | CudaTarget,
     *,
     tuning_options: tuning.TuningOptions | None = None,
     source: str = "model",
@@ -73,6 +75,10 @@ def build(
 
     start = time.perf_counter()
     tuning_options = tuning_options or tuning.TuningOptions()
+    if isinstance(target, CudaTarget):
+        from bitc.codegen.cuda_build import build_cuda
+
+        return build_cuda(model, target, tuning_trials=tuning_options.trials, source=source)
     lookup = lowbit_kernels.lookup_isa(set(target.cpu_features()))
     mod = to_relax(model, source, KernelTarget(lanes=target.vector_lanes, lookup=lookup, cores=target.num_cores))
     try:

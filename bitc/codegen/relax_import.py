@@ -19,11 +19,12 @@ from bitc.errors import BadInputError, CompileError, first_line
 
 def to_relax(model: ir.Model, source: str = "model", target: bitc_relax.KernelTarget | None = None):
     """Import the (already normalised, static-shape) model with its weights bound as constants; `target` says
-    what the bitc kernels need of the CPU (default: AVX-512)."""
+    what the bitc kernels need of the CPU or GPU (default: an AVX-512 CPU)."""
+    target = target or bitc_relax.KernelTarget()
     ir.external_data.load_to_model(model)  # TVM would resolve external paths from the working directory
-    if not any(bitc_relax.is_custom(node) for node in model.graph):
+    if not any(bitc_relax.is_custom(node, target) for node in model.graph):
         return _from_onnx(ir.to_proto(model), model, source)
-    return _import_mixed(model, source, target or bitc_relax.KernelTarget())
+    return _import_mixed(model, source, target)
 
 
 def _from_onnx(proto: onnx.ModelProto, model: ir.Model, source: str) -> Any:
@@ -53,7 +54,8 @@ def _import_mixed(model: ir.Model, source: str, target: bitc_relax.KernelTarget)
     env: dict[str, Any] = {v.name: p for v, p in zip(model.graph.inputs, params, strict=True)}
     with bb.function("main", params, attrs={"num_input": len(params)}):
         with bb.dataflow():
-            for index, (is_bitc, run) in enumerate(itertools.groupby(nodes, key=bitc_relax.is_custom)):
+            runs = itertools.groupby(nodes, key=lambda node: bitc_relax.is_custom(node, target))
+            for index, (is_bitc, run) in enumerate(runs):
                 run = list(run)
                 if is_bitc:
                     for node in run:

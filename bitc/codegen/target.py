@@ -2,6 +2,8 @@
 
 The TVM wheel's LLVM triple rejects `mcpu=native`, so the host CPU is named explicitly (LLVM's own detection).
 The ISA features that the chosen CPU implies are recorded so the runtime can refuse a machine that lacks them.
+A CUDA target names a compute capability (`cuda:sm_80`); the kernels are compiled for it ahead of time and also
+carried as PTX, which newer GPUs compile when the artifact loads.
 """
 
 from __future__ import annotations
@@ -53,16 +55,61 @@ class CpuTarget:
         }
 
 
-def parse_target(text: str, num_cores: int | None = None) -> CpuTarget:
-    """'cpu' (this machine), 'cpu:<llvm cpu name>' (e.g. cpu:skylake-avx512, cpu:x86-64-v3); 'llvm' = 'cpu'."""
+DEFAULT_CUDA_ARCH = "sm_80"  # Ampere: the oldest arch with 1-bit mma.m16n8k256; its PTX runs on every newer GPU
+
+
+@dataclass(frozen=True)
+class CudaTarget:
+    """An NVIDIA GPU of compute capability `arch` ("sm_80"); `arch_source` says whether it was asked for, found
+    on this machine's GPU, or the default."""
+
+    arch: str = DEFAULT_CUDA_ARCH
+    arch_source: str = "default"
+
+    @property
+    def name(self) -> str:
+        return f"cuda:{self.arch}"
+
+    @property
+    def compute_capability(self) -> int:
+        """80 for sm_80, 90 for sm_90 (the PTX `compute_` number)."""
+        return int(self.arch.removeprefix("sm_").rstrip("af"))
+
+    @property
+    def has_b1_mma(self) -> bool:
+        """mma.sync m16n8k256 on 1-bit operands (`.and.popc`) exists from sm_80 on."""
+        return self.compute_capability >= 80
+
+    def tvm(self) -> Any:
+        import tvm
+
+        return tvm.target.Target({"kind": "cuda", "arch": self.arch, "host": {"kind": "llvm"}})
+
+    def to_manifest(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "kind": "cuda",
+            "arch": self.arch,
+            "arch_source": self.arch_source,
+            "ptx": f"compute_{self.compute_capability}",
+            "host_arch": host_arch(),
+        }
+
+
+Target = CpuTarget | CudaTarget
+
+
+def parse_target(text: str, num_cores: int | None = None) -> Target:
+    """'cpu' (this machine), 'cpu:<llvm cpu name>' (e.g. cpu:skylake-avx512, cpu:x86-64-v3); 'llvm' = 'cpu';
+    'cuda' (this machine's GPU, else sm_80), 'cuda:sm_XY'."""
     import tvm
 
     kind, _, cpu = text.strip().partition(":")
     kind = kind.lower()
     if kind in ("cuda", "gpu", "nvidia"):
-        raise BadInputError(f"target '{text}': the CUDA target is not available in this build; use --target cpu")
+        return _cuda_target(text, cpu.strip().lower())
     if kind not in ("cpu", "llvm"):
-        raise BadInputError(f"unknown target '{text}'; use 'cpu' or 'cpu:<llvm cpu name>'")
+        raise BadInputError(f"unknown target '{text}'; use 'cpu', 'cpu:<llvm cpu name>', 'cuda' or 'cuda:sm_XY'")
     cores = num_cores or physical_cores()
     if not cpu or cpu == "native":
         return CpuTarget(mcpu=str(tvm.target.codegen.llvm_get_system_cpu()), num_cores=cores)
@@ -70,6 +117,40 @@ def parse_target(text: str, num_cores: int | None = None) -> CpuTarget:
     if not tvm.target.codegen.llvm_is_valid_cpu(cpu, triple):
         raise BadInputError(f"target '{text}': '{cpu}' is not a CPU name LLVM knows for {triple}")
     return CpuTarget(mcpu=cpu, num_cores=cores)
+
+
+def _cuda_target(text: str, arch: str) -> CudaTarget:
+    if not arch:
+        detected = local_gpu_arch()
+        return CudaTarget(detected, "detected") if detected else CudaTarget()
+    known = nvcc_archs()
+    if arch not in known:
+        listed = ", ".join(known) or "none (nvcc not found)"
+        raise BadInputError(f"target '{text}': '{arch}' is not a GPU arch this nvcc builds for; known: {listed}")
+    return CudaTarget(arch, "requested")
+
+
+@functools.cache
+def nvcc_archs() -> list[str]:
+    """The sm_XY names `nvcc --list-gpu-arch` accepts (empty when nvcc is missing)."""
+    import shutil
+    import subprocess
+
+    if shutil.which("nvcc") is None:
+        return []
+    listed = subprocess.run(["nvcc", "--list-gpu-arch"], capture_output=True, text=True, check=False).stdout
+    return [line.strip().replace("compute_", "sm_") for line in listed.splitlines() if line.startswith("compute_")]
+
+
+def local_gpu_arch() -> str | None:
+    """The compute capability of GPU 0 on this machine as 'sm_XY', or None (no GPU or no driver)."""
+    try:
+        import tvm
+
+        device = tvm.cuda(0)
+        return f"sm_{device.compute_version.replace('.', '')}" if device.exist else None
+    except Exception:
+        return None
 
 
 @functools.cache

@@ -45,9 +45,10 @@ def write_artifact(path: str | os.PathLike, manifest: Mapping[str, Any], members
 
 
 def _write_member(archive: zipfile.ZipFile, name: str, data: bytes) -> None:
-    """Text members are deflated; libraries are stored (float weights barely compress, and loading stays fast)."""
+    """Text members (manifest, PTX) are deflated; libraries are stored (float weights barely compress, and
+    loading stays fast)."""
     info = zipfile.ZipInfo(name, date_time=_FIXED_DATE)
-    info.compress_type = zipfile.ZIP_DEFLATED if name.endswith(".json") else zipfile.ZIP_STORED
+    info.compress_type = zipfile.ZIP_DEFLATED if name.endswith((".json", ".ptx")) else zipfile.ZIP_STORED
     info.external_attr = 0o644 << 16
     archive.writestr(info, data)
 

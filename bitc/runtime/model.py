@@ -42,10 +42,12 @@ class Model:
         self.manifest = artifact.manifest
         self.inputs = _specs(self.path, self.manifest, "inputs")
         self.outputs = _specs(self.path, self.manifest, "outputs")
-        _check_target(self.path, self.manifest.get("target", {}))
+        self._device = _check_target(self.path, self.manifest.get("target", {}))
         if num_threads is not None:
             tvm_loader.set_num_threads(num_threads)
-        self._vm, self._main = _open_vm(self.path, artifact.library, self.manifest.get("entry", "main"))
+        if self._device != tvm_loader.DL_CPU:
+            _provide_cuda_kernels(artifact)
+        self._vm, self._main = _open_vm(self.path, artifact.library, self.manifest.get("entry", "main"), self._device)
 
     def __repr__(self) -> str:
         ins = ", ".join(map(str, self.inputs))
@@ -70,16 +72,28 @@ class Model:
         raw = self._main(*tensors)
         return self._collect(raw)
 
+    @property
+    def device(self) -> str:
+        """'cpu' or 'cuda' (GPU 0): where the model runs; inputs and outputs are numpy arrays either way."""
+        return "cpu" if self._device == tvm_loader.DL_CPU else "cuda"
+
     def benchmark(self, inputs: Mapping[str, np.ndarray], *, warmup: int = 3, runs: int = 20) -> list[float]:
         """Latencies in seconds of `runs` calls after `warmup` calls, with inputs prepared once."""
         from bitc.bench import time_calls
 
         tensors = self._prepare(inputs)
-        return time_calls(lambda: self._main(*tensors), runs=runs, warmup=warmup)
+
+        def call() -> None:
+            self._main(*tensors)
+            tvm_loader.synchronize(self._device)
+
+        return time_calls(call, runs=runs, warmup=warmup)
 
     def session(self) -> DecoderSession:
         """A decoder session that owns this model's KV cache (models compiled with `kv_compress`). The cache
         arrays are handed to the compiled step once, as zero-copy views, and updated in place."""
+        if self._device != tvm_loader.DL_CPU:
+            raise BadInputError(f"{self.path}: decoder sessions run CPU artifacts; compile it for --target cpu")
         if "kv_cache" not in self.manifest:
             raise BadInputError(
                 f"{self.path}: not a decoder with a runtime-owned KV cache (compile it with --kv-bits / kv_compress)"
@@ -117,14 +131,15 @@ class Model:
             raise BadInputError(
                 f"inputs do not match the model: missing {missing}, unknown {unknown}; expected {expected}"
             )
-        ffi = tvm_loader.ffi()
-        return [ffi.from_dlpack(_aligned(_checked(spec, inputs[spec.name]))) for spec in self.inputs]
+        return [
+            tvm_loader.device_tensor(_aligned(_checked(spec, inputs[spec.name])), self._device) for spec in self.inputs
+        ]
 
     def _collect(self, raw: Any) -> dict[str, np.ndarray]:
         values = list(raw) if isinstance(raw, Sequence) or not hasattr(raw, "__dlpack__") else [raw]
         if len(values) != len(self.outputs):
             raise BadInputError(f"model returned {len(values)} outputs, manifest lists {len(self.outputs)}")
-        return {spec.name: np.from_dlpack(v).copy() for spec, v in zip(self.outputs, values, strict=True)}
+        return {spec.name: tvm_loader.host_array(v) for spec, v in zip(self.outputs, values, strict=True)}
 
 
 def _specs(path: Any, manifest: Mapping[str, Any], key: str) -> list[TensorSpec]:
@@ -141,11 +156,11 @@ def _specs(path: Any, manifest: Mapping[str, Any], key: str) -> list[TensorSpec]
     return specs
 
 
-def _open_vm(path: Any, library: bytes, entry: Any) -> tuple[Any, Any]:
+def _open_vm(path: Any, library: bytes, entry: Any, device_type: int) -> tuple[Any, Any]:
     """The Relax VM over the artifact's library and its entry function; a library that loads but is no bitc
     model (no VM executable, no such entry) is refused with the artifact's name."""
     try:
-        vm = tvm_loader.create_vm(tvm_loader.load_library(library, LIBRARY_NAME))
+        vm = tvm_loader.create_vm(tvm_loader.load_library(library, LIBRARY_NAME), device_type)
         return vm, vm[entry]
     except BitcError as exc:
         raise type(exc)(f"{path}: {exc}") from None
@@ -187,12 +202,36 @@ def _aligned(array: np.ndarray) -> np.ndarray:
     return out
 
 
-def _check_target(path: Any, target: Any) -> None:
+def _provide_cuda_kernels(artifact: Any) -> None:
+    """Check the GPU against the artifact's arch and register its prebuilt kernels with the CUDA runtime."""
+    kernels = artifact.manifest.get("kernels")
+    if not isinstance(kernels, Mapping) or kernels.get("fatbin") not in artifact.members:
+        raise BadInputError(f"{artifact.path}: CUDA artifact without its compiled kernels (manifest 'kernels')")
+    try:
+        tvm_loader.provide_cuda_kernels(str(kernels.get("source_sha256")), artifact.members[kernels["fatbin"]])
+        capability = tvm_loader.gpu_compute_capability()
+    except BitcError as exc:
+        raise BitcError(f"{artifact.path}: {exc}") from None
+    arch = str(artifact.manifest["target"].get("arch", "sm_0"))
+    built_for = int(arch.removeprefix("sm_").rstrip("af") or 0)
+    if capability < built_for:
+        raise BadInputError(
+            f"{artifact.path}: built for {arch}, this GPU is sm_{capability}; "
+            f"recompile with --target cuda:sm_{capability}"
+        )
+
+
+def _check_target(path: Any, target: Any) -> int:
+    """The DLPack device type the artifact runs on, after refusing a machine it cannot run on."""
     if not isinstance(target, Mapping):
         raise BadInputError(f"{path}: manifest 'target' is malformed (not an object)")
     kind = target.get("kind")
+    if kind == "cuda":
+        if target.get("host_arch") and target["host_arch"] != host_arch():
+            raise BadInputError(f"{path}: artifact's host code is for {target['host_arch']}, this is {host_arch()}")
+        return tvm_loader.DL_CUDA
     if kind != "llvm":
-        raise BadInputError(f"{path}: artifact targets '{kind}', this runtime runs CPU (llvm) artifacts")
+        raise BadInputError(f"{path}: artifact targets '{kind}', this runtime runs CPU (llvm) and CUDA artifacts")
     if target.get("arch") and target["arch"] != host_arch():
         raise BadInputError(f"{path}: artifact was built for {target['arch']}, this machine is {host_arch()}")
     required = set(target.get("cpu_features", []))
@@ -202,3 +241,4 @@ def _check_target(path: Any, target: Any) -> None:
             f"{path}: artifact was built for CPU '{target.get('mcpu')}' and needs "
             f"{sorted(required - flags)}, which this CPU lacks; recompile with --target cpu on this machine"
         )
+    return tvm_loader.DL_CPU

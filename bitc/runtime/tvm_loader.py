@@ -2,6 +2,10 @@
 
 Importing `tvm` pulls in the whole compiler (~1 s, ~190 MB); `tvm_ffi` with the runtime library is ~0.2 s.
 `tvm_ffi` imports torch eagerly when it can; the runtime must not, so that import is blocked while it loads.
+
+CUDA artifacts also need libtvm_runtime_cuda.so (which needs the NVIDIA driver, libcuda.so.1). TVM's CUDA module
+asks the `tvm_callback_cuda_compile` hook to compile its kernel source when it loads; bitc answers with the
+fatbin compiled at build time, found by the sha256 of that source, so no compiler is needed here.
 """
 
 from __future__ import annotations
@@ -20,7 +24,11 @@ from bitc.errors import BadInputError, BitcError
 from bitc.runtime.hostcpu import physical_cores
 
 DL_CPU = 1
+DL_CUDA = 2
 _POOLED_ALLOCATOR = 2
+_DEVICE_EXISTS, _COMPUTE_VERSION = 0, 4  # TVM's DeviceAttrKind
+CUDA_COMPILE_HOOK = "tvm_callback_cuda_compile"
+_prebuilt_kernels: dict[str, bytes] = {}
 
 
 @contextlib.contextmanager
@@ -73,11 +81,82 @@ def load_library(library: bytes, name: str) -> Any:
             raise BadInputError(f"cannot load the compiled library: {first_line}") from None
 
 
-def create_vm(library_module: Any) -> Any:
-    """A Relax VM over the library's executable, on the CPU with the pooled allocator."""
+def create_vm(library_module: Any, device_type: int = DL_CPU) -> Any:
+    """A Relax VM over the library's executable with the pooled allocator, on the CPU or on GPU 0 (with the CPU
+    as its host device)."""
     vm = library_module["vm_load_executable"]()
-    vm["vm_initialization"](DL_CPU, 0, _POOLED_ALLOCATOR)
+    if device_type == DL_CPU:
+        vm["vm_initialization"](DL_CPU, 0, _POOLED_ALLOCATOR)
+    else:
+        vm["vm_initialization"](device_type, 0, _POOLED_ALLOCATOR, DL_CPU, 0, _POOLED_ALLOCATOR)
     return vm
+
+
+def provide_cuda_kernels(source_sha256: str, fatbin: bytes) -> None:
+    """Make the CUDA runtime usable and hand it these ahead-of-time compiled kernels when it asks for them.
+
+    Raises a one-line BitcError when the machine has no NVIDIA driver or no GPU."""
+    tvm_ffi = ffi()
+    spec = importlib.util.find_spec("tvm")
+    cuda_lib = Path(spec.origin).parent / "lib" / "libtvm_runtime_cuda.so"  # type: ignore[union-attr]
+    try:
+        ctypes.CDLL(str(cuda_lib), mode=ctypes.RTLD_GLOBAL)
+    except OSError as exc:
+        raise BitcError(f"this artifact runs on an NVIDIA GPU; the CUDA runtime cannot load here ({exc})") from None
+    try:
+        exists = tvm_ffi.get_global_func("runtime.GetDeviceAttr")(DL_CUDA, 0, _DEVICE_EXISTS)
+    except Exception as exc:  # the CUDA device API is missing: no driver
+        raise BitcError(f"this artifact runs on an NVIDIA GPU, and CUDA is not available here ({exc})") from None
+    if not exists:
+        raise BitcError("this artifact runs on an NVIDIA GPU, and no GPU is visible (driver loaded, no device 0)")
+    _prebuilt_kernels[source_sha256] = fatbin
+    tvm_ffi.register_global_func(CUDA_COMPILE_HOOK, _serve_prebuilt, override=True)
+
+
+def gpu_compute_capability() -> int:
+    """80 for an sm_80 GPU 0 (call after `provide_cuda_kernels`)."""
+    version = str(ffi().get_global_func("runtime.GetDeviceAttr")(DL_CUDA, 0, _COMPUTE_VERSION))
+    major, _, minor = version.partition(".")
+    return int(major) * 10 + int(minor or 0)
+
+
+def _serve_prebuilt(code: str, *_target: Any) -> bytes:
+    import hashlib
+
+    key = hashlib.sha256(str(code).encode()).hexdigest()
+    if key not in _prebuilt_kernels:
+        raise RuntimeError("CUDA kernels were not compiled ahead of time for this library (source hash mismatch)")
+    return _prebuilt_kernels[key]
+
+
+def device_tensor(array: Any, device_type: int) -> Any:
+    """A TVM tensor on the device holding a copy of `array` (a zero-copy view on the CPU)."""
+    host = ffi().from_dlpack(array)
+    return host if device_type == DL_CPU else copy_to(host, device_type)
+
+
+def host_array(tensor: Any) -> Any:
+    """A fresh numpy array with the contents of a TVM tensor on any device."""
+    import numpy as np
+
+    on_host = tensor if tensor.device.dlpack_device_type() == DL_CPU else copy_to(tensor, DL_CPU)
+    return np.from_dlpack(on_host).copy()
+
+
+def copy_to(tensor: Any, device_type: int) -> Any:
+    """A new tensor on device 0 of `device_type` with the contents of `tensor`."""
+    tvm_ffi = ffi()
+    copy = tvm_ffi.get_global_func("runtime.TVMTensorAllocWithScope")(
+        tensor.shape, tensor.dtype, tvm_ffi.Device(device_type, 0), None
+    )
+    tvm_ffi.get_global_func("runtime.TVMTensorCopyFromTo")(tensor, copy)
+    return copy
+
+
+def synchronize(device_type: int) -> None:
+    """Wait for the device's queued work (kernel launches return before the GPU is done)."""
+    if device_type != DL_CPU:
+        ffi().get_global_func("runtime.Device_StreamSync")(ffi().Device(device_type, 0), None)
 
 
 def set_num_threads(num_threads: int) -> None:

@@ -1,0 +1,221 @@
+"""bitc nodes → Relax calls to CUDA kernels: the TE computes of `binary_kernels` in their canonical layouts
+(one output channel per lane), scheduled for the GPU here, plus the CUDA-only low-bit GEMV and 1-bit mma GEMM.
+
+Float ops are not emitted here: they go through TVM's ONNX importer and get dlight's GPU schedules.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import onnx_ir as ir
+
+from bitc import ops
+from bitc.codegen import binary_kernels as kernels
+from bitc.codegen import cuda_gemv, cuda_mma, gpu_schedules
+from bitc.codegen.bitc_relax import KernelTarget, _as_planes, _constant, _relax_const
+from bitc.errors import CompileError
+
+_OPAQUE = 8
+
+
+@dataclass
+class TeKernel:
+    """A bitc node as one TE compute over (activation, *constants), with the GPU schedule to apply to it.
+
+    Kept apart from the Relax emission so that the same compute can be built for the CPU in tests: the GPU
+    schedule only reorders it."""
+
+    name: str
+    compute: Callable[..., Any]
+    constants: list[np.ndarray]
+    names: list[str]
+    schedule: Callable[[Any], None] | None
+
+
+def emit(bb: Any, node: ir.Node, args: list[Any], target: KernelTarget) -> Any:
+    from tvm import relax
+
+    if node.op_type == "BinaryDense" and target.b1_mma:
+        packed = _constant(node, 1)
+        if cuda_mma.fits(int(node.inputs[0].shape[0]), packed.shape[0] * packed.shape[1], packed.shape[2]):
+            counts = cuda_mma.emit_and_gemm(bb, args[0], packed)
+            return emit_scheduled_te(bb, cuda_mma.epilogue_kernel(node), [args[0], counts])
+    kernel_for = _KERNELS.get(node.op_type) if ops.is_bitc(node) else None
+    if kernel_for is None:
+        raise CompileError(f"node '{node.name}': {node.op_type} has no CUDA kernel (it runs on --target cpu)")
+    shape = [int(d) for d in node.inputs[0].shape]
+    x = args[0]
+    if node.op_type == "LowBitMatMul" and len(shape) != 2:
+        x = bb.emit(relax.op.reshape(x, [int(np.prod(shape[:-1])), shape[-1]]))
+    out = emit_scheduled_te(bb, kernel_for(node), [x])
+    if node.op_type == "LowBitMatMul" and len(shape) != 2:
+        out = bb.emit(relax.op.reshape(out, [*shape[:-1], int(node.inputs[1].shape[1])]))
+    return out
+
+
+def emit_scheduled_te(bb: Any, kernel: TeKernel, args: list[Any]) -> Any:
+    """Build the compute over placeholders shaped like `args` + the kernel's constants, schedule it for the GPU
+    (None: dlight schedules it later) and call it."""
+    from tvm import relax, s_tir, te
+
+    inputs = [*args, *(_relax_const(c) for c in kernel.constants)]
+    placeholders = [
+        te.placeholder([int(d) for d in value.ty.shape], value.ty.dtype, name=name)
+        for value, name in zip(inputs, kernel.names, strict=True)
+    ]
+    output = kernel.compute(*placeholders)
+    func = te.create_prim_func([*placeholders, output])
+    attrs = {kernels.KERNEL_ATTR: kernel.name, "op_pattern": _OPAQUE}
+    if kernel.schedule is not None:
+        sch = s_tir.Schedule(func)
+        kernel.schedule(sch)
+        func, attrs = sch.mod["main"], {**attrs, "tirx.is_scheduled": True}
+    gvar = bb.add_func(func.without_attr("global_symbol").with_attr(attrs), f"bitc_{kernel.name}")
+    shape = [int(d) for d in output.shape]
+    return bb.emit(relax.call_tir(gvar, inputs, relax.TensorType(shape, output.dtype)))
+
+
+def popcount_schedule(*shared: str) -> Callable[[Any], None]:
+    """Elementwise epilogue blocks get a thread each, then the popcount GEMM its shared-memory tiles."""
+
+    def schedule(sch: Any) -> None:
+        gpu_schedules.schedule_elementwise(sch, skip={"popc", "pad"})
+        gpu_schedules.schedule_popcount_gemm(sch, shared=shared)
+
+    return schedule
+
+
+def elementwise_schedule(sch: Any) -> None:
+    gpu_schedules.schedule_elementwise(sch, skip=set())
+
+
+def epilogue_constants(node: ir.Node) -> list[np.ndarray]:
+    return [np.ascontiguousarray(_as_planes(_constant(node, i))) for i in range(2, len(node.inputs))]
+
+
+def _bitpack(node: ir.Node) -> TeKernel:
+    thresholds = tuple(float(t) for t in ops.get("BitPack").attrs(node)["thresholds"])
+    return TeKernel("bitpack", lambda x: kernels.bitpack(x, thresholds), [], ["x"], elementwise_schedule)
+
+
+def _packed_max_pool(node: ir.Node) -> TeKernel:
+    attrs = ops.get("PackedMaxPool").attrs(node)
+    window, strides, pads = tuple(attrs["kernel_shape"]), tuple(attrs["strides"]), tuple(attrs["pads"])
+    return TeKernel(
+        "packed_max_pool",
+        lambda x: kernels.packed_max_pool(x, window, strides, pads),
+        [],
+        ["x"],
+        elementwise_schedule,
+    )
+
+
+def _binary_conv(node: ir.Node) -> TeKernel:
+    attrs = ops.get("BinaryConv").attrs(node)
+    packed = _constant(node, 1)
+    planes, out_channels, kh, kw, _ = packed.shape
+    n, h, w, _ = (int(d) for d in node.inputs[0].shape)
+    geometry = kernels.ConvGeometry(
+        n=n,
+        h=h,
+        w=w,
+        in_channels=int(attrs["in_channels"]),
+        out_channels=out_channels,
+        kh=kh,
+        kw=kw,
+        strides=tuple(attrs["strides"]),
+        pads=tuple(attrs["pads"]),
+        planes=planes,
+    )
+    epilogue = epilogue_constants(node)
+    correction, classes = [], (0, 0, 0, 0)
+    if attrs["pad_value"] == 0 and any(geometry.pads):
+        table, *classes = kernels.zero_pad_correction(packed, geometry)
+        correction = [table]
+
+    def compute(x: Any, weights: Any, *rest: Any) -> Any:
+        return kernels.binary_conv(
+            x,
+            weights,
+            list(rest[: len(epilogue)]),
+            rest[len(epilogue)] if correction else None,
+            geometry,
+            lanes=1,
+            output=attrs["output_format"],
+            classes=tuple(classes),
+            flat_pixels=True,
+        )
+
+    return TeKernel(
+        "binary_conv",
+        compute,
+        [kernels.block_weights(packed, 1), *epilogue, *correction],
+        ["data", "weights", *(f"epilogue{i}" for i in range(len(epilogue))), *(["correction"] * len(correction))],
+        popcount_schedule("weights"),
+    )
+
+
+def _binary_dense(node: ir.Node) -> TeKernel:
+    attrs = ops.get("BinaryDense").attrs(node)
+    packed = _constant(node, 1)
+    planes, out_features, _ = packed.shape
+    epilogue = epilogue_constants(node)
+
+    def compute(x: Any, weights: Any, *rest: Any) -> Any:
+        return kernels.binary_dense(
+            x,
+            weights,
+            list(rest),
+            in_features=int(attrs["in_features"]),
+            out_features=out_features,
+            planes=planes,
+            lanes=1,
+            output=attrs["output_format"],
+        )
+
+    return TeKernel(
+        "binary_dense",
+        compute,
+        [kernels.block_weights(packed, 1), *epilogue],
+        ["data", "weights", *(f"epilogue{i}" for i in range(len(epilogue)))],
+        popcount_schedule("data", "weights"),
+    )
+
+
+def _lowbit_matmul(node: ir.Node) -> TeKernel:
+    """Decode-sized row counts get the warp-per-row GEMV; larger ones the plain compute (dlight's schedule)."""
+    from bitc.codegen import lowbit_kernels as lowbit
+
+    attrs = ops.get("LowBitMatMul").attrs(node)
+    packed, scales = _constant(node, 1), _constant(node, 2).astype(np.float32)
+    in_features, group_size = int(attrs["in_features"]), int(attrs["group_size"])
+    rows = int(np.prod([int(d) for d in node.inputs[0].shape[:-1]]))
+    names = ["x", "weights", "scales"]
+    if rows <= cuda_gemv.MAX_ROWS:
+        return TeKernel(
+            "lowbit_gemv",
+            lambda x, w, s: cuda_gemv.compute(x, w, s, in_features, group_size),
+            [packed, scales],
+            names,
+            lambda sch: cuda_gemv.schedule(sch, in_features),
+        )
+    return TeKernel(
+        "lowbit_matmul",
+        lambda x, w, s: lowbit.generic_matmul(x, w, s, in_features, group_size),
+        [packed, scales],
+        names,
+        None,
+    )
+
+
+_KERNELS: dict[str, Callable[[ir.Node], TeKernel]] = {
+    "BitPack": _bitpack,
+    "BinaryConv": _binary_conv,
+    "BinaryDense": _binary_dense,
+    "PackedMaxPool": _packed_max_pool,
+    "LowBitMatMul": _lowbit_matmul,
+}

@@ -414,7 +414,8 @@ def test_damaged_artifacts_are_refused(tmp_path, members, fragment):
         ({"inputs": [{"name": "x", "shape": [1], "dtype": "object"}]}, "unusable tensor spec x: object[1]"),
         ({"inputs": [{"name": "x", "shape": [-1], "dtype": "int8"}]}, "unusable tensor spec x: int8[-1]"),
         ({"target": "llvm"}, "manifest 'target' is malformed"),
-        ({"target": {"kind": "cuda"}}, "artifact targets 'cuda'"),
+        ({"target": {"kind": "rocm"}}, "artifact targets 'rocm'"),
+        ({"target": {"kind": "cuda", "arch": "sm_80"}}, "CUDA artifact without its compiled kernels"),
     ],
 )
 def test_malformed_manifest_fields_are_refused(tmp_path, change, fragment):

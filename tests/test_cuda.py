@@ -50,17 +50,18 @@ MMA = "mma.sync.aligned.m16n8k256.row.col.s32.b1.b1.s32.and.popc"
 
 @needs_nvcc
 @pytest.mark.parametrize(
-    ("case", "expected"),
+    ("case", "arch", "expected"),
     [
-        ("conv", ["popc.b32", "ld.shared."]),
-        ("dense_batch", [MMA, "popc.b32"]),
-        ("dense_row", ["popc.b32", "ld.shared."]),
-        ("gemv", ["shfl.sync.", "xor.b32"]),
+        ("conv", "sm_80", [MMA, "popc.b32"]),
+        ("conv", "sm_75", ["popc.b32", "ld.shared."]),
+        ("dense_batch", "sm_90", [MMA, "popc.b32"]),
+        ("dense_row", "sm_80", ["popc.b32", "ld.shared."]),
+        ("gemv", "sm_80", ["shfl.sync.", "xor.b32"]),
     ],
 )
-def test_cuda_artifacts_build_and_carry_the_expected_instructions(tmp_path, case, expected):
-    """Binary conv and single-row dense: popc over shared-memory tiles; a batched dense: 1-bit tensor-core mma;
-    the low-bit GEMV: sign flips by xor and a warp shuffle reduction."""
+def test_cuda_artifacts_build_and_carry_the_expected_instructions(tmp_path, case, arch, expected):
+    """Batched binary conv and dense: 1-bit tensor-core mma (sm_80+); before sm_80, and for one row: popc over
+    shared-memory tiles; the low-bit GEMV: sign flips by xor and a warp shuffle reduction."""
     proto = {
         "conv": lambda: binary_conv_model(c=64, o=64, output_format="packed"),
         "dense_batch": lambda: binary_dense_model(m=64, k=512, n=128),
@@ -68,15 +69,15 @@ def test_cuda_artifacts_build_and_carry_the_expected_instructions(tmp_path, case
         "gemv": lambda: lowbit_matmul_model(shape=(1, 512), n=256, group_size=128),
     }[case]()
     onnx.save(proto, tmp_path / "m.onnx")
-    result = bitc.compile(tmp_path / "m.onnx", tmp_path / "m.bitc", target="cuda:sm_80", passes=[])
+    result = bitc.compile(tmp_path / "m.onnx", tmp_path / "m.bitc", target=f"cuda:{arch}", passes=[])
     ptx = _ptx(result.path)
-    assert ".target sm_80" in ptx
+    assert f".target {arch}" in ptx
     for instruction in expected:
         assert instruction in ptx, f"{instruction} missing from the {case} kernels"
-    if case != "dense_batch":
+    if MMA not in expected:
         assert "mma.sync" not in ptx
     manifest = result.manifest
-    assert manifest["target"]["kind"] == "cuda" and manifest["target"]["arch"] == "sm_80"
+    assert manifest["target"]["kind"] == "cuda" and manifest["target"]["arch"] == arch
     with zipfile.ZipFile(result.path) as archive:
         assert set(archive.namelist()) == {"manifest.json", "model.so", "kernels.fatbin", "kernels.ptx"}
 
@@ -90,7 +91,7 @@ def test_example_models_build_for_cuda(tmp_path, arch):
         ptx = _ptx(result.path)
         assert f".target {arch}" in ptx and len(re.findall(r"\.entry ", ptx)) > 5
         if name == "bireal18_small":
-            assert ptx.count("popc.b32") >= 16  # at least one per binary conv
+            assert MMA in ptx and "popc.b32" in ptx  # binary convs on tensor cores, bit counts on CUDA cores
         with zipfile.ZipFile(result.path) as archive:
             assert archive.read("kernels.fatbin")[:4] == bytes.fromhex("50ed55ba")  # fatbin magic
 
@@ -138,8 +139,12 @@ def test_gpu_binary_conv_compute_matches_reference(case):
     x = np.random.default_rng(0).standard_normal([int(d) for d in model.graph.inputs[0].shape]).astype(np.float32)
     packed = _node_input(model, node, x)
     expected = ops.reference_evaluator(model).run(None, {model.graph.inputs[0].name: x})[0]
-    got = _run_on_cpu(cuda_relax._binary_conv(node), packed)
-    _assert_matches(got, expected)
+    _assert_matches(_run_on_cpu(cuda_relax._binary_conv(node), packed), expected)
+    # the tensor-core path: packed im2col, the and-GEMM (in numpy here), the epilogue from and counts
+    columns = _run_on_cpu(cuda_mma.im2col_kernel(cuda_relax.conv_parts(node).geometry), packed)
+    weights = node.inputs[1].const_value.numpy()
+    and_counts = _and_counts(columns, weights.reshape(weights.shape[0] * weights.shape[1], -1))
+    _assert_matches(_run_on_cpu(cuda_mma.conv_epilogue_kernel(node), columns, and_counts), expected)
 
 
 @pytest.mark.parametrize("case", [{}, {"output_format": "packed", "planes": 2, "threshold_planes": 3}, {"k": 33}])
@@ -335,3 +340,11 @@ def test_example_models_on_a_gpu_match_the_cpu_build(tmp_path):
         inputs = cpu.random_inputs(seed=6)
         (expected,), (got,) = cpu.run(inputs).values(), gpu.run(inputs).values()
         np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
+
+
+@needs_nvcc
+def test_tuning_a_cuda_target_is_refused(tmp_path):
+    onnx.save(binary_dense_model(), tmp_path / "m.onnx")
+    with pytest.raises(BadInputError, match="not wired to the CUDA target"):
+        bitc.compile(tmp_path / "m.onnx", tmp_path / "m.bitc", target="cuda", tune_trials=4)
+    assert not (tmp_path / "m.bitc").exists()

@@ -147,6 +147,28 @@ def binary_conv(
             return flat[(n * g.out_h + oh) * g.out_w + ow, b, lane]
     else:
         popc_at = te.compute((g.n, g.out_h, g.out_w, g.planes * blocks, lanes), window_popc, name="popc")
+    return conv_epilogue(
+        popc_at, epilogue, correction, g, lanes=lanes, output=output, classes=classes, out_block=out_block
+    )
+
+
+def conv_epilogue(
+    popc_at: Any,
+    epilogue: list[Any],
+    correction: Any | None,
+    geometry: ConvGeometry,
+    *,
+    lanes: int,
+    output: str,
+    classes: tuple[int, int, int, int] = (0, 0, 0, 0),
+    out_block: int | None = None,
+) -> Any:
+    """From popc(window xor w) — `popc_at(n, oh, ow, block, lane)` on +1-padded words — to the float (NCHW or
+    NCHW{out_block}c) or packed-sign (NHWC words) output, subtracting the zero-padding correction."""
+    from tvm import te
+
+    g = geometry
+    blocks = -(-g.out_channels // lanes)
     full = g.in_channels * g.kh * g.kw
     row_top, row_bottom, col_left, col_right = classes
 

@@ -22,7 +22,7 @@ import onnx_ir as ir
 
 from bitc.codegen.bitc_relax import KernelTarget
 from bitc.codegen.relax_import import to_relax
-from bitc.codegen.target import CudaTarget, local_gpu_arch
+from bitc.codegen.target import CudaTarget
 from bitc.errors import BadInputError, BitcError, CompileError, first_line
 
 FATBIN_NAME = "kernels.fatbin"
@@ -79,8 +79,10 @@ def build_cuda(model: ir.Model, target: CudaTarget, *, tuning_trials: int = 0, s
     start = time.perf_counter()
     if shutil.which("nvcc") is None:
         raise BadInputError("--target cuda needs nvcc (the CUDA toolkit) on PATH to compile the kernels")
-    if tuning_trials > 0 and local_gpu_arch() is None:
-        raise BadInputError("--tune-trials with a CUDA target measures on a GPU, and this machine has none")
+    if tuning_trials > 0:
+        raise BadInputError(
+            "--tune-trials: MetaSchedule tuning is not wired to the CUDA target yet (it gets dlight's schedules)"
+        )
     kernel_target = KernelTarget(kind="cuda", b1_mma=target.has_b1_mma, lanes=1, lookup=None)
     mod = to_relax(model, source, kernel_target)
     try:

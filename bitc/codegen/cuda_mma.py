@@ -1,5 +1,7 @@
-"""BinaryDense on 1-bit tensor cores (sm_80+): `mma.sync.m16n8k256 .b1 .and.popc`, one instruction per
-16 × 8 × 256 binary multiply-adds.
+"""BinaryDense and BinaryConv on 1-bit tensor cores (sm_80+): `mma.sync.m16n8k256 .b1 .and.popc`, one
+instruction per 16 × 8 × 256 binary multiply-adds. A conv is the same GEMM over its packed im2col rows (pixels ×
+window words; 1/32 of a float im2col's bytes; padding reads zero words, i.e. +1, as the CPU kernel does, and the
+zero-padding correction follows in the epilogue).
 
 `.and.popc` counts the bits set in both operands; the xor count the binary dot needs follows from the row bit
 counts: popc(a ^ b) = popc(a) + popc(b) − 2·popc(a & b). (`.xor.popc` would give it directly but is not offered
@@ -63,7 +65,7 @@ def swizzle(row: Any, word: Any) -> Any:
     return word ^ (((row >> 1) & 3) << 2)
 
 
-def fits(rows: int, columns: int, in_words: int) -> bool:
+def fits(rows: int, columns: int) -> bool:
     """Enough rows and columns to fill mma tiles (the GEMM case: batched dense layers)."""
     return rows >= MIN_ROWS and columns >= BN // 2
 
@@ -190,6 +192,71 @@ def xor_counts(x: Any, and_counts: Any, weight_counts: Any) -> Any:
         (rows, int(and_counts.shape[1]), 1),
         lambda m, n, _: row_counts[m] + weight_counts[n] - 2 * and_counts[m, n],
         name="xor_counts",
+    )
+
+
+def im2col_kernel(geometry: Any) -> Any:
+    """Packed NHWC words [N, H, W, CW] → [N·OH·OW, KH·KW·CW] window rows (zero words outside the image)."""
+    from bitc.codegen.cuda_relax import TeKernel, elementwise_schedule
+
+    return TeKernel("packed_im2col", lambda x: packed_im2col(x, geometry), [], ["x"], elementwise_schedule)
+
+
+def packed_im2col(x: Any, geometry: Any) -> Any:
+    from tvm import te, tirx
+
+    g = geometry
+    top, left = g.pads[0], g.pads[1]
+    window_words = g.kh * g.kw * g.in_words
+
+    def column(p: Any, k: Any) -> Any:
+        n, oh, ow = p // (g.out_h * g.out_w), p % (g.out_h * g.out_w) // g.out_w, p % g.out_w
+        kh, kw, cw = k // (g.kw * g.in_words), k % (g.kw * g.in_words) // g.in_words, k % g.in_words
+        h, w = oh * g.strides[0] + kh - top, ow * g.strides[1] + kw - left
+        inside = tirx.all(h >= 0, h < g.h, w >= 0, w < g.w)
+        clamped = x[n, tirx.max(tirx.min(h, g.h - 1), 0), tirx.max(tirx.min(w, g.w - 1), 0), cw]
+        return tirx.if_then_else(inside, clamped, tirx.const(0, "uint32"))
+
+    return te.compute((g.n * g.out_h * g.out_w, window_words), column, name="im2col")
+
+
+def conv_epilogue_kernel(node: Any) -> Any:
+    """(im2col rows, and-counts) → bit counts → dots → the BinaryConv node's epilogue (`cuda_relax.TeKernel`)."""
+    from bitc.codegen.bitc_relax import _constant
+    from bitc.codegen.cuda_relax import TeKernel, conv_parts, elementwise_schedule
+
+    parts = conv_parts(node)
+    packed = _constant(node, 1)
+    g, count = parts.geometry, len(parts.epilogue)
+
+    def compute(columns: Any, counts: Any, weight_counts: Any, *rest: Any) -> Any:
+        popc = xor_counts(columns, counts, weight_counts)
+
+        def popc_at(n: Any, oh: Any, ow: Any, b: Any, lane: Any) -> Any:
+            return popc[(n * g.out_h + oh) * g.out_w + ow, b, lane]
+
+        return kernels.conv_epilogue(
+            popc_at,
+            list(rest[:count]),
+            rest[count] if parts.correction else None,
+            g,
+            lanes=1,
+            output=parts.output,
+            classes=parts.classes,
+        )
+
+    return TeKernel(
+        "binary_conv_epilogue",
+        compute,
+        [weight_bit_counts(packed.reshape(*packed.shape[:2], -1)), *parts.epilogue, *parts.correction],
+        [
+            "columns",
+            "counts",
+            "weight_counts",
+            *(f"epilogue{i}" for i in range(count)),
+            *(["correction"] * len(parts.correction)),
+        ],
+        elementwise_schedule,
     )
 
 

@@ -41,9 +41,15 @@ def emit(bb: Any, node: ir.Node, args: list[Any], target: KernelTarget) -> Any:
 
     if node.op_type == "BinaryDense" and target.b1_mma:
         packed = _constant(node, 1)
-        if cuda_mma.fits(int(node.inputs[0].shape[0]), packed.shape[0] * packed.shape[1], packed.shape[2]):
+        if cuda_mma.fits(int(node.inputs[0].shape[0]), packed.shape[0] * packed.shape[1]):
             counts = cuda_mma.emit_and_gemm(bb, args[0], packed)
             return emit_scheduled_te(bb, cuda_mma.epilogue_kernel(node), [args[0], counts])
+    if node.op_type == "BinaryConv" and target.b1_mma:
+        packed, geometry = _constant(node, 1), conv_parts(node).geometry
+        if cuda_mma.fits(geometry.n * geometry.out_h * geometry.out_w, packed.shape[0] * packed.shape[1]):
+            columns = emit_scheduled_te(bb, cuda_mma.im2col_kernel(geometry), [args[0]])
+            counts = cuda_mma.emit_and_gemm(bb, columns, packed.reshape(*packed.shape[:2], -1))
+            return emit_scheduled_te(bb, cuda_mma.conv_epilogue_kernel(node), [columns, counts])
     kernel_for = _KERNELS.get(node.op_type) if ops.is_bitc(node) else None
     if kernel_for is None:
         raise CompileError(f"node '{node.name}': {node.op_type} has no CUDA kernel (it runs on --target cpu)")
@@ -114,7 +120,18 @@ def _packed_max_pool(node: ir.Node) -> TeKernel:
     )
 
 
-def _binary_conv(node: ir.Node) -> TeKernel:
+@dataclass
+class ConvParts:
+    """What a BinaryConv node's kernels share: geometry, epilogue constants, zero-padding correction."""
+
+    geometry: kernels.ConvGeometry
+    epilogue: list[np.ndarray]
+    correction: list[np.ndarray]  # [] or [table]
+    classes: tuple[int, int, int, int]
+    output: str
+
+
+def conv_parts(node: ir.Node) -> ConvParts:
     attrs = ops.get("BinaryConv").attrs(node)
     packed = _constant(node, 1)
     planes, out_channels, kh, kw, _ = packed.shape
@@ -131,30 +148,35 @@ def _binary_conv(node: ir.Node) -> TeKernel:
         pads=tuple(attrs["pads"]),
         planes=planes,
     )
-    epilogue = epilogue_constants(node)
     correction, classes = [], (0, 0, 0, 0)
     if attrs["pad_value"] == 0 and any(geometry.pads):
         table, *classes = kernels.zero_pad_correction(packed, geometry)
         correction = [table]
+    return ConvParts(geometry, epilogue_constants(node), correction, tuple(classes), attrs["output_format"])
+
+
+def _binary_conv(node: ir.Node) -> TeKernel:
+    parts = conv_parts(node)
+    count = len(parts.epilogue)
 
     def compute(x: Any, weights: Any, *rest: Any) -> Any:
         return kernels.binary_conv(
             x,
             weights,
-            list(rest[: len(epilogue)]),
-            rest[len(epilogue)] if correction else None,
-            geometry,
+            list(rest[:count]),
+            rest[count] if parts.correction else None,
+            parts.geometry,
             lanes=1,
-            output=attrs["output_format"],
-            classes=tuple(classes),
+            output=parts.output,
+            classes=parts.classes,
             flat_pixels=True,
         )
 
     return TeKernel(
         "binary_conv",
         compute,
-        [kernels.block_weights(packed, 1), *epilogue, *correction],
-        ["data", "weights", *(f"epilogue{i}" for i in range(len(epilogue))), *(["correction"] * len(correction))],
+        [kernels.block_weights(_constant(node, 1), 1), *parts.epilogue, *parts.correction],
+        ["data", "weights", *(f"epilogue{i}" for i in range(count)), *(["correction"] * len(parts.correction))],
         popcount_schedule("weights"),
     )
 

@@ -348,3 +348,20 @@ def test_tuning_a_cuda_target_is_refused(tmp_path):
     with pytest.raises(BadInputError, match="not wired to the CUDA target"):
         bitc.compile(tmp_path / "m.onnx", tmp_path / "m.bitc", target="cuda", tune_trials=4)
     assert not (tmp_path / "m.bitc").exists()
+
+
+def test_prebuilt_kernels_answer_tvms_compile_hook_only_while_loading():
+    """The CUDA loader's compile request gets the artifact's fatbin for its own source; the hook that was there
+    before (TVM's nvcc one, once `tvm` is imported) is back afterwards."""
+    import hashlib
+
+    from bitc.runtime import tvm_loader
+
+    ffi = tvm_loader.ffi()
+    before = ffi.get_global_func(tvm_loader.CUDA_COMPILE_HOOK, allow_missing=True)
+    source = "extern \"C\" __global__ void k() {}"
+    with tvm_loader.prebuilt_cuda_kernels(hashlib.sha256(source.encode()).hexdigest(), b"FATBIN"):
+        hook = ffi.get_global_func(tvm_loader.CUDA_COMPILE_HOOK)
+        assert bytes(hook(source)) == b"FATBIN"
+    after = ffi.get_global_func(tvm_loader.CUDA_COMPILE_HOOK, allow_missing=True)
+    assert (before is None and after is None) or (after is not None and after.same_as(before))

@@ -45,9 +45,13 @@ class Model:
         self._device = _check_target(self.path, self.manifest.get("target", {}))
         if num_threads is not None:
             tvm_loader.set_num_threads(num_threads)
-        if self._device != tvm_loader.DL_CPU:
-            _provide_cuda_kernels(artifact)
-        self._vm, self._main = _open_vm(self.path, artifact.library, self.manifest.get("entry", "main"), self._device)
+        entry = self.manifest.get("entry", "main")
+        if self._device == tvm_loader.DL_CPU:
+            self._vm, self._main = _open_vm(self.path, artifact.library, entry, self._device)
+        else:
+            sha256, fatbin = _cuda_kernels(artifact)
+            with tvm_loader.prebuilt_cuda_kernels(sha256, fatbin):
+                self._vm, self._main = _open_vm(self.path, artifact.library, entry, self._device)
 
     def __repr__(self) -> str:
         ins = ", ".join(map(str, self.inputs))
@@ -202,13 +206,13 @@ def _aligned(array: np.ndarray) -> np.ndarray:
     return out
 
 
-def _provide_cuda_kernels(artifact: Any) -> None:
-    """Check the GPU against the artifact's arch and register its prebuilt kernels with the CUDA runtime."""
+def _cuda_kernels(artifact: Any) -> tuple[str, bytes]:
+    """The artifact's prebuilt kernels (sha256 of their source, fatbin), after checking the GPU against its arch."""
     kernels = artifact.manifest.get("kernels")
     if not isinstance(kernels, Mapping) or kernels.get("fatbin") not in artifact.members:
         raise BadInputError(f"{artifact.path}: CUDA artifact without its compiled kernels (manifest 'kernels')")
     try:
-        tvm_loader.provide_cuda_kernels(str(kernels.get("source_sha256")), artifact.members[kernels["fatbin"]])
+        tvm_loader.require_gpu()
         capability = tvm_loader.gpu_compute_capability()
     except BitcError as exc:
         raise BitcError(f"{artifact.path}: {exc}") from None
@@ -219,6 +223,7 @@ def _provide_cuda_kernels(artifact: Any) -> None:
             f"{artifact.path}: built for {arch}, this GPU is sm_{capability}; "
             f"recompile with --target cuda:sm_{capability}"
         )
+    return str(kernels.get("source_sha256")), artifact.members[kernels["fatbin"]]
 
 
 def _check_target(path: Any, target: Any) -> int:

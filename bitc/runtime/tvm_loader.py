@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import functools
+import hashlib
 import importlib.util
 import os
 import sys
@@ -28,7 +29,6 @@ DL_CUDA = 2
 _POOLED_ALLOCATOR = 2
 _DEVICE_EXISTS, _COMPUTE_VERSION = 0, 4  # TVM's DeviceAttrKind
 CUDA_COMPILE_HOOK = "tvm_callback_cuda_compile"
-_prebuilt_kernels: dict[str, bytes] = {}
 
 
 @contextlib.contextmanager
@@ -92,10 +92,8 @@ def create_vm(library_module: Any, device_type: int = DL_CPU) -> Any:
     return vm
 
 
-def provide_cuda_kernels(source_sha256: str, fatbin: bytes) -> None:
-    """Make the CUDA runtime usable and hand it these ahead-of-time compiled kernels when it asks for them.
-
-    Raises a one-line BitcError when the machine has no NVIDIA driver or no GPU."""
+def require_gpu() -> None:
+    """Load the CUDA runtime and check that GPU 0 exists; a one-line BitcError when there is no driver or GPU."""
     tvm_ffi = ffi()
     spec = importlib.util.find_spec("tvm")
     cuda_lib = Path(spec.origin).parent / "lib" / "libtvm_runtime_cuda.so"  # type: ignore[union-attr]
@@ -109,24 +107,38 @@ def provide_cuda_kernels(source_sha256: str, fatbin: bytes) -> None:
         raise BitcError(f"this artifact runs on an NVIDIA GPU, and CUDA is not available here ({exc})") from None
     if not exists:
         raise BitcError("this artifact runs on an NVIDIA GPU, and no GPU is visible (driver loaded, no device 0)")
-    _prebuilt_kernels[source_sha256] = fatbin
-    tvm_ffi.register_global_func(CUDA_COMPILE_HOOK, _serve_prebuilt, override=True)
+
+
+@contextlib.contextmanager
+def prebuilt_cuda_kernels(source_sha256: str, fatbin: bytes):
+    """Inside the block, TVM's CUDA compile hook returns `fatbin` for the kernel source with that sha256 (TVM
+    calls it when a CUDA module is created, i.e. while the library loads). The hook TVM's Python package
+    registers (or none) is put back afterwards, so importing `tvm` later still works."""
+    tvm_ffi = ffi()
+    previous = tvm_ffi.get_global_func(CUDA_COMPILE_HOOK, allow_missing=True)
+
+    def serve(code: str, *_target: Any) -> bytes:
+        if hashlib.sha256(str(code).encode()).hexdigest() == source_sha256:
+            return fatbin
+        if previous is not None:
+            return previous(code, *_target)
+        raise RuntimeError("CUDA kernels were not compiled ahead of time for this library (source hash mismatch)")
+
+    tvm_ffi.register_global_func(CUDA_COMPILE_HOOK, serve, override=True)
+    try:
+        yield
+    finally:
+        if previous is not None:
+            tvm_ffi.register_global_func(CUDA_COMPILE_HOOK, previous, override=True)
+        else:
+            tvm_ffi.registry.remove_global_func(CUDA_COMPILE_HOOK)
 
 
 def gpu_compute_capability() -> int:
-    """80 for an sm_80 GPU 0 (call after `provide_cuda_kernels`)."""
+    """80 for an sm_80 GPU 0 (call after `require_gpu`)."""
     version = str(ffi().get_global_func("runtime.GetDeviceAttr")(DL_CUDA, 0, _COMPUTE_VERSION))
     major, _, minor = version.partition(".")
     return int(major) * 10 + int(minor or 0)
-
-
-def _serve_prebuilt(code: str, *_target: Any) -> bytes:
-    import hashlib
-
-    key = hashlib.sha256(str(code).encode()).hexdigest()
-    if key not in _prebuilt_kernels:
-        raise RuntimeError("CUDA kernels were not compiled ahead of time for this library (source hash mismatch)")
-    return _prebuilt_kernels[key]
 
 
 def device_tensor(array: Any, device_type: int) -> Any:

@@ -359,7 +359,7 @@ def test_prebuilt_kernels_answer_tvms_compile_hook_only_while_loading():
 
     ffi = tvm_loader.ffi()
     before = ffi.get_global_func(tvm_loader.CUDA_COMPILE_HOOK, allow_missing=True)
-    source = "extern \"C\" __global__ void k() {}"
+    source = 'extern "C" __global__ void k() {}'
     with tvm_loader.prebuilt_cuda_kernels(hashlib.sha256(source.encode()).hexdigest(), b"FATBIN"):
         hook = ffi.get_global_func(tvm_loader.CUDA_COMPILE_HOOK)
         assert bytes(hook(source)) == b"FATBIN"

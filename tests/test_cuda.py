@@ -20,7 +20,7 @@ from binary_models import as_ir, binary_conv_model, binary_dense_model, lowbit_m
 
 import bitc
 from bitc import ops
-from bitc.codegen import cuda_mma, cuda_relax
+from bitc.codegen import cuda_mma, cuda_relax, cuda_te
 from bitc.codegen.target import CudaTarget, local_gpu_arch, parse_target
 from bitc.errors import BadInputError, BitcError
 
@@ -96,7 +96,7 @@ def test_example_models_build_for_cuda(tmp_path, arch):
             assert archive.read("kernels.fatbin")[:4] == bytes.fromhex("50ed55ba")  # fatbin magic
 
 
-def _run_on_cpu(kernel: cuda_relax.TeKernel, *activations: np.ndarray) -> np.ndarray:
+def _run_on_cpu(kernel: cuda_te.TeKernel, *activations: np.ndarray) -> np.ndarray:
     """Build the GPU kernel's compute for the CPU, unscheduled, and run it."""
     import tvm
     from tvm import te
@@ -139,9 +139,9 @@ def test_gpu_binary_conv_compute_matches_reference(case):
     x = np.random.default_rng(0).standard_normal([int(d) for d in model.graph.inputs[0].shape]).astype(np.float32)
     packed = _node_input(model, node, x)
     expected = ops.reference_evaluator(model).run(None, {model.graph.inputs[0].name: x})[0]
-    _assert_matches(_run_on_cpu(cuda_relax._binary_conv(node), packed), expected)
+    _assert_matches(_run_on_cpu(cuda_relax.kernel_for(node), packed), expected)
     # the tensor-core path: packed im2col, the and-GEMM (in numpy here), the epilogue from and counts
-    columns = _run_on_cpu(cuda_mma.im2col_kernel(cuda_relax.conv_parts(node).geometry), packed)
+    columns = _run_on_cpu(cuda_mma.im2col_kernel(cuda_te.conv_parts(node).geometry), packed)
     weights = node.inputs[1].const_value.numpy()
     and_counts = _and_counts(columns, weights.reshape(weights.shape[0] * weights.shape[1], -1))
     _assert_matches(_run_on_cpu(cuda_mma.conv_epilogue_kernel(node), columns, and_counts), expected)
@@ -154,7 +154,7 @@ def test_gpu_binary_dense_computes_match_reference(case):
     x = np.random.default_rng(1).standard_normal([int(d) for d in model.graph.inputs[0].shape]).astype(np.float32)
     packed = _node_input(model, node, x)
     expected = ops.reference_evaluator(model).run(None, {model.graph.inputs[0].name: x})[0]
-    _assert_matches(_run_on_cpu(cuda_relax._binary_dense(node), packed), expected)
+    _assert_matches(_run_on_cpu(cuda_relax.kernel_for(node), packed), expected)
     weights = node.inputs[1].const_value.numpy()
     and_counts = _and_counts(packed, weights.reshape(-1, weights.shape[-1]))
     _assert_matches(_run_on_cpu(cuda_mma.epilogue_kernel(node), packed, and_counts), expected)
@@ -166,7 +166,7 @@ def test_gpu_lowbit_gemv_compute_matches_reference(case):
     node, model = _bitc_node(lowbit_matmul_model(**case))
     x = np.random.default_rng(2).standard_normal(case["shape"]).astype(np.float32)
     expected = ops.reference_evaluator(model).run(None, {model.graph.inputs[0].name: x})[0]
-    kernel = cuda_relax._lowbit_matmul(node)
+    kernel = cuda_relax.kernel_for(node)
     assert kernel.name == "lowbit_gemv"
     got = _run_on_cpu(kernel, x.reshape(-1, x.shape[-1])).reshape(expected.shape)
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-4 * np.abs(expected).max())
@@ -176,10 +176,10 @@ def test_gpu_bitpack_and_pool_computes_match_reference():
     node, model = _bitc_node(packed_pool_model())
     x = np.random.default_rng(3).standard_normal([int(d) for d in model.graph.inputs[0].shape]).astype(np.float32)
     bitpack = next(n for n in model.graph if n.op_type == "BitPack")
-    packed = _run_on_cpu(cuda_relax._bitpack(bitpack), x)
+    packed = _run_on_cpu(cuda_relax.kernel_for(bitpack), x)
     assert np.array_equal(packed, _node_input(model, node, x))
     expected = ops.reference_evaluator(model).run(None, {model.graph.inputs[0].name: x})[0]
-    assert np.array_equal(_run_on_cpu(cuda_relax._packed_max_pool(node), packed), expected)
+    assert np.array_equal(_run_on_cpu(cuda_relax.kernel_for(node), packed), expected)
 
 
 def _assert_matches(got: np.ndarray, expected: np.ndarray) -> None:

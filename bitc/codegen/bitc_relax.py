@@ -58,19 +58,19 @@ def _attrs(kernel: str) -> dict[str, Any]:
     return {"primfunc_attrs": {kernels.KERNEL_ATTR: kernel, "op_pattern": _OPAQUE}}
 
 
-def _constant(node: ir.Node, index: int) -> np.ndarray:
+def constant_input(node: ir.Node, index: int) -> np.ndarray:
     value = node.inputs[index]
     if value is None or value.const_value is None:
         raise CompileError(f"node '{node.name}': input {index} of {node.op_type} must be a constant")
     return value.const_value.numpy()
 
 
-def _as_planes(array: np.ndarray) -> np.ndarray:
+def as_planes(array: np.ndarray) -> np.ndarray:
     """A 1-D threshold [O] is one plane: [1, O] (scale is [P, O] already; bias [O] stays 1-D)."""
     return array.reshape(1, -1) if array.dtype == np.int32 and array.ndim == 1 else array
 
 
-def _relax_const(array: np.ndarray) -> Any:
+def relax_const(array: np.ndarray) -> Any:
     from tvm import relax
 
     return relax.const(np.ascontiguousarray(array))
@@ -106,7 +106,7 @@ def from_blocked(x: Any, block: int) -> Any:
 def _binary_conv(bb: Any, node: ir.Node, args: list[Any], target: KernelTarget) -> Any:
     lanes = target.lanes
     attrs = ops.get("BinaryConv").attrs(node)
-    packed = _constant(node, 1)
+    packed = constant_input(node, 1)
     planes, out_channels, kh, kw, _ = packed.shape
     n, h, w, _ = (int(d) for d in node.inputs[0].shape)
     geometry = kernels.ConvGeometry(
@@ -121,12 +121,12 @@ def _binary_conv(bb: Any, node: ir.Node, args: list[Any], target: KernelTarget) 
         pads=tuple(attrs["pads"]),
         planes=planes,
     )
-    epilogue = [_relax_const(_as_planes(_constant(node, i))) for i in range(2, len(node.inputs))]
+    epilogue = [relax_const(as_planes(constant_input(node, i))) for i in range(2, len(node.inputs))]
     correction, classes = None, (0, 0, 0, 0)
     if attrs["pad_value"] == 0 and any(geometry.pads):
         table, *classes = kernels.zero_pad_correction(packed, geometry)
-        correction = _relax_const(table)
-    blocked = _relax_const(kernels.block_weights(packed, lanes))
+        correction = relax_const(table)
+    blocked = relax_const(kernels.block_weights(packed, lanes))
 
     out_block = lanes if attrs["output_format"] == "float" and out_channels % lanes == 0 else None
 
@@ -155,10 +155,10 @@ def _binary_conv(bb: Any, node: ir.Node, args: list[Any], target: KernelTarget) 
 def _binary_dense(bb: Any, node: ir.Node, args: list[Any], target: KernelTarget) -> Any:
     lanes = target.lanes
     attrs = ops.get("BinaryDense").attrs(node)
-    packed = _constant(node, 1)
+    packed = constant_input(node, 1)
     planes, out_features, _ = packed.shape
-    epilogue = [_relax_const(_as_planes(_constant(node, i))) for i in range(2, len(node.inputs))]
-    blocked = _relax_const(kernels.block_weights(packed, lanes))
+    epilogue = [relax_const(as_planes(constant_input(node, i))) for i in range(2, len(node.inputs))]
+    blocked = relax_const(kernels.block_weights(packed, lanes))
 
     def compute(x: Any, weights: Any, *rest: Any) -> Any:
         return kernels.binary_dense(
@@ -190,7 +190,7 @@ def _lowbit_matmul(bb: Any, node: ir.Node, args: list[Any], target: KernelTarget
     from tvm import relax
 
     attrs = ops.get("LowBitMatMul").attrs(node)
-    packed, scales = _constant(node, 1), _constant(node, 2).astype(np.float32)
+    packed, scales = constant_input(node, 1), constant_input(node, 2).astype(np.float32)
     planes, out_features, in_words = packed.shape
     in_features, group_size = int(attrs["in_features"]), int(attrs["group_size"])
     shape = [int(d) for d in node.inputs[0].shape]
@@ -207,7 +207,7 @@ def _lowbit_matmul(bb: Any, node: ir.Node, args: list[Any], target: KernelTarget
         kernel = lowbit.lut_matmul(rows, blocks, in_words, planes, groups, group_words, lookup)
         gvar = bb.add_func(kernel, "bitc_lowbit_matmul")
         padded = relax.TensorType([rows, blocks * lanes], "float32")
-        out = bb.emit(relax.call_tir(gvar, [tables, _relax_const(weights), _relax_const(blocked_scales)], padded))
+        out = bb.emit(relax.call_tir(gvar, [tables, relax_const(weights), relax_const(blocked_scales)], padded))
         if blocks * lanes != out_features:
             out = bb.emit(relax.op.strided_slice(out, axes=[1], begin=[0], end=[out_features]))
     else:
@@ -218,8 +218,8 @@ def _lowbit_matmul(bb: Any, node: ir.Node, args: list[Any], target: KernelTarget
         out = bb.emit_te(
             compute,
             x,
-            _relax_const(packed),
-            _relax_const(scales),
+            relax_const(packed),
+            relax_const(scales),
             primfunc_name_hint="bitc_lowbit_matmul",
             **_attrs("lowbit_generic"),
         )
@@ -229,14 +229,14 @@ def _lowbit_matmul(bb: Any, node: ir.Node, args: list[Any], target: KernelTarget
 def _float_gemv(bb: Any, node: ir.Node, args: list[Any], target: KernelTarget) -> Any:
     from tvm import relax
 
-    weights = _constant(node, 1)
+    weights = constant_input(node, 1)
     in_features, out_features = weights.shape
     blocked = float_gemv.block_weights(weights)
     kernel = float_gemv.gemv(in_features, blocked.shape[0], target.cores)
     gvar = bb.add_func(kernel, "bitc_float_gemv")
     x = bb.emit(relax.op.reshape(args[0], [1, in_features]))
     padded = blocked.shape[0] * float_gemv.TILE
-    out = bb.emit(relax.call_tir(gvar, [x, _relax_const(blocked)], relax.TensorType([1, padded], "float32")))
+    out = bb.emit(relax.call_tir(gvar, [x, relax_const(blocked)], relax.TensorType([1, padded], "float32")))
     if padded != out_features:
         out = bb.emit(relax.op.strided_slice(out, axes=[1], begin=[0], end=[out_features]))
     shape = [int(d) for d in node.outputs[0].shape]
@@ -254,7 +254,7 @@ def _kv_attention(bb: Any, node: ir.Node, args: list[Any], target: KernelTarget)
     layout = layout_of(attrs, layers=layers, kv_heads=query[1], head_dim=query[3])
     positions = layout.quantized_capacity + layout.window_slots + kv_kernels.LANES
     if layout.pre_rope:
-        cos, sin = (_constant(node, len(node.inputs) - 2), _constant(node, len(node.inputs) - 1))
+        cos, sin = (constant_input(node, len(node.inputs) - 2), constant_input(node, len(node.inputs) - 1))
         tables = kv_kernels.rope_tables_transposed(cos, sin, positions)
     else:
         tables = (np.zeros((layout.head_dim, 1), np.float32),) * 2
@@ -262,7 +262,7 @@ def _kv_attention(bb: Any, node: ir.Node, args: list[Any], target: KernelTarget)
         layout, query[2], int(attrs["layer"]), float(attrs["scale"]), positions if layout.pre_rope else 0
     )
     gvar = bb.add_func(kernel, f"bitc_kv_attention_{int(attrs['layer'])}")
-    inputs = [*args[: len(FIXED_INPUTS) + len(STATE_NAMES)], *(_relax_const(t) for t in tables)]
+    inputs = [*args[: len(FIXED_INPUTS) + len(STATE_NAMES)], *(relax_const(t) for t in tables)]
     return bb.emit(relax.call_tir(gvar, inputs, relax.TensorType(query, "float32")))
 
 

@@ -30,17 +30,17 @@ def compute(x: Any, weights: Any, scales: Any, in_features: int, group_size: int
     p = te.reduce_axis((0, planes), name="p")
     w = te.reduce_axis((0, in_words), name="w")
     sign = tirx.const(0x80000000, "uint32")
+    last_word_bits = in_features % WORD_BITS  # 0: K fills its last word
 
     def signed(m: Any, word: Any, bit: int) -> Any:
+        """x[m, 32w + bit] with its sign bit xored with the weight bit (0 past K, in a partial last word)."""
         k = w * WORD_BITS + bit
         value = x[m, tirx.min(k, in_features - 1)]
         flip = (word << tirx.const(WORD_BITS - 1 - bit, "uint32")) & sign
         flipped = tirx.reinterpret("float32", tirx.reinterpret("uint32", value) ^ flip)
-        return (
-            flipped
-            if (bit < in_features % WORD_BITS or in_features % WORD_BITS == 0)
-            else tirx.Select(k < in_features, flipped, tirx.const(0.0, "float32"))
-        )
+        if last_word_bits and bit >= last_word_bits:
+            return tirx.Select(k < in_features, flipped, tirx.const(0.0, "float32"))
+        return flipped
 
     def row(m: Any, n: Any) -> Any:
         word = weights[p, n, w]

@@ -21,6 +21,8 @@ from typing import Any
 import numpy as np
 
 from bitc.codegen import binary_kernels as kernels
+from bitc.codegen.bitc_relax import constant_input, relax_const
+from bitc.codegen.cuda_te import TeKernel, conv_parts, elementwise_schedule, epilogue_constants
 
 BM = BN = 64  # block tile: activation rows × output channels
 STAGE_WORDS = 16  # packed words per shared-memory stage: two k256 steps
@@ -197,8 +199,6 @@ def xor_counts(x: Any, and_counts: Any, weight_counts: Any) -> Any:
 
 def im2col_kernel(geometry: Any) -> Any:
     """Packed NHWC words [N, H, W, CW] → [N·OH·OW, KH·KW·CW] window rows (zero words outside the image)."""
-    from bitc.codegen.cuda_relax import TeKernel, elementwise_schedule
-
     return TeKernel("packed_im2col", lambda x: packed_im2col(x, geometry), [], ["x"], elementwise_schedule)
 
 
@@ -222,11 +222,8 @@ def packed_im2col(x: Any, geometry: Any) -> Any:
 
 def conv_epilogue_kernel(node: Any) -> Any:
     """(im2col rows, and-counts) → bit counts → dots → the BinaryConv node's epilogue (`cuda_relax.TeKernel`)."""
-    from bitc.codegen.bitc_relax import _constant
-    from bitc.codegen.cuda_relax import TeKernel, conv_parts, elementwise_schedule
-
     parts = conv_parts(node)
-    packed = _constant(node, 1)
+    packed = constant_input(node, 1)
     g, count = parts.geometry, len(parts.epilogue)
 
     def compute(columns: Any, counts: Any, weight_counts: Any, *rest: Any) -> Any:
@@ -264,12 +261,10 @@ def emit_and_gemm(bb: Any, x: Any, packed: np.ndarray) -> Any:
     """popc(x & w) [M, P·O] int32 on tensor cores."""
     from tvm import relax
 
-    from bitc.codegen.bitc_relax import _relax_const
-
     planes, out_features, in_words = packed.shape
     rows, columns = int(x.ty.shape[0]), planes * out_features
     gvar = bb.add_func(and_gemm(rows, columns, in_words), "bitc_binary_dense_mma")
-    weights = _relax_const(padded_weights(packed))
+    weights = relax_const(padded_weights(packed))
     return bb.emit(relax.call_tir(gvar, [x, weights], relax.TensorType([rows, columns], "int32")))
 
 
@@ -277,11 +272,9 @@ def epilogue_kernel(node: Any) -> Any:
     """(x, and-counts) → bit counts → dots → the BinaryDense node's float or packed epilogue, one elementwise
     kernel (`cuda_relax.TeKernel`)."""
     from bitc import ops
-    from bitc.codegen.bitc_relax import _constant
-    from bitc.codegen.cuda_relax import TeKernel, elementwise_schedule, epilogue_constants
 
     attrs = ops.get("BinaryDense").attrs(node)
-    packed = _constant(node, 1)
+    packed = constant_input(node, 1)
     epilogue = epilogue_constants(node)
 
     def compute(x: Any, counts: Any, weight_counts: Any, *rest: Any) -> Any:

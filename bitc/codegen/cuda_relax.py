@@ -7,7 +7,6 @@ Float ops are not emitted here: they go through TVM's ONNX importer and get dlig
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -15,52 +14,45 @@ import onnx_ir as ir
 
 from bitc import ops
 from bitc.codegen import binary_kernels as kernels
-from bitc.codegen import cuda_gemv, cuda_mma, gpu_schedules
-from bitc.codegen.bitc_relax import KernelTarget, _as_planes, _constant, _relax_const
+from bitc.codegen import cuda_gemv, cuda_mma
+from bitc.codegen.bitc_relax import KernelTarget, constant_input, relax_const
+from bitc.codegen.cuda_te import TeKernel, conv_parts, elementwise_schedule, epilogue_constants, popcount_schedule
 from bitc.errors import CompileError
 
 _OPAQUE = 8
-
-
-@dataclass
-class TeKernel:
-    """A bitc node as one TE compute over (activation, *constants), with the GPU schedule to apply to it.
-
-    Kept apart from the Relax emission so that the same compute can be built for the CPU in tests: the GPU
-    schedule only reorders it."""
-
-    name: str
-    compute: Callable[..., Any]
-    constants: list[np.ndarray]
-    names: list[str]
-    schedule: Callable[[Any], None] | None
 
 
 def emit(bb: Any, node: ir.Node, args: list[Any], target: KernelTarget) -> Any:
     from tvm import relax
 
     if node.op_type == "BinaryDense" and target.b1_mma:
-        packed = _constant(node, 1)
+        packed = constant_input(node, 1)
         if cuda_mma.fits(int(node.inputs[0].shape[0]), packed.shape[0] * packed.shape[1]):
             counts = cuda_mma.emit_and_gemm(bb, args[0], packed)
             return emit_scheduled_te(bb, cuda_mma.epilogue_kernel(node), [args[0], counts])
     if node.op_type == "BinaryConv" and target.b1_mma:
-        packed, geometry = _constant(node, 1), conv_parts(node).geometry
+        packed, geometry = constant_input(node, 1), conv_parts(node).geometry
         if cuda_mma.fits(geometry.n * geometry.out_h * geometry.out_w, packed.shape[0] * packed.shape[1]):
             columns = emit_scheduled_te(bb, cuda_mma.im2col_kernel(geometry), [args[0]])
             counts = cuda_mma.emit_and_gemm(bb, columns, packed.reshape(*packed.shape[:2], -1))
             return emit_scheduled_te(bb, cuda_mma.conv_epilogue_kernel(node), [columns, counts])
-    kernel_for = _KERNELS.get(node.op_type) if ops.is_bitc(node) else None
-    if kernel_for is None:
-        raise CompileError(f"node '{node.name}': {node.op_type} has no CUDA kernel (it runs on --target cpu)")
+    kernel = kernel_for(node)
     shape = [int(d) for d in node.inputs[0].shape]
     x = args[0]
     if node.op_type == "LowBitMatMul" and len(shape) != 2:
         x = bb.emit(relax.op.reshape(x, [int(np.prod(shape[:-1])), shape[-1]]))
-    out = emit_scheduled_te(bb, kernel_for(node), [x])
+    out = emit_scheduled_te(bb, kernel, [x])
     if node.op_type == "LowBitMatMul" and len(shape) != 2:
         out = bb.emit(relax.op.reshape(out, [*shape[:-1], int(node.inputs[1].shape[1])]))
     return out
+
+
+def kernel_for(node: ir.Node) -> TeKernel:
+    """The CUDA-core kernel of a bitc node (its compute over the node's input and constants, and its schedule)."""
+    make = _KERNELS.get(node.op_type) if ops.is_bitc(node) else None
+    if make is None:
+        raise CompileError(f"node '{node.name}': {node.op_type} has no CUDA kernel (it runs on --target cpu)")
+    return make(node)
 
 
 def emit_scheduled_te(bb: Any, kernel: TeKernel, args: list[Any]) -> Any:
@@ -68,7 +60,7 @@ def emit_scheduled_te(bb: Any, kernel: TeKernel, args: list[Any]) -> Any:
     (None: dlight schedules it later) and call it."""
     from tvm import relax, s_tir, te
 
-    inputs = [*args, *(_relax_const(c) for c in kernel.constants)]
+    inputs = [*args, *(relax_const(c) for c in kernel.constants)]
     placeholders = [
         te.placeholder([int(d) for d in value.ty.shape], value.ty.dtype, name=name)
         for value, name in zip(inputs, kernel.names, strict=True)
@@ -83,24 +75,6 @@ def emit_scheduled_te(bb: Any, kernel: TeKernel, args: list[Any]) -> Any:
     gvar = bb.add_func(func.without_attr("global_symbol").with_attr(attrs), f"bitc_{kernel.name}")
     shape = [int(d) for d in output.shape]
     return bb.emit(relax.call_tir(gvar, inputs, relax.TensorType(shape, output.dtype)))
-
-
-def popcount_schedule(*shared: str) -> Callable[[Any], None]:
-    """Elementwise epilogue blocks get a thread each, then the popcount GEMM its shared-memory tiles."""
-
-    def schedule(sch: Any) -> None:
-        gpu_schedules.schedule_elementwise(sch, skip={"popc", "pad"})
-        gpu_schedules.schedule_popcount_gemm(sch, shared=shared)
-
-    return schedule
-
-
-def elementwise_schedule(sch: Any) -> None:
-    gpu_schedules.schedule_elementwise(sch, skip=set())
-
-
-def epilogue_constants(node: ir.Node) -> list[np.ndarray]:
-    return [np.ascontiguousarray(_as_planes(_constant(node, i))) for i in range(2, len(node.inputs))]
 
 
 def _bitpack(node: ir.Node) -> TeKernel:
@@ -118,41 +92,6 @@ def _packed_max_pool(node: ir.Node) -> TeKernel:
         ["x"],
         elementwise_schedule,
     )
-
-
-@dataclass
-class ConvParts:
-    """What a BinaryConv node's kernels share: geometry, epilogue constants, zero-padding correction."""
-
-    geometry: kernels.ConvGeometry
-    epilogue: list[np.ndarray]
-    correction: list[np.ndarray]  # [] or [table]
-    classes: tuple[int, int, int, int]
-    output: str
-
-
-def conv_parts(node: ir.Node) -> ConvParts:
-    attrs = ops.get("BinaryConv").attrs(node)
-    packed = _constant(node, 1)
-    planes, out_channels, kh, kw, _ = packed.shape
-    n, h, w, _ = (int(d) for d in node.inputs[0].shape)
-    geometry = kernels.ConvGeometry(
-        n=n,
-        h=h,
-        w=w,
-        in_channels=int(attrs["in_channels"]),
-        out_channels=out_channels,
-        kh=kh,
-        kw=kw,
-        strides=tuple(attrs["strides"]),
-        pads=tuple(attrs["pads"]),
-        planes=planes,
-    )
-    correction, classes = [], (0, 0, 0, 0)
-    if attrs["pad_value"] == 0 and any(geometry.pads):
-        table, *classes = kernels.zero_pad_correction(packed, geometry)
-        correction = [table]
-    return ConvParts(geometry, epilogue_constants(node), correction, tuple(classes), attrs["output_format"])
 
 
 def _binary_conv(node: ir.Node) -> TeKernel:
@@ -175,7 +114,7 @@ def _binary_conv(node: ir.Node) -> TeKernel:
     return TeKernel(
         "binary_conv",
         compute,
-        [kernels.block_weights(_constant(node, 1), 1), *parts.epilogue, *parts.correction],
+        [kernels.block_weights(constant_input(node, 1), 1), *parts.epilogue, *parts.correction],
         ["data", "weights", *(f"epilogue{i}" for i in range(count)), *(["correction"] * len(parts.correction))],
         popcount_schedule("weights"),
     )
@@ -183,7 +122,7 @@ def _binary_conv(node: ir.Node) -> TeKernel:
 
 def _binary_dense(node: ir.Node) -> TeKernel:
     attrs = ops.get("BinaryDense").attrs(node)
-    packed = _constant(node, 1)
+    packed = constant_input(node, 1)
     planes, out_features, _ = packed.shape
     epilogue = epilogue_constants(node)
 
@@ -213,7 +152,7 @@ def _lowbit_matmul(node: ir.Node) -> TeKernel:
     from bitc.codegen import lowbit_kernels as lowbit
 
     attrs = ops.get("LowBitMatMul").attrs(node)
-    packed, scales = _constant(node, 1), _constant(node, 2).astype(np.float32)
+    packed, scales = constant_input(node, 1), constant_input(node, 2).astype(np.float32)
     in_features, group_size = int(attrs["in_features"]), int(attrs["group_size"])
     rows = int(np.prod([int(d) for d in node.inputs[0].shape[:-1]]))
     names = ["x", "weights", "scales"]

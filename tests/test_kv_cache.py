@@ -4,8 +4,10 @@ against its numpy reference, and the stateful decoder session (compiled and refe
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
+import zipfile
 
 import numpy as np
 import onnx_ir as ir
@@ -320,3 +322,22 @@ def test_cli_compiles_with_kv_bits_and_generates(tiny_decoder, tmp_path):
     assert "KV cache (runtime-owned): keys 2-bit, values 2-bit" in " ".join(shown.stdout.split())
     bad = subprocess.run([*compile_cmd[:-1], "3"], capture_output=True, text=True)
     assert bad.returncode != 0 and "Traceback" not in bad.stderr and "key_bits" in bad.stderr
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc (CUDA toolkit) not installed")
+def test_decoder_with_lowbit_weights_builds_for_cuda_and_a_compressed_cache_is_refused(tiny_decoder, tmp_path):
+    """A decode step with 1-bit Linear weights: its GEMVs become the warp-per-row CUDA kernel. The compressed
+    KV-cache attention has no GPU kernel yet: a one-line error naming the op."""
+    from bitc.passes.lowbit_linear import LowBitLinear
+
+    path, _, _ = tiny_decoder
+    model = ir.load(path)
+    LowBitLinear(planes=1, measure_error=False, keep_last=False)(model)
+    ir.save(model, tmp_path / "lowbit.onnx")
+    bitc.compile(tmp_path / "lowbit.onnx", tmp_path / "lowbit.bitc", target="cuda:sm_90", passes=[])
+    with zipfile.ZipFile(tmp_path / "lowbit.bitc") as artifact:
+        ptx = artifact.read("kernels.ptx").decode()
+    assert ".entry bitc_lowbit_gemv" in ptx and "shfl.sync" in ptx
+    with pytest.raises(CompileError, match="KVAttention has no CUDA kernel"):
+        bitc.compile(path, tmp_path / "kv.bitc", target="cuda", kv_compress=4)
+    assert not (tmp_path / "kv.bitc").exists()

@@ -365,3 +365,16 @@ def test_prebuilt_kernels_answer_tvms_compile_hook_only_while_loading():
         assert bytes(hook(source)) == b"FATBIN"
     after = ffi.get_global_func(tvm_loader.CUDA_COMPILE_HOOK, allow_missing=True)
     assert (before is None and after is None) or (after is not None and after.same_as(before))
+
+
+@pytest.mark.slow
+@needs_nvcc
+@pytest.mark.parametrize("name", ["light_resnet50", "light_shufflenet", "light_squeezenet", "light_inception_v1"])
+def test_onnx_light_graphs_build_for_cuda(tmp_path, name):
+    """Classic float CNNs through dlight's GPU schedules (resnet50's input is named 'gpu_0/data_0', which TVM
+    would print as a CUDA parameter name unless bitc renames it)."""
+    light = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light"
+    result = bitc.compile(light / f"{name}.onnx", tmp_path / "m.bitc", target="cuda")
+    assert len(re.findall(r"\.entry ", _ptx(result.path))) > 5
+    original = {value.name for value in onnx.load(light / f"{name}.onnx").graph.input}
+    assert {spec["name"] for spec in result.manifest["inputs"]} <= original  # users keep the model's names

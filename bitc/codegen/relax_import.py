@@ -33,11 +33,38 @@ def _from_onnx(proto: onnx.ModelProto, model: ir.Model, source: str) -> Any:
 
     opset = model.opset_imports.get("", None)
     try:
-        return from_onnx(proto, opset=opset, keep_params_in_input=False)
+        return from_onnx(_identifier_inputs(proto), opset=opset, keep_params_in_input=False)
     except tvm.error.OpNotImplemented as exc:
         raise BadInputError(_unsupported_message(model, source, str(exc))) from None
     except Exception as exc:
         raise CompileError(f"{source}: TVM's ONNX importer failed: {first_line(exc)}") from None
+
+
+def _identifier_inputs(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """Graph inputs renamed to C identifiers ('gpu_0/data_0' → 'gpu_0_data_0'): their names become kernel
+    parameter names, which the CUDA compiler rejects otherwise. Inputs keep their order, which is all the
+    compiled function's callers rely on."""
+    renames = {v.name: _var_name(v.name) for v in proto.graph.input if _var_name(v.name) != v.name}
+    taken = {v.name for v in proto.graph.input} | {t.name for t in proto.graph.initializer}
+    renames = {old: _fresh(new, taken) for old, new in renames.items()}
+    if not renames:
+        return proto
+    proto = onnx.ModelProto.FromString(proto.SerializeToString())
+    for value in proto.graph.input:
+        value.name = renames.get(value.name, value.name)
+    for node in proto.graph.node:
+        node.input[:] = [renames.get(name, name) for name in node.input]
+    for value in proto.graph.output:  # an input passed straight through
+        value.name = renames.get(value.name, value.name)
+    return proto
+
+
+def _fresh(name: str, taken: set[str]) -> str:
+    candidate, suffix = name, 1
+    while candidate in taken:
+        candidate, suffix = f"{name}_{suffix}", suffix + 1
+    taken.add(candidate)
+    return candidate
 
 
 def _import_mixed(model: ir.Model, source: str, target: bitc_relax.KernelTarget) -> Any:

@@ -42,10 +42,6 @@ def is_custom(node: ir.Node, target: KernelTarget) -> bool:
 
 def emit(bb: Any, node: ir.Node, args: list[Any], target: KernelTarget) -> list[Any]:
     """Emit `node` into the block builder; `args` are the Relax values of its non-constant inputs, in order."""
-    if target.kind == "cuda":
-        from bitc.codegen import cuda_relax
-
-        return [cuda_relax.emit(bb, node, args, target)]
     if not ops.is_bitc(node):
         return [_float_gemv(bb, node, args, target)]
     emitter = _EMITTERS.get(node.op_type)

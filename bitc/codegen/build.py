@@ -14,7 +14,7 @@ from bitc.codegen import fast_math, lowbit_kernels, nchwc, tuning
 from bitc.codegen.bitc_relax import KernelTarget, cancel_layout_round_trips
 from bitc.codegen.cpu_schedules import default_schedule_pass
 from bitc.codegen.relax_import import to_relax
-from bitc.codegen.target import CpuTarget, CudaTarget
+from bitc.codegen.target import CpuTarget, CudaTarget, Target
 from bitc.errors import BitcError, CompileError, first_line
 
 
@@ -65,7 +65,7 @@ def _legalize_map() -> dict[str, Any]:
 
 def build(
     model: ir.Model,
-    target: CpuTarget | CudaTarget,
+    target: Target,
     *,
     tuning_options: tuning.TuningOptions | None = None,
     source: str = "model",

@@ -22,7 +22,12 @@ from bitc.errors import CompileError
 _OPAQUE = 8
 
 
-def emit(bb: Any, node: ir.Node, args: list[Any], target: KernelTarget) -> Any:
+def emit(bb: Any, node: ir.Node, args: list[Any], target: KernelTarget) -> list[Any]:
+    """Emit `node` into the block builder (as `bitc_relax.emit` does for CPUs): its one output, in a list."""
+    return [_emit(bb, node, args, target)]
+
+
+def _emit(bb: Any, node: ir.Node, args: list[Any], target: KernelTarget) -> Any:
     from tvm import relax
 
     if node.op_type == "BinaryDense" and target.b1_mma:

@@ -13,7 +13,7 @@ from typing import Any
 import onnx
 import onnx_ir as ir
 
-from bitc.codegen import bitc_relax
+from bitc.codegen import bitc_relax, cuda_relax
 from bitc.errors import BadInputError, CompileError, first_line
 
 
@@ -87,7 +87,8 @@ def _import_mixed(model: ir.Model, source: str, target: bitc_relax.KernelTarget)
                 if is_bitc:
                     for node in run:
                         args = [env[v.name] for v in node.inputs if v is not None and v.name in env]
-                        (output,) = bitc_relax.emit(bb, node, args, target)
+                        emit = cuda_relax.emit if target.kind == "cuda" else bitc_relax.emit
+                        (output,) = emit(bb, node, args, target)
                         env[node.outputs[0].name] = output
                     continue
                 last = position[id(run[-1])]

@@ -378,3 +378,20 @@ def test_onnx_light_graphs_build_for_cuda(tmp_path, name):
     assert len(re.findall(r"\.entry ", _ptx(result.path))) > 5
     original = {value.name for value in onnx.load(light / f"{name}.onnx").graph.input}
     assert {spec["name"] for spec in result.manifest["inputs"]} <= original  # users keep the model's names
+
+
+@needs_nvcc
+def test_cli_compiles_for_cuda_and_names_a_bad_arch_in_one_line(tmp_path):
+    onnx.save(binary_dense_model(), tmp_path / "m.onnx")
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "bitc", *args], capture_output=True, text=True, check=False)
+
+    done = cli("compile", str(tmp_path / "m.onnx"), "-o", str(tmp_path / "m.bitc"), "--target", "cuda:sm_90", "--json")
+    assert done.returncode == 0, done.stderr
+    assert '"target": "cuda:sm_90"' in done.stdout
+    inspected = cli("inspect", str(tmp_path / "m.bitc"))
+    assert "cuda:sm_90 (NVIDIA GPU, requested arch; PTX compute_90" in " ".join(inspected.stdout.split())
+    bad = cli("compile", str(tmp_path / "m.onnx"), "-o", str(tmp_path / "bad.bitc"), "--target", "cuda:sm_61")
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "sm_61" in bad.stderr
+    assert not (tmp_path / "bad.bitc").exists()

@@ -20,7 +20,7 @@ from binary_models import as_ir, binary_conv_model, binary_dense_model, lowbit_m
 
 import bitc
 from bitc import ops
-from bitc.codegen import cuda_mma, cuda_relax, cuda_te
+from bitc.codegen import bitc_relax, cuda_mma, cuda_relax, cuda_te
 from bitc.codegen.target import CudaTarget, local_gpu_arch, parse_target
 from bitc.errors import BadInputError, BitcError
 
@@ -141,7 +141,7 @@ def test_gpu_binary_conv_compute_matches_reference(case):
     expected = ops.reference_evaluator(model).run(None, {model.graph.inputs[0].name: x})[0]
     _assert_matches(_run_on_cpu(cuda_relax.kernel_for(node), packed), expected)
     # the tensor-core path: packed im2col, the and-GEMM (in numpy here), the epilogue from and counts
-    columns = _run_on_cpu(cuda_mma.im2col_kernel(cuda_te.conv_parts(node).geometry), packed)
+    columns = _run_on_cpu(cuda_mma.im2col_kernel(bitc_relax.conv_parts(node).geometry), packed)
     weights = node.inputs[1].const_value.numpy()
     and_counts = _and_counts(columns, weights.reshape(weights.shape[0] * weights.shape[1], -1))
     _assert_matches(_run_on_cpu(cuda_mma.conv_epilogue_kernel(node), columns, and_counts), expected)

@@ -17,6 +17,13 @@ from bitc.ops.binary_conv import conv_output_size
 from bitc.ops.packing import WORD_BITS, to_pm1, unpack_signs, words
 
 KERNEL_ATTR = "bitc.kernel"
+OPAQUE = 8  # TVM's kOpaque operator pattern: FuseOps leaves bitc kernels (their epilogues included) alone
+
+
+def kernel_attrs(kernel: str, *, scheduled: bool) -> dict[str, Any]:
+    """PrimFunc attributes of a bitc kernel: its name, opaque to fusion, and whether it brings its own schedule."""
+    attrs: dict[str, Any] = {KERNEL_ATTR: kernel, "op_pattern": OPAQUE}
+    return {**attrs, "tirx.is_scheduled": True} if scheduled else attrs
 
 
 @dataclass(frozen=True)

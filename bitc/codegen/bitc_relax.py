@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,9 +17,6 @@ from bitc.codegen.relax_rewrite import rewrite_calls
 from bitc.errors import CompileError
 from bitc.ops.kv_attention import FIXED_INPUTS
 from bitc.runtime.kv_cache import STATE_NAMES
-
-# Opaque to FuseOps: the kernels carry their epilogues already and have schedules of their own.
-_OPAQUE = 8
 
 
 @dataclass(frozen=True)
@@ -51,7 +49,7 @@ def emit(bb: Any, node: ir.Node, args: list[Any], target: KernelTarget) -> list[
 
 
 def _attrs(kernel: str) -> dict[str, Any]:
-    return {"primfunc_attrs": {kernels.KERNEL_ATTR: kernel, "op_pattern": _OPAQUE}}
+    return {"primfunc_attrs": kernels.kernel_attrs(kernel, scheduled=False)}
 
 
 def constant_input(node: ir.Node, index: int) -> np.ndarray:
@@ -99,8 +97,24 @@ def from_blocked(x: Any, block: int) -> Any:
     return relax.op.layout_transform(x, index_map=lambda n, cb, h, w, cl: (n, cb * block + cl, h, w))
 
 
-def _binary_conv(bb: Any, node: ir.Node, args: list[Any], target: KernelTarget) -> Any:
-    lanes = target.lanes
+def epilogue_constants(node: ir.Node) -> list[np.ndarray]:
+    """A BinaryConv/BinaryDense node's epilogue inputs (thresholds, or scale and bias), thresholds as [P, O]."""
+    return [np.ascontiguousarray(as_planes(constant_input(node, i))) for i in range(2, len(node.inputs))]
+
+
+@dataclass
+class ConvParts:
+    """What a BinaryConv node's kernels (CPU and CUDA) are built from: geometry, epilogue constants, the
+    zero-padding correction and its edge classes."""
+
+    geometry: kernels.ConvGeometry
+    epilogue: list[np.ndarray]
+    correction: list[np.ndarray]  # [] or [table]
+    classes: tuple[int, int, int, int]
+    output: str
+
+
+def conv_parts(node: ir.Node) -> ConvParts:
     attrs = ops.get("BinaryConv").attrs(node)
     packed = constant_input(node, 1)
     planes, out_channels, kh, kw, _ = packed.shape
@@ -117,50 +131,44 @@ def _binary_conv(bb: Any, node: ir.Node, args: list[Any], target: KernelTarget) 
         pads=tuple(attrs["pads"]),
         planes=planes,
     )
-    epilogue = [relax_const(as_planes(constant_input(node, i))) for i in range(2, len(node.inputs))]
-    correction, classes = None, (0, 0, 0, 0)
+    correction, classes = [], (0, 0, 0, 0)
     if attrs["pad_value"] == 0 and any(geometry.pads):
         table, *classes = kernels.zero_pad_correction(packed, geometry)
-        correction = relax_const(table)
-    blocked = relax_const(kernels.block_weights(packed, lanes))
+        correction = [table]
+    return ConvParts(geometry, epilogue_constants(node), correction, tuple(classes), attrs["output_format"])
 
-    out_block = lanes if attrs["output_format"] == "float" and out_channels % lanes == 0 else None
+
+def conv_compute(parts: ConvParts, lanes: int, **layout: Any) -> Callable[..., Any]:
+    """compute(x, weights, *epilogue, [correction]) of `binary_kernels.binary_conv` for these parts; `layout`
+    passes out_block / flat_pixels through."""
+    count = len(parts.epilogue)
 
     def compute(x: Any, weights: Any, *rest: Any) -> Any:
-        epilogue_tensors = list(rest[: len(epilogue)])
-        table = rest[len(epilogue)] if correction is not None else None
         return kernels.binary_conv(
             x,
             weights,
-            epilogue_tensors,
-            table,
-            geometry,
+            list(rest[:count]),
+            rest[count] if parts.correction else None,
+            parts.geometry,
             lanes=lanes,
-            output=attrs["output_format"],
-            classes=tuple(classes),
-            out_block=out_block,
+            output=parts.output,
+            classes=parts.classes,
+            **layout,
         )
 
-    extra = [correction] if correction is not None else []
-    out = bb.emit_te(
-        compute, args[0], blocked, *epilogue, *extra, primfunc_name_hint="bitc_binary_conv", **_attrs("binary_conv")
-    )
-    return bb.emit(from_blocked(out, out_block)) if out_block else out
+    return compute
 
 
-def _binary_dense(bb: Any, node: ir.Node, args: list[Any], target: KernelTarget) -> Any:
-    lanes = target.lanes
+def dense_compute(node: ir.Node, lanes: int) -> Callable[..., Any]:
+    """compute(x, weights, *epilogue) of `binary_kernels.binary_dense` for a BinaryDense node."""
     attrs = ops.get("BinaryDense").attrs(node)
-    packed = constant_input(node, 1)
-    planes, out_features, _ = packed.shape
-    epilogue = [relax_const(as_planes(constant_input(node, i))) for i in range(2, len(node.inputs))]
-    blocked = relax_const(kernels.block_weights(packed, lanes))
+    planes, out_features, _ = constant_input(node, 1).shape
 
-    def compute(x: Any, weights: Any, *rest: Any) -> Any:
+    def compute(x: Any, weights: Any, *epilogue: Any) -> Any:
         return kernels.binary_dense(
             x,
             weights,
-            list(rest),
+            list(epilogue),
             in_features=int(attrs["in_features"]),
             out_features=out_features,
             planes=planes,
@@ -168,8 +176,33 @@ def _binary_dense(bb: Any, node: ir.Node, args: list[Any], target: KernelTarget)
             output=attrs["output_format"],
         )
 
+    return compute
+
+
+def _binary_conv(bb: Any, node: ir.Node, args: list[Any], target: KernelTarget) -> Any:
+    lanes = target.lanes
+    parts = conv_parts(node)
+    out_channels = parts.geometry.out_channels
+    out_block = lanes if parts.output == "float" and out_channels % lanes == 0 else None
+    constants = [kernels.block_weights(constant_input(node, 1), lanes), *parts.epilogue, *parts.correction]
+    out = bb.emit_te(
+        conv_compute(parts, lanes, out_block=out_block),
+        args[0],
+        *(relax_const(c) for c in constants),
+        primfunc_name_hint="bitc_binary_conv",
+        **_attrs("binary_conv"),
+    )
+    return bb.emit(from_blocked(out, out_block)) if out_block else out
+
+
+def _binary_dense(bb: Any, node: ir.Node, args: list[Any], target: KernelTarget) -> Any:
+    constants = [kernels.block_weights(constant_input(node, 1), target.lanes), *epilogue_constants(node)]
     return bb.emit_te(
-        compute, args[0], blocked, *epilogue, primfunc_name_hint="bitc_binary_dense", **_attrs("binary_dense")
+        dense_compute(node, target.lanes),
+        args[0],
+        *(relax_const(c) for c in constants),
+        primfunc_name_hint="bitc_binary_dense",
+        **_attrs("binary_dense"),
     )
 
 

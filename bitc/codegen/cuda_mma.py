@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 
 from bitc.codegen import binary_kernels as kernels
-from bitc.codegen.bitc_relax import constant_input, relax_const
-from bitc.codegen.cuda_te import TeKernel, conv_parts, elementwise_schedule, epilogue_constants
+from bitc.codegen.bitc_relax import constant_input, conv_parts, epilogue_constants, relax_const
+from bitc.codegen.cuda_te import TeKernel, elementwise_schedule
 
 BM = BN = 64  # block tile: activation rows × output channels
 STAGE_WORDS = 16  # packed words per shared-memory stage: two k256 steps
@@ -172,7 +172,7 @@ def and_gemm(rows: int, columns: int, in_words: int) -> Any:
                                     if row < rows and col < columns:
                                         y[row, col] = acc[(mt * TILES_N + nt) * 4 + r]
 
-    attrs = {kernels.KERNEL_ATTR: "binary_dense_mma", "tirx.is_scheduled": True, "op_pattern": 8}
+    attrs = kernels.kernel_attrs("binary_dense_mma", scheduled=True)
     return and_gemm.without_attr("global_symbol").with_attr(attrs)
 
 

@@ -15,11 +15,17 @@ import onnx_ir as ir
 from bitc import ops
 from bitc.codegen import binary_kernels as kernels
 from bitc.codegen import cuda_gemv, cuda_mma
-from bitc.codegen.bitc_relax import KernelTarget, constant_input, relax_const
-from bitc.codegen.cuda_te import TeKernel, conv_parts, elementwise_schedule, epilogue_constants, popcount_schedule
+from bitc.codegen.bitc_relax import (
+    KernelTarget,
+    constant_input,
+    conv_compute,
+    conv_parts,
+    dense_compute,
+    epilogue_constants,
+    relax_const,
+)
+from bitc.codegen.cuda_te import TeKernel, elementwise_schedule, popcount_schedule
 from bitc.errors import CompileError
-
-_OPAQUE = 8
 
 
 def emit(bb: Any, node: ir.Node, args: list[Any], target: KernelTarget) -> list[Any]:
@@ -72,11 +78,11 @@ def emit_scheduled_te(bb: Any, kernel: TeKernel, args: list[Any]) -> Any:
     ]
     output = kernel.compute(*placeholders)
     func = te.create_prim_func([*placeholders, output])
-    attrs = {kernels.KERNEL_ATTR: kernel.name, "op_pattern": _OPAQUE}
     if kernel.schedule is not None:
         sch = s_tir.Schedule(func)
         kernel.schedule(sch)
-        func, attrs = sch.mod["main"], {**attrs, "tirx.is_scheduled": True}
+        func = sch.mod["main"]
+    attrs = kernels.kernel_attrs(kernel.name, scheduled=kernel.schedule is not None)
     gvar = bb.add_func(func.without_attr("global_symbol").with_attr(attrs), f"bitc_{kernel.name}")
     shape = [int(d) for d in output.shape]
     return bb.emit(relax.call_tir(gvar, inputs, relax.TensorType(shape, output.dtype)))
@@ -102,23 +108,9 @@ def _packed_max_pool(node: ir.Node) -> TeKernel:
 def _binary_conv(node: ir.Node) -> TeKernel:
     parts = conv_parts(node)
     count = len(parts.epilogue)
-
-    def compute(x: Any, weights: Any, *rest: Any) -> Any:
-        return kernels.binary_conv(
-            x,
-            weights,
-            list(rest[:count]),
-            rest[count] if parts.correction else None,
-            parts.geometry,
-            lanes=1,
-            output=parts.output,
-            classes=parts.classes,
-            flat_pixels=True,
-        )
-
     return TeKernel(
         "binary_conv",
-        compute,
+        conv_compute(parts, 1, flat_pixels=True),
         [kernels.block_weights(constant_input(node, 1), 1), *parts.epilogue, *parts.correction],
         ["data", "weights", *(f"epilogue{i}" for i in range(count)), *(["correction"] * len(parts.correction))],
         popcount_schedule("weights"),
@@ -126,27 +118,11 @@ def _binary_conv(node: ir.Node) -> TeKernel:
 
 
 def _binary_dense(node: ir.Node) -> TeKernel:
-    attrs = ops.get("BinaryDense").attrs(node)
-    packed = constant_input(node, 1)
-    planes, out_features, _ = packed.shape
     epilogue = epilogue_constants(node)
-
-    def compute(x: Any, weights: Any, *rest: Any) -> Any:
-        return kernels.binary_dense(
-            x,
-            weights,
-            list(rest),
-            in_features=int(attrs["in_features"]),
-            out_features=out_features,
-            planes=planes,
-            lanes=1,
-            output=attrs["output_format"],
-        )
-
     return TeKernel(
         "binary_dense",
-        compute,
-        [kernels.block_weights(packed, 1), *epilogue],
+        dense_compute(node, 1),
+        [kernels.block_weights(constant_input(node, 1), 1), *epilogue],
         ["data", "weights", *(f"epilogue{i}" for i in range(len(epilogue)))],
         popcount_schedule("data", "weights"),
     )

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
-from bitc.codegen.binary_kernels import KERNEL_ATTR
+from bitc.codegen.binary_kernels import kernel_attrs
 
 TILE = 64  # output columns per tile: four 16-lane accumulators
 LANES = 16
@@ -75,5 +75,5 @@ def gemv(in_features: int, tiles: int, num_cores: int) -> Any:
             for c in T.unroll(chunks):
                 y[0, T.ramp(tile * TILE + c * LANES, 1, LANES)] = acc[T.ramp(c * LANES, 1, LANES)]
 
-    attrs = {KERNEL_ATTR: "float_gemv", "tirx.is_scheduled": True, "op_pattern": 8}
+    attrs = kernel_attrs("float_gemv", scheduled=True)
     return kernel.without_attr("global_symbol").with_attr(attrs)

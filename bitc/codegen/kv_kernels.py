@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from bitc.codegen.binary_kernels import KERNEL_ATTR
+from bitc.codegen.binary_kernels import kernel_attrs
 from bitc.runtime.kv_cache import WORD_BITS, KVCacheLayout
 
 LANES = 16  # float32 lanes of the softmax and window loops (one AVX-512 vector; two on AVX2)
@@ -256,7 +256,7 @@ def kv_attention(layout: KVCacheLayout, groups: int, layer: int, scale: float, r
                         + T.Broadcast(scores[g, n - 1], LANES) * v_new[0, h, 0, T.ramp(c * LANES, 1, LANES)]
                     ) * T.Broadcast(inverse[g], LANES)
 
-    attrs = {KERNEL_ATTR: "kv_attention", "tirx.is_scheduled": True, "op_pattern": 8}
+    attrs = kernel_attrs("kv_attention", scheduled=True)
     return kernel.without_attr("global_symbol").with_attr(attrs)
 
 

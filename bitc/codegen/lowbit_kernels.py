@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from bitc.codegen.binary_kernels import KERNEL_ATTR
+from bitc.codegen.binary_kernels import kernel_attrs
 from bitc.ops.packing import WORD_BITS
 
 LANES = 16  # output rows per vpermps (one zmm of float32)
@@ -156,7 +156,7 @@ def lut_matmul(
                 for r in T.unroll(tile):
                     y[m, T.ramp((outer * tile + r) * lanes, 1, lanes)] = total[r, T.ramp(0, 1, lanes)]
 
-    attrs = {KERNEL_ATTR: "lowbit_matmul", "tirx.is_scheduled": True, "op_pattern": 8}
+    attrs = kernel_attrs("lowbit_matmul", scheduled=True)
     return lut_matmul.without_attr("global_symbol").with_attr(attrs)
 
 

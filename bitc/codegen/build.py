@@ -91,9 +91,14 @@ def build(
         raise
     except Exception as exc:
         raise CompileError(f"{source}: TVM compilation failed: {first_line(exc)}") from None
+    library = export_library(executable)
+    seconds = time.perf_counter() - start
+    return BuildResult(library=library, seconds=seconds, tuning=tuning_report, conv_layout=conv_layout)
+
+
+def export_library(executable: Any) -> bytes:
+    """The built executable as shared-library bytes (TVM exports only to a file)."""
     with tempfile.TemporaryDirectory(prefix="bitc-build-") as tmp:
         lib_path = Path(tmp) / "model.so"
         executable.export_library(str(lib_path))
-        library = lib_path.read_bytes()
-    seconds = time.perf_counter() - start
-    return BuildResult(library=library, seconds=seconds, tuning=tuning_report, conv_layout=conv_layout)
+        return lib_path.read_bytes()

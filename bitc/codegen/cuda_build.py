@@ -21,6 +21,7 @@ from typing import Any
 import onnx_ir as ir
 
 from bitc.codegen.bitc_relax import KernelTarget
+from bitc.codegen.build import BuildResult, export_library
 from bitc.codegen.relax_import import to_relax
 from bitc.codegen.target import CudaTarget
 from bitc.errors import BadInputError, BitcError, CompileError, first_line
@@ -70,11 +71,9 @@ def lower(mod: Any, target: CudaTarget) -> Any:
         )(mod)
 
 
-def build_cuda(model: ir.Model, target: CudaTarget, *, tuning_trials: int = 0, source: str = "model") -> Any:
+def build_cuda(model: ir.Model, target: CudaTarget, *, tuning_trials: int = 0, source: str = "model") -> BuildResult:
     """Import, lower, schedule, compile; returns `build.BuildResult` with the kernels as extra members."""
     import tvm
-
-    from bitc.codegen.build import BuildResult
 
     start = time.perf_counter()
     if shutil.which("nvcc") is None:
@@ -93,12 +92,8 @@ def build_cuda(model: ir.Model, target: CudaTarget, *, tuning_trials: int = 0, s
         raise
     except Exception as exc:
         raise CompileError(f"{source}: CUDA compilation failed: {first_line(exc)}") from None
-    with tempfile.TemporaryDirectory(prefix="bitc-build-") as tmp:
-        lib_path = Path(tmp) / "model.so"
-        executable.export_library(str(lib_path))
-        library = lib_path.read_bytes()
     return BuildResult(
-        library=library,
+        library=export_library(executable),
         seconds=time.perf_counter() - start,
         tuning={"trials": 0},
         conv_layout="NCHW",

@@ -14,6 +14,7 @@ from typing import Any
 
 from bitc.errors import BadInputError
 from bitc.runtime.hostcpu import ISA_FLAGS, host_arch, physical_cores
+from bitc.runtime.tvm_loader import arch_capability
 
 
 @dataclass(frozen=True)
@@ -73,7 +74,7 @@ class CudaTarget:
     @property
     def compute_capability(self) -> int:
         """80 for sm_80, 90 for sm_90 (the PTX `compute_` number)."""
-        return int(self.arch.removeprefix("sm_").rstrip("af"))
+        return arch_capability(self.arch)
 
     @property
     def has_b1_mma(self) -> bool:

@@ -217,7 +217,10 @@ def _cuda_kernels(artifact: Any) -> tuple[str, bytes]:
     except BitcError as exc:
         raise BitcError(f"{artifact.path}: {exc}") from None
     arch = str(artifact.manifest["target"].get("arch", "sm_0"))
-    built_for = int(arch.removeprefix("sm_").rstrip("af") or 0)
+    try:
+        built_for = tvm_loader.arch_capability(arch)
+    except ValueError:
+        raise BadInputError(f"{artifact.path}: manifest 'target' arch {arch!r} is not an sm_XY name") from None
     if capability < built_for:
         raise BadInputError(
             f"{artifact.path}: built for {arch}, this GPU is sm_{capability}; "

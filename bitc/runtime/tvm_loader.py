@@ -134,6 +134,11 @@ def prebuilt_cuda_kernels(source_sha256: str, fatbin: bytes):
             tvm_ffi.registry.remove_global_func(CUDA_COMPILE_HOOK)
 
 
+def arch_capability(arch: str) -> int:
+    """80 for 'sm_80', 90 for 'sm_90a': the number GPU compute capabilities compare by."""
+    return int(arch.removeprefix("sm_").rstrip("af"))
+
+
 def gpu_compute_capability() -> int:
     """80 for an sm_80 GPU 0 (call after `require_gpu`)."""
     version = str(ffi().get_global_func("runtime.GetDeviceAttr")(DL_CUDA, 0, _COMPUTE_VERSION))

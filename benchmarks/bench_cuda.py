@@ -90,33 +90,29 @@ def _ptx_summary(path: Path) -> str:
 
 
 def kernels(folder: Path, arch: str, runs: int, build_only: bool) -> None:
+    """Each case: a single-layer model and the M × K × N of the torch fp16 matmul it is compared with."""
+    cases = [
+        ("binary GEMM (BitPack + BinaryDense)", binary_dense_model(m=m, k=k, n=n), (m, k, n)) for m, k, n in GEMM_SHAPES
+    ] + [
+        ("binary-weight GEMV (LowBitMatMul, 1 plane)", lowbit_matmul_model(shape=(1, k), n=n), (1, k, n))
+        for k, n in GEMV_SHAPES
+    ]
     table = Table("kernel", "shape", "bitc ms", "torch fp16 ms", "× cuBLAS fp16", "max |Δ| vs CPU build", "PTX")
-    for m, k, n in GEMM_SHAPES:
-        path = folder / f"gemm_{m}x{k}x{n}.onnx"
-        onnx.save(binary_dense_model(m=m, k=k, n=n), path)
+    for index, (label, proto, (m, k, n)) in enumerate(cases):
+        shape = f"{m}×{k}×{n}"
+        path = folder / f"kernel_{index}.onnx"
+        onnx.save(proto, path)
         artifact = _compile_pair(path, arch, passes=[])
-        row = ["binary GEMM (BitPack + BinaryDense)", f"{m}×{k}×{n}"]
         if build_only:
-            table.add_row(*row, "-", "-", "-", "-", _ptx_summary(artifact))
+            table.add_row(label, shape, "-", "-", "-", "-", _ptx_summary(artifact))
             continue
         ms, diff = _bitc_ms(artifact, runs)
         a = torch.randn(m, k, device="cuda", dtype=torch.float16)
         b = torch.randn(k, n, device="cuda", dtype=torch.float16)
         peer = _torch_ms(lambda a=a, b=b: a @ b, runs)
-        table.add_row(*row, f"{ms:.3f}", f"{peer:.3f}", f"{peer / ms:.2f}", f"{diff:.1e}", _ptx_summary(artifact))
-    for k, n in GEMV_SHAPES:
-        path = folder / f"gemv_{k}x{n}.onnx"
-        onnx.save(lowbit_matmul_model(shape=(1, k), n=n), path)
-        artifact = _compile_pair(path, arch, passes=[])
-        row = ["binary-weight GEMV (LowBitMatMul, 1 plane)", f"1×{k}×{n}"]
-        if build_only:
-            table.add_row(*row, "-", "-", "-", "-", _ptx_summary(artifact))
-            continue
-        ms, diff = _bitc_ms(artifact, runs)
-        x = torch.randn(1, k, device="cuda", dtype=torch.float16)
-        w = torch.randn(k, n, device="cuda", dtype=torch.float16)
-        peer = _torch_ms(lambda x=x, w=w: x @ w, runs)
-        table.add_row(*row, f"{ms:.3f}", f"{peer:.3f}", f"{peer / ms:.2f}", f"{diff:.1e}", _ptx_summary(artifact))
+        table.add_row(
+            label, shape, f"{ms:.3f}", f"{peer:.3f}", f"{peer / ms:.2f}", f"{diff:.1e}", _ptx_summary(artifact)
+        )
     console.print(table)
 
 

@@ -111,17 +111,16 @@ def _run_on_cpu(kernel: cuda_te.TeKernel, *activations: np.ndarray) -> np.ndarra
     return result.numpy()
 
 
-def _bitc_node(proto: onnx.ModelProto) -> tuple[ir.Node, ir.Model]:
+def _reference_case(proto: onnx.ModelProto, seed: int) -> tuple[ir.Node, ir.Model, np.ndarray, np.ndarray, np.ndarray]:
+    """The model's first bitc op after its BitPack, a seeded random input x, the value reaching that op (the
+    BitPack's output, or x), and the model's output, all by the numpy references."""
     model = as_ir(proto)
-    return next(node for node in model.graph if ops.is_bitc(node) and node.op_type != "BitPack"), model
-
-
-def _node_input(model: ir.Model, node: ir.Node, x: np.ndarray) -> np.ndarray:
-    """The value reaching `node` when the model input is x (the BitPack in front of it, by the reference)."""
-    feeds = {model.graph.inputs[0].name: x}
+    node = next(node for node in model.graph if ops.is_bitc(node) and node.op_type != "BitPack")
+    x = np.random.default_rng(seed).standard_normal([int(d) for d in model.graph.inputs[0].shape]).astype(np.float32)
     evaluator = ops.reference_evaluator(model)
+    feeds = {model.graph.inputs[0].name: x}
     (value,) = evaluator.run([node.inputs[0].name], feeds) if node.inputs[0].producer() else (x,)
-    return value
+    return node, model, x, value, evaluator.run(None, feeds)[0]
 
 
 @pytest.mark.parametrize(
@@ -135,10 +134,7 @@ def _node_input(model: ir.Model, node: ir.Node, x: np.ndarray) -> np.ndarray:
     ],
 )
 def test_gpu_binary_conv_compute_matches_reference(case):
-    node, model = _bitc_node(binary_conv_model(**case))
-    x = np.random.default_rng(0).standard_normal([int(d) for d in model.graph.inputs[0].shape]).astype(np.float32)
-    packed = _node_input(model, node, x)
-    expected = ops.reference_evaluator(model).run(None, {model.graph.inputs[0].name: x})[0]
+    node, _, _, packed, expected = _reference_case(binary_conv_model(**case), seed=0)
     _assert_matches(_run_on_cpu(cuda_relax.kernel_for(node), packed), expected)
     # the tensor-core path: packed im2col, the and-GEMM (in numpy here), the epilogue from and counts
     columns = _run_on_cpu(cuda_mma.im2col_kernel(bitc_relax.conv_parts(node).geometry), packed)
@@ -150,10 +146,7 @@ def test_gpu_binary_conv_compute_matches_reference(case):
 @pytest.mark.parametrize("case", [{}, {"output_format": "packed", "planes": 2, "threshold_planes": 3}, {"k": 33}])
 def test_gpu_binary_dense_computes_match_reference(case):
     """The CUDA-core popcount kernel, and the tensor-core path's epilogue (xor counts from and counts)."""
-    node, model = _bitc_node(binary_dense_model(**case))
-    x = np.random.default_rng(1).standard_normal([int(d) for d in model.graph.inputs[0].shape]).astype(np.float32)
-    packed = _node_input(model, node, x)
-    expected = ops.reference_evaluator(model).run(None, {model.graph.inputs[0].name: x})[0]
+    node, _, _, packed, expected = _reference_case(binary_dense_model(**case), seed=1)
     _assert_matches(_run_on_cpu(cuda_relax.kernel_for(node), packed), expected)
     weights = node.inputs[1].const_value.numpy()
     and_counts = _and_counts(packed, weights.reshape(-1, weights.shape[-1]))
@@ -163,9 +156,7 @@ def test_gpu_binary_dense_computes_match_reference(case):
 @pytest.mark.parametrize("case", [{"shape": (1, 100)}, {"shape": (1, 1, 576), "group_size": 64, "planes": 2}])
 def test_gpu_lowbit_gemv_compute_matches_reference(case):
     """Sign flips by xor of the float's sign bit, per-word group scales, a partial last word."""
-    node, model = _bitc_node(lowbit_matmul_model(**case))
-    x = np.random.default_rng(2).standard_normal(case["shape"]).astype(np.float32)
-    expected = ops.reference_evaluator(model).run(None, {model.graph.inputs[0].name: x})[0]
+    node, _, x, _, expected = _reference_case(lowbit_matmul_model(**case), seed=2)
     kernel = cuda_relax.kernel_for(node)
     assert kernel.name == "lowbit_gemv"
     got = _run_on_cpu(kernel, x.reshape(-1, x.shape[-1])).reshape(expected.shape)
@@ -173,12 +164,10 @@ def test_gpu_lowbit_gemv_compute_matches_reference(case):
 
 
 def test_gpu_bitpack_and_pool_computes_match_reference():
-    node, model = _bitc_node(packed_pool_model())
-    x = np.random.default_rng(3).standard_normal([int(d) for d in model.graph.inputs[0].shape]).astype(np.float32)
+    node, model, x, packed_reference, expected = _reference_case(packed_pool_model(), seed=3)
     bitpack = next(n for n in model.graph if n.op_type == "BitPack")
     packed = _run_on_cpu(cuda_relax.kernel_for(bitpack), x)
-    assert np.array_equal(packed, _node_input(model, node, x))
-    expected = ops.reference_evaluator(model).run(None, {model.graph.inputs[0].name: x})[0]
+    assert np.array_equal(packed, packed_reference)
     assert np.array_equal(_run_on_cpu(cuda_relax.kernel_for(node), packed), expected)
 
 

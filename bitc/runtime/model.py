@@ -135,9 +135,9 @@ class Model:
             raise BadInputError(
                 f"inputs do not match the model: missing {missing}, unknown {unknown}; expected {expected}"
             )
-        return [
-            tvm_loader.device_tensor(_aligned(_checked(spec, inputs[spec.name])), self._device) for spec in self.inputs
-        ]
+        # CPU kernels read the array in place (64-byte aligned); a GPU gets a copy in its own (aligned) memory
+        host = _aligned if self._device == tvm_loader.DL_CPU else np.ascontiguousarray
+        return [tvm_loader.device_tensor(host(_checked(spec, inputs[spec.name])), self._device) for spec in self.inputs]
 
     def _collect(self, raw: Any) -> dict[str, np.ndarray]:
         values = list(raw) if isinstance(raw, Sequence) or not hasattr(raw, "__dlpack__") else [raw]

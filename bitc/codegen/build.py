@@ -13,6 +13,7 @@ import onnx_ir as ir
 from bitc.codegen import fast_math, lowbit_kernels, nchwc, tuning
 from bitc.codegen.bitc_relax import KernelTarget, cancel_layout_round_trips
 from bitc.codegen.cpu_schedules import default_schedule_pass
+from bitc.codegen.legalize_cache import cached_legalize_map
 from bitc.codegen.relax_import import to_relax
 from bitc.codegen.target import CpuTarget, CudaTarget, Target
 from bitc.errors import BitcError, CompileError, first_line
@@ -47,8 +48,10 @@ def lower_to_fused_tir(mod: Any, target: CpuTarget) -> tuple[Any, str]:
             [
                 relax.transform.DecomposeOpsForInference(),
                 relax.transform.CanonicalizeBindings(),
-                relax.transform.FoldConstant(),
-                relax.transform.LegalizeOps(customize_legalize_map=_legalize_map()),
+                # Legalize before folding constants: FoldConstant legalizes every call it visits (with TVM's
+                # uncached legalizations) just to see whether it can fold it; after LegalizeOps it only
+                # evaluates the call_tirs whose arguments are all constant (pre-blocked weights, folded BN).
+                relax.transform.LegalizeOps(customize_legalize_map=cached_legalize_map(_legalize_map())),
                 relax.transform.AnnotateTIROpPattern(),
                 relax.transform.FoldConstant(),
                 relax.transform.FuseOps(),

@@ -392,11 +392,11 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def _inspect(args: argparse.Namespace) -> int:
-    from bitc.inspect import inspect_file
+    from bitc.inspect import inspect_file, json_safe
 
     info = inspect_file(args.file)
     if args.json:
-        print(json.dumps(info, indent=2, default=str))
+        print(json.dumps(json_safe(info), indent=2, default=str, allow_nan=False))
     else:
         from bitc.console import print_inspect
 

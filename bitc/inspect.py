@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import collections
+import math
 import zipfile
 from pathlib import Path
 from typing import Any
 
-from bitc.errors import BadInputError
+from bitc.errors import BadInputError, first_line
 from bitc.layers import layer_table, summarize_layers
 
 
@@ -23,8 +24,110 @@ def inspect_file(path: str | Path) -> dict[str, Any]:
 def inspect_artifact(path: Path) -> dict[str, Any]:
     from bitc.runtime.artifact import read_manifest
 
-    manifest = read_manifest(path)
+    manifest = displayable_manifest(path, read_manifest(path))
     return {"kind": "artifact", "path": str(path), "size_bytes": path.stat().st_size, "manifest": manifest}
+
+
+# What the display reads from a manifest: key -> (type, default when absent). A present key of another type is
+# refused by name (a forged or damaged manifest); an absent one is shown as its default (bitc writes them all, so
+# only a forged manifest shows a placeholder), or, when the default is OPTIONAL, left absent.
+OPTIONAL = object()
+_SCALAR = (str, int, float, bool, type(None))
+_MANIFEST_FIELDS: dict[str, tuple[type, Any]] = {
+    "source": (dict, {}),
+    "target": (dict, {}),
+    "versions": (dict, {}),
+    "inputs": (list, []),
+    "outputs": (list, []),
+    "passes": (list, []),
+    "codegen": (dict, {}),
+    "members": (dict, {}),
+    "layers": (list, []),
+    "stats": (dict, {}),
+}
+_ENTRY_FIELDS: dict[str, dict[str, tuple[type | tuple[type, ...], Any]]] = {
+    "source": {"name": (str, "?")},
+    "target": {
+        "name": (str, "?"),
+        "kind": (str, OPTIONAL),
+        "arch_source": (_SCALAR, OPTIONAL),
+        "ptx": (_SCALAR, OPTIONAL),
+        "num_cores": (_SCALAR, OPTIONAL),
+    },
+    "codegen": {"conv_layout": (str, OPTIONAL)},
+    "tensor": {"name": (str, "?"), "dtype": (str, "?"), "shape": (list, [])},
+    "pass": {"name": (str, "?")},
+    "member": {"size": (int, "?"), "sha256": (str, "?")},
+    "layer": {
+        "name": (str, "?"),
+        "op": (str, "?"),
+        "precision": (str, "?"),
+        "params": ((int, float), 0),
+        "macs": ((int, float), 0),
+        "bytes": ((int, float), 0),
+    },
+    "stats": {
+        "layers": ((int, float), 0),
+        "params": ((int, float), 0),
+        "macs": ((int, float), 0),
+        "binary_mac_share": ((int, float), 0),
+    },
+}
+
+
+def displayable_manifest(path: Path, manifest: dict[str, Any]) -> dict[str, Any]:
+    """The manifest with every field the display reads checked for type (one-line BadInputError naming the field
+    otherwise) and absent ones filled with a placeholder, so `inspect` shows any readable manifest."""
+    shown = dict(manifest)
+    for key, (kind, default) in _MANIFEST_FIELDS.items():
+        shown[key] = _typed(path, key, shown.get(key, default), kind)
+    for key in ("source", "target", "codegen", "stats"):
+        shown[key] = _entry(path, key, shown[key], key)
+    for key, kind in (("inputs", "tensor"), ("outputs", "tensor"), ("passes", "pass"), ("layers", "layer")):
+        shown[key] = [_entry(path, f"{key}[{i}]", item, kind) for i, item in enumerate(shown[key])]
+    shown["members"] = {
+        name: _entry(path, f"members.{name}", meta, "member") for name, meta in shown["members"].items()
+    }
+    if shown.get("kv_cache") is not None:
+        _check_kv_cache(path, shown["kv_cache"])
+    return shown
+
+
+def _typed(path: Path, key: str, value: Any, kind: type | tuple[type, ...]) -> Any:
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind in ((int, float), int)):
+        names = " or ".join(k.__name__ for k in (kind if isinstance(kind, tuple) else (kind,)))
+        raise BadInputError(f"{path}: manifest '{key}' is malformed ({type(value).__name__}, expected {names})")
+    return value
+
+
+def _entry(path: Path, key: str, value: Any, kind: str) -> dict[str, Any]:
+    """One object of the manifest (a tensor, pass, layer ...): an object whose display fields have their types."""
+    entry = dict(_typed(path, key, value, dict))
+    for field, (field_kind, default) in _ENTRY_FIELDS[kind].items():
+        if field in entry or default is not OPTIONAL:
+            entry[field] = _typed(path, f"{key}.{field}", entry.get(field, default), field_kind)
+    return entry
+
+
+def _check_kv_cache(path: Path, layout: Any) -> None:
+    from bitc.runtime.kv_cache import KVCacheLayout
+
+    try:
+        KVCacheLayout.from_json(layout)
+    except (TypeError, ValueError) as exc:
+        raise BadInputError(f"{path}: manifest 'kv_cache' is malformed ({first_line(exc)})") from None
+
+
+def json_safe(value: Any) -> Any:
+    """`value` with NaN and infinities as the strings "NaN", "Infinity", "-Infinity": what `json.dumps(...,
+    allow_nan=False)` accepts, so `inspect --json` always prints valid JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    if isinstance(value, dict):
+        return {key: json_safe(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(item) for item in value]
+    return value
 
 
 def inspect_onnx(path: Path) -> dict[str, Any]:

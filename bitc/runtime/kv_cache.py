@@ -16,8 +16,9 @@ holds 32/bits channels of one token: the weighted sum of values runs along chann
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import MISSING, asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -26,6 +27,8 @@ WORD_BITS = 32
 SUPPORTED_BITS = (1, 2, 4, 8)
 METADATA_KEY = "bitc.kv_cache"
 FLOAT_BITS = 32
+
+MAX_STATE_BYTES = 2**36  # a manifest's layout whose cache state is larger than this is refused
 
 # State inputs of a compressed decoder, in graph order after its token and position inputs.
 STATE_NAMES = (
@@ -161,8 +164,24 @@ class KVCacheLayout:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> KVCacheLayout:
-        known = cls.__dataclass_fields__
-        return cls(**{key: value for key, value in data.items() if key in known})
+        """A layout read from a manifest: every field of its own type (TypeError otherwise), every count positive,
+        and a cache state small enough to allocate (ValueError otherwise), so a forged one fails here."""
+        if not isinstance(data, Mapping):
+            raise TypeError(f"the KV cache layout is an object, got {type(data).__name__}")
+        fields = {key: value for key, value in data.items() if key in cls.__dataclass_fields__}
+        for key, value in fields.items():
+            default = cls.__dataclass_fields__[key].default  # fields without a default are counts
+            kind = int if default is MISSING else type(default)
+            if type(value) is not kind:
+                raise TypeError(f"KV cache '{key}' must be {kind.__name__}, got {type(value).__name__}")
+        for key in ("layers", "kv_heads", "head_dim"):
+            if fields.get(key, 1) < 1:
+                raise ValueError(f"KV cache '{key}' must be >= 1, got {fields[key]}")
+        layout = cls(**fields)
+        state = sum(math.prod(shape) * np.dtype(dtype).itemsize for shape, dtype in layout.state_specs().values())
+        if state > MAX_STATE_BYTES:
+            raise ValueError(f"its state would take {state:,} bytes (more than {MAX_STATE_BYTES // 2**30} GiB)")
+        return layout
 
     def to_metadata(self) -> str:
         return json.dumps(self.to_json(), sort_keys=True)

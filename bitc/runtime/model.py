@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import math
 import os
-from collections.abc import Mapping, Sequence
+import threading
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +19,7 @@ from bitc.runtime.kv_cache import KVCacheLayout
 from bitc.runtime.session import DecoderSession
 
 _ALIGNMENT = 64  # TVM kernels assume 64-byte aligned buffers; numpy only guarantees 16.
+MAX_TENSOR_BYTES = 2**36  # a manifest's tensor spec larger than 64 GiB is refused at load (random_inputs allocates it)
 
 
 @dataclass(frozen=True)
@@ -27,16 +30,29 @@ class TensorSpec:
 
     @classmethod
     def from_json(cls, entry: Mapping[str, Any]) -> TensorSpec:
-        return cls(str(entry["name"]), tuple(int(d) for d in entry["shape"]), str(entry["dtype"]))
+        """A spec from the manifest; wrong types raise TypeError/ValueError (no str() or int() of anything)."""
+        if not isinstance(entry, Mapping):
+            raise TypeError(f"a tensor spec is an object, got {type(entry).__name__}")
+        name, shape, dtype = entry["name"], entry["shape"], entry["dtype"]
+        if not isinstance(name, str) or not isinstance(dtype, str):
+            raise TypeError(f"name and dtype must be strings, got {type(name).__name__} and {type(dtype).__name__}")
+        if not isinstance(shape, list) or not all(type(d) is int for d in shape):
+            raise ValueError(f"shape of '{name[:80]}' must be a list of integers, got {str(shape)[:80]}")
+        return cls(name, tuple(shape), dtype)
 
     def __str__(self) -> str:
         return f"{self.name}: {self.dtype}[{', '.join(map(str, self.shape))}]"
 
 
 class Model:
-    """A compiled model ready to run. Create it with `bitc.load(path)`."""
+    """A compiled model ready to run. Create it with `bitc.load(path)`.
+
+    Thread-safe: calls from several threads run one at a time (a lock around the VM call; TVM's VM keeps its
+    registers in the VM object, and every call already uses the whole worker pool)."""
 
     def __init__(self, path: str | os.PathLike, num_threads: int | None = None):
+        if num_threads is not None:
+            tvm_loader.check_num_threads(num_threads)
         artifact = read_artifact(path)
         self.path = artifact.path
         self.manifest = artifact.manifest
@@ -46,17 +62,33 @@ class Model:
         if num_threads is not None:
             tvm_loader.set_num_threads(num_threads)
         entry = self.manifest.get("entry", "main")
+        if not isinstance(entry, str):
+            raise BadInputError(f"{self.path}: manifest 'entry' is malformed (not a string)")
+        self._lock = threading.Lock()
         if self._device == tvm_loader.DL_CPU:
             self._vm, self._main = _open_vm(self.path, artifact.library, entry, self._device)
         else:
             sha256, fatbin = _cuda_kernels(artifact)
             with tvm_loader.prebuilt_cuda_kernels(sha256, fatbin):
                 self._vm, self._main = _open_vm(self.path, artifact.library, entry, self._device)
+        _check_parameters(self.path, self._vm, entry, self.inputs)
 
     def __repr__(self) -> str:
         ins = ", ".join(map(str, self.inputs))
         outs = ", ".join(map(str, self.outputs))
         return f"<bitc.Model {self.path.name} ({ins}) -> ({outs}) on {self.manifest['target'].get('name', '?')}>"
+
+    def _call(self, tensors: Sequence[Any], collect: Callable[[Any], Any]) -> Any:
+        """The compiled entry on `tensors`, `collect` applied to its result, both under the model's lock; a
+        failure inside the library is one line naming the artifact (inputs were already checked against the
+        manifest, so a refusal there means the manifest does not describe the library)."""
+        with self._lock:
+            try:
+                return collect(self._main(*tensors))
+            except BitcError:
+                raise
+            except Exception as exc:  # tvm_ffi raises builtin exception types carrying C++ text
+                raise BadInputError(f"{self.path}: {_call_failure(exc)}") from None
 
     def __call__(self, *args: np.ndarray, **kwargs: np.ndarray) -> np.ndarray | tuple[np.ndarray, ...]:
         """Run with positional or named inputs; one output comes back as an array, several as a tuple."""
@@ -72,9 +104,12 @@ class Model:
 
     def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run on named inputs; returns outputs by name (fresh arrays, owned by the caller)."""
-        tensors = self._prepare(inputs)
-        raw = self._main(*tensors)
-        return self._collect(raw)
+        if not isinstance(inputs, Mapping):
+            raise BadInputError(
+                f"run() takes a dict of input name -> array, got {type(inputs).__name__} "
+                f"(call the model itself, model(x, ...), to pass inputs positionally); inputs: {self._names()}"
+            )
+        return self._call(self._prepare(inputs), self._collect)
 
     @property
     def device(self) -> str:
@@ -85,11 +120,15 @@ class Model:
         """Latencies in seconds of `runs` calls after `warmup` calls, with inputs prepared once."""
         from bitc.bench import time_calls
 
+        for name, count, least in (("runs", runs, 1), ("warmup", warmup, 0)):
+            if type(count) is not int or count < least:
+                raise BadInputError(f"benchmark: {name} must be an integer >= {least}, got {count!r}")
+        if not isinstance(inputs, Mapping):
+            raise BadInputError(f"benchmark() takes a dict of input name -> array, got {type(inputs).__name__}")
         tensors = self._prepare(inputs)
 
         def call() -> None:
-            self._main(*tensors)
-            tvm_loader.synchronize(self._device)
+            self._call(tensors, lambda _: tvm_loader.synchronize(self._device))
 
         return time_calls(call, runs=runs, warmup=warmup)
 
@@ -106,7 +145,14 @@ class Model:
             layout = KVCacheLayout.from_json(self.manifest["kv_cache"])
         except (TypeError, ValueError) as exc:
             raise BadInputError(f"{self.path}: manifest 'kv_cache' is malformed ({first_line(exc)})") from None
-        return DecoderSession(layout, self._bind, allocate=aligned_zeros)
+        return DecoderSession(layout, self._bind, allocate=aligned_zeros, vocab_size=self._vocab_size(layout))
+
+    def _vocab_size(self, layout: KVCacheLayout) -> int:
+        """Token ids a session may feed: the logits' last dimension (the embedding has a row for each of them)."""
+        logits = [spec for spec in self.outputs if spec.name == layout.logits]
+        if not logits or not logits[0].shape or logits[0].shape[-1] < 1:
+            raise BadInputError(f"{self.path}: the decoder has no '{layout.logits}' output with a vocabulary axis")
+        return logits[0].shape[-1]
 
     def _bind(self, feeds: Mapping[str, np.ndarray]) -> Any:
         """The compiled step over `feeds`, converted to TVM tensors once (zero-copy views of the arrays)."""
@@ -115,17 +161,24 @@ class Model:
             raise BadInputError(f"{self.path}: the decoder's inputs {missing} are not part of its KV cache layout")
         ffi = tvm_loader.ffi()
         tensors = [ffi.from_dlpack(_checked(spec, feeds[spec.name])) for spec in self.inputs]
-        main = self._main
-        return lambda: [np.from_dlpack(value) for value in main(*tensors)]
+        return lambda: self._call(tensors, lambda raw: [np.from_dlpack(value) for value in raw])
 
     def set_instrument(self, callback: Any | None) -> None:
         """Call `callback(func, symbol, before, ret, *args)` around every VM call (None removes it): profiling."""
-        self._vm["set_instrument"](callback)
+        with self._lock:
+            self._vm["set_instrument"](callback)
 
     def random_inputs(self, seed: int = 0) -> dict[str, np.ndarray]:
         """Inputs of the right names, shapes and dtypes (normal floats, small non-negative integers)."""
         rng = np.random.default_rng(seed)
-        return {spec.name: random_array(rng, spec.shape, spec.dtype) for spec in self.inputs}
+        try:
+            return {spec.name: random_array(rng, spec.shape, spec.dtype) for spec in self.inputs}
+        except MemoryError:
+            sizes = [math.prod(spec.shape) * np.dtype(spec.dtype).itemsize for spec in self.inputs]
+            raise BadInputError(f"{self.path}: not enough memory for random inputs of {sum(sizes):,} bytes") from None
+
+    def _names(self) -> list[str]:
+        return [spec.name for spec in self.inputs]
 
     def _prepare(self, inputs: Mapping[str, np.ndarray]) -> list[Any]:
         expected = [spec.name for spec in self.inputs]
@@ -136,28 +189,53 @@ class Model:
                 f"inputs do not match the model: missing {missing}, unknown {unknown}; expected {expected}"
             )
         # CPU kernels read the array in place (64-byte aligned); a GPU gets a copy in its own (aligned) memory
-        host = _aligned if self._device == tvm_loader.DL_CPU else np.ascontiguousarray
+        host = _aligned if self._device == tvm_loader.DL_CPU else _contiguous
         return [tvm_loader.device_tensor(host(_checked(spec, inputs[spec.name])), self._device) for spec in self.inputs]
 
     def _collect(self, raw: Any) -> dict[str, np.ndarray]:
         values = list(raw) if isinstance(raw, Sequence) or not hasattr(raw, "__dlpack__") else [raw]
         if len(values) != len(self.outputs):
-            raise BadInputError(f"model returned {len(values)} outputs, manifest lists {len(self.outputs)}")
-        return {spec.name: tvm_loader.host_array(v) for spec, v in zip(self.outputs, values, strict=True)}
+            raise BadInputError(
+                f"{self.path}: model returned {len(values)} outputs, manifest lists {len(self.outputs)}"
+            )
+        outputs = {spec.name: tvm_loader.host_array(v) for spec, v in zip(self.outputs, values, strict=True)}
+        for spec, value in zip(self.outputs, outputs.values(), strict=True):
+            if value.shape != spec.shape or value.dtype != np.dtype(spec.dtype):
+                raise BadInputError(
+                    f"{self.path}: the artifact's manifest does not match its library (output '{spec.name}' is "
+                    f"{value.dtype}{list(value.shape)}, the manifest says {spec.dtype}{list(spec.shape)})"
+                )
+        return outputs
 
 
 def _specs(path: Any, manifest: Mapping[str, Any], key: str) -> list[TensorSpec]:
     """The manifest's input or output specs; a malformed entry is refused here, not as a KeyError later."""
     try:
+        if not isinstance(manifest[key], list):
+            raise TypeError(f"not a list but {type(manifest[key]).__name__}")
         specs = [TensorSpec.from_json(entry) for entry in manifest[key]]
         dtypes = [np.dtype(spec.dtype) for spec in specs]
     except (KeyError, TypeError, ValueError) as exc:
         reason = f"{type(exc).__name__}: {first_line(exc)}"
         raise BadInputError(f"{path}: manifest '{key}' is malformed ({reason})") from None
     for spec, dtype in zip(specs, dtypes, strict=True):
-        if dtype.kind not in "biuf" or any(d < 0 for d in spec.shape):
-            raise BadInputError(f"{path}: manifest '{key}' has an unusable tensor spec {spec}")
+        if dtype.kind not in "biuf" or dtype.byteorder not in "=|" or any(d < 0 for d in spec.shape):
+            raise BadInputError(f"{path}: manifest '{key}' has an unusable tensor spec {str(spec)[:200]}")
+        if math.prod(spec.shape) * dtype.itemsize > MAX_TENSOR_BYTES:
+            raise BadInputError(
+                f"{path}: manifest '{key}' has a tensor spec over {MAX_TENSOR_BYTES // 2**30} GiB: {str(spec)[:200]}"
+            )
     return specs
+
+
+def _call_failure(exc: Exception) -> str:
+    """What a failed call into the library says, in one line. Inputs were checked against the manifest before
+    the call, so the library refusing one of its parameters (TVM names it `loc=param[i]`) means the manifest does
+    not describe the library."""
+    text = first_line(exc)
+    if "loc=param" in str(exc):
+        return f"the artifact's manifest does not match its library ({text})"
+    return f"running the compiled model failed ({type(exc).__name__}: {text})"
 
 
 def _open_vm(path: Any, library: bytes, entry: Any, device_type: int) -> tuple[Any, Any]:
@@ -170,6 +248,23 @@ def _open_vm(path: Any, library: bytes, entry: Any, device_type: int) -> tuple[A
         raise type(exc)(f"{path}: {exc}") from None
     except Exception as exc:  # the FFI raises AttributeError/RuntimeError subclasses with C++ text
         raise BadInputError(f"{path}: the library is not a runnable bitc model ({first_line(exc)})") from None
+
+
+def _check_parameters(path: Any, vm: Any, entry: str, inputs: Sequence[TensorSpec]) -> None:
+    """Refuse at load a manifest that lists more or fewer inputs than the entry function takes: the part of a
+    lying manifest the library can tell without a call (it checks shapes and dtypes on every call; its parameter
+    names are sanitized forms of the input names, so only their number is compared)."""
+    try:
+        arity = int(vm["get_function_arity"](entry))
+        names = [str(vm["get_function_param_name"](entry, index)) for index in range(arity)]
+    except Exception as exc:  # the FFI raises builtin exception types carrying C++ text
+        raise BadInputError(f"{path}: the library is not a runnable bitc model ({first_line(exc)})") from None
+    listed = [spec.name for spec in inputs]
+    if len(names) != len(listed):
+        raise BadInputError(
+            f"{path}: the artifact's manifest does not match its library "
+            f"(manifest inputs {listed[:20]}, the library's '{entry}' takes {names[:20]})"
+        )
 
 
 def random_array(rng: np.random.Generator, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
@@ -196,8 +291,17 @@ def aligned_zeros(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
     return _aligned(np.zeros(shape, dtype))
 
 
+def _contiguous(array: np.ndarray) -> np.ndarray:
+    """A C-contiguous, writeable array with `array`'s contents: DLPack cannot export read-only memory (an
+    `np.load(mmap_mode='r')` array, a broadcast view), so those are copied."""
+    if array.flags.c_contiguous and array.flags.writeable:
+        return array
+    return np.array(array, order="C", copy=True)
+
+
 def _aligned(array: np.ndarray) -> np.ndarray:
-    if array.flags.c_contiguous and array.ctypes.data % _ALIGNMENT == 0:
+    """`_contiguous`, and 64-byte aligned (a copy only when it is not already)."""
+    if array.flags.c_contiguous and array.flags.writeable and array.ctypes.data % _ALIGNMENT == 0:
         return array
     buffer = np.empty(array.nbytes + _ALIGNMENT, dtype=np.uint8)
     offset = (-buffer.ctypes.data) % _ALIGNMENT
@@ -209,7 +313,8 @@ def _aligned(array: np.ndarray) -> np.ndarray:
 def _cuda_kernels(artifact: Any) -> tuple[str, bytes]:
     """The artifact's prebuilt kernels (sha256 of their source, fatbin), after checking the GPU against its arch."""
     kernels = artifact.manifest.get("kernels")
-    if not isinstance(kernels, Mapping) or kernels.get("fatbin") not in artifact.members:
+    fatbin = kernels.get("fatbin") if isinstance(kernels, Mapping) else None
+    if not isinstance(fatbin, str) or fatbin not in artifact.members:
         raise BadInputError(f"{artifact.path}: CUDA artifact without its compiled kernels (manifest 'kernels')")
     try:
         tvm_loader.require_gpu()
@@ -233,6 +338,12 @@ def _check_target(path: Any, target: Any) -> int:
     """The DLPack device type the artifact runs on, after refusing a machine it cannot run on."""
     if not isinstance(target, Mapping):
         raise BadInputError(f"{path}: manifest 'target' is malformed (not an object)")
+    for key in ("kind", "name", "arch", "host_arch", "mcpu"):
+        if key in target and not isinstance(target[key], str):
+            raise BadInputError(f"{path}: manifest 'target' is malformed ('{key}' is not a string)")
+    features = target.get("cpu_features", [])
+    if not isinstance(features, list) or not all(isinstance(flag, str) for flag in features):
+        raise BadInputError(f"{path}: manifest 'target' is malformed ('cpu_features' is not a list of strings)")
     kind = target.get("kind")
     if kind == "cuda":
         if target.get("host_arch") and target["host_arch"] != host_arch():
@@ -242,7 +353,7 @@ def _check_target(path: Any, target: Any) -> int:
         raise BadInputError(f"{path}: artifact targets '{kind}', this runtime runs CPU (llvm) and CUDA artifacts")
     if target.get("arch") and target["arch"] != host_arch():
         raise BadInputError(f"{path}: artifact was built for {target['arch']}, this machine is {host_arch()}")
-    required = set(target.get("cpu_features", []))
+    required = set(features)
     flags = host_cpu_flags()
     if flags and not required <= flags:
         raise BadInputError(

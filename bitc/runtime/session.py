@@ -7,11 +7,14 @@ the prompt through the same one-token step.
 
 from __future__ import annotations
 
+import math
+import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
-from bitc.errors import BadInputError
+from bitc.errors import BadInputError, first_line
 from bitc.runtime.kv_cache import STATE_NAMES, KVCacheLayout, KVCacheState
 
 StepFunction = Callable[[], Sequence[np.ndarray]]
@@ -24,12 +27,24 @@ class ContextFullError(BadInputError):
 
 class DecoderSession:
     """One sequence's decoding state. Make it with `model.session()`; `step(token)` → logits of the next token,
-    `generate(prompt, max_new_tokens)` → the new tokens (greedy, or top-k sampling)."""
+    `generate(prompt, max_new_tokens)` → the new tokens (greedy, or top-k sampling).
 
-    def __init__(self, layout: KVCacheLayout, bind: Binder, allocate: Callable[..., np.ndarray] = np.zeros):
+    One sequence, so calls from several threads run one at a time (a lock; a whole `generate` is one call) and the
+    cache stays consistent; use one session per thread to decode sequences in parallel."""
+
+    def __init__(
+        self,
+        layout: KVCacheLayout,
+        bind: Binder,
+        allocate: Callable[..., np.ndarray] = np.zeros,
+        vocab_size: int | None = None,
+    ):
         """`bind(feeds)` gets the step's input arrays once (they are updated in place before every step) and
-        returns the function that runs one step on them: (logits, new_keys, new_values, ...)."""
+        returns the function that runs one step on them: (logits, new_keys, new_values, ...). Token ids must be in
+        0..vocab_size-1 (the embedding's rows): the compiled gather does not check them."""
         self.layout = layout
+        self.vocab_size = vocab_size
+        self._lock = threading.RLock()
         self.cache = KVCacheState(layout, allocate)
         self.input_ids = allocate((1, 1), np.dtype(np.int64))
         self.position = allocate((1,), np.dtype(np.int64))
@@ -48,8 +63,20 @@ class DecoderSession:
 
     def reset(self) -> None:
         """Start a new sequence (the cache memory is reused)."""
-        self.cache.reset()
-        self._pending = self._logits = None
+        with self._lock:
+            self.cache.reset()
+            self._pending = self._logits = None
+
+    def _token(self, value: Any) -> int:
+        """`value` as a token id, refused before it reaches native code unless it is an integer id in the
+        vocabulary (an id past it would read outside the embedding table)."""
+        if isinstance(value, bool) or not hasattr(value, "__index__"):
+            raise BadInputError(f"a token id must be an integer, got {type(value).__name__} {str(value)[:40]!r}")
+        token = int(value.__index__())
+        limit = self.vocab_size if self.vocab_size is not None else 2**63
+        if not 0 <= token < limit:
+            raise BadInputError(f"token id {token} is outside the vocabulary 0..{limit - 1}")
+        return token
 
     def feeds(self) -> dict[str, np.ndarray]:
         """The step's inputs by name (the cache arrays themselves, not copies)."""
@@ -58,6 +85,11 @@ class DecoderSession:
 
     def step(self, token: int) -> np.ndarray:
         """Feed one token; returns the next-token logits [vocab] (float32, a fresh array)."""
+        token = self._token(token)
+        with self._lock:
+            return self._step(token)
+
+    def _step(self, token: int) -> np.ndarray:
         if self.cache.tokens >= self.layout.max_context:
             raise ContextFullError(
                 f"context is full: the model was compiled for at most {self.layout.max_context} tokens "
@@ -73,14 +105,20 @@ class DecoderSession:
 
     def prefill(self, token_ids: Iterable[int]) -> np.ndarray:
         """Feed a prompt; returns the logits after its last token."""
-        ids = [int(t) for t in token_ids]
+        ids = self._tokens(token_ids)
         if not ids:
             raise BadInputError("prefill needs at least one token")
-        self._check_room(len(ids))
-        logits = None
-        for token in ids:
-            logits = self.step(token)
-        return logits  # type: ignore[return-value]
+        with self._lock:
+            self._check_room(len(ids))
+            logits = None
+            for token in ids:
+                logits = self._step(token)
+            return logits  # type: ignore[return-value]
+
+    def _tokens(self, token_ids: Any) -> list[int]:
+        if isinstance(token_ids, (str, bytes)) or not isinstance(token_ids, Iterable):
+            raise BadInputError(f"token ids must be a sequence of integers, got {type(token_ids).__name__}")
+        return [self._token(t) for t in token_ids]
 
     def generate(
         self,
@@ -96,19 +134,30 @@ class DecoderSession:
         `temperature` with `top_k`. Stops early at a token in `stop_ids`. Returns the new token ids (int64). The
         last one is not fed yet (that would need one more step): the next `generate` feeds it first, so calls
         continue one conversation."""
-        prompt = ([self._pending] if self._pending is not None else []) + [int(t) for t in prompt_ids]
-        if max_new_tokens < 0:
-            raise BadInputError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
-        if top_k is not None and top_k < 1:
-            raise BadInputError(f"top_k must be >= 1, got {top_k}")
-        if temperature <= 0:
-            raise BadInputError(f"temperature must be > 0, got {temperature}")
+        new_ids = self._tokens(prompt_ids)
+        _check_sampling(max_new_tokens, top_k, temperature)
+        with self._lock:
+            return self._generate(new_ids, max_new_tokens, top_k, float(temperature), seed, stop_ids)
+
+    def _generate(
+        self,
+        new_ids: list[int],
+        max_new_tokens: int,
+        top_k: int | None,
+        temperature: float,
+        seed: int | None,
+        stop_ids: Iterable[int],
+    ) -> np.ndarray:
+        prompt = ([self._pending] if self._pending is not None else []) + new_ids
         if not prompt and self._logits is None:
             raise BadInputError("generate needs a prompt (at least one token) on a fresh session")
         # the last new token is returned, not fed: max_new_tokens - 1 of them need a slot
         self._check_room(len(prompt) + max(max_new_tokens - 1, 0))
-        rng = np.random.default_rng(seed)
-        stops = {int(t) for t in stop_ids}
+        try:
+            rng = np.random.default_rng(seed)
+            stops = {int(t) for t in stop_ids}
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise BadInputError(f"generate: bad seed or stop_ids ({first_line(exc)})") from None
         logits = self.prefill(prompt) if prompt else self._logits
         self._pending = None
         out: list[int] = []
@@ -117,7 +166,7 @@ class DecoderSession:
             out.append(token)
             if token in stops or index == max_new_tokens - 1:
                 break
-            logits = self.step(token)
+            logits = self._step(token)
         self._pending = out[-1] if out else None
         return np.asarray(out, dtype=np.int64)
 
@@ -127,6 +176,18 @@ class DecoderSession:
                 f"{tokens} more tokens do not fit: {self.tokens} cached, the model holds at most "
                 f"{self.layout.max_context} (compile the decoder with a longer cache)"
             )
+
+
+def _check_sampling(max_new_tokens: Any, top_k: Any, temperature: Any) -> None:
+    """Refuse generation settings that would fail (or sample from NaN probabilities) halfway through."""
+    if isinstance(max_new_tokens, bool) or not hasattr(max_new_tokens, "__index__") or max_new_tokens < 0:
+        raise BadInputError(f"max_new_tokens must be an integer >= 0, got {str(max_new_tokens)[:40]}")
+    if top_k is not None and (isinstance(top_k, bool) or not hasattr(top_k, "__index__") or top_k < 1):
+        raise BadInputError(f"top_k must be an integer >= 1, got {str(top_k)[:40]}")
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float, np.number)):
+        raise BadInputError(f"temperature must be a number > 0, got {type(temperature).__name__}")
+    if not math.isfinite(float(temperature)) or temperature <= 0:
+        raise BadInputError(f"temperature must be a finite number > 0, got {temperature}")
 
 
 def choose(logits: np.ndarray, top_k: int | None, temperature: float, rng: np.random.Generator) -> int:

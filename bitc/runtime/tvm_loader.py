@@ -21,6 +21,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from bitc.atomic import process_temp_dir
 from bitc.errors import BadInputError, BitcError
 from bitc.runtime.hostcpu import physical_cores
 
@@ -53,6 +54,7 @@ def ffi() -> Any:
     hardware threads (1 on a 2-core machine without SMT), so bitc defaults it to every physical core.
     """
     os.environ.setdefault("TVM_FFI_DISABLE_TORCH_C_DLPACK", "1")
+    _check_env_threads()
     os.environ.setdefault("TVM_NUM_THREADS", str(physical_cores()))
     with _without_torch():
         try:
@@ -71,7 +73,7 @@ def ffi() -> Any:
 def load_library(library: bytes, name: str) -> Any:
     """dlopen a shared library held in memory (written to a private temp file that is removed once loaded)."""
     tvm_ffi = ffi()
-    with tempfile.TemporaryDirectory(prefix="bitc-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="lib-", dir=process_temp_dir()) as tmp:
         lib_path = Path(tmp) / name
         lib_path.write_bytes(library)
         try:
@@ -176,11 +178,41 @@ def synchronize(device_type: int) -> None:
         ffi().get_global_func("runtime.Device_StreamSync")(ffi().Device(device_type, 0), None)
 
 
+def max_threads() -> int:
+    """The largest worker pool bitc starts: 4 per hardware thread, at least 64 (TVM starts every worker at once,
+    and tens of thousands of threads abort the process)."""
+    return max(64, 4 * (os.cpu_count() or 1))
+
+
+def check_num_threads(num_threads: Any, source: str = "thread count") -> int:
+    """`num_threads` if it is an int in 1..max_threads(); a one-line BadInputError otherwise (bools and numeric
+    strings included: they are mistakes, not counts)."""
+    limit = max_threads()
+    if isinstance(num_threads, bool) or not hasattr(num_threads, "__index__"):  # int and numpy integers only
+        kind = type(num_threads).__name__
+        raise BadInputError(f"{source} must be an integer in 1..{limit}, got {kind} {str(num_threads)[:40]!r}")
+    count = int(num_threads.__index__())
+    if not 1 <= count <= limit:
+        raise BadInputError(f"{source} must be in 1..{limit} ({os.cpu_count()} hardware threads here), got {count}")
+    return count
+
+
+def _check_env_threads() -> None:
+    """A TVM_NUM_THREADS that TVM would parse as garbage or use to start an absurd pool is refused by name."""
+    value = os.environ.get("TVM_NUM_THREADS")
+    if value is None:
+        return
+    try:
+        count = int(value.strip())
+    except ValueError:
+        raise BadInputError(f"TVM_NUM_THREADS must be an integer in 1..{max_threads()}, got {value[:40]!r}") from None
+    check_num_threads(count, "TVM_NUM_THREADS")
+
+
 def set_num_threads(num_threads: int) -> None:
     """Size TVM's worker pool. Reliable only before the first model runs (it sets TVM_NUM_THREADS); resizing a
     running pool is best effort in TVM, so measure different thread counts in separate processes."""
-    if num_threads < 1:
-        raise BadInputError(f"thread count must be >= 1, got {num_threads}")
+    num_threads = check_num_threads(num_threads)
     if ffi.cache_info().currsize == 0:
         os.environ["TVM_NUM_THREADS"] = str(num_threads)
         return

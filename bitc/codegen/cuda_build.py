@@ -22,6 +22,7 @@ import onnx_ir as ir
 
 from bitc.codegen.bitc_relax import KernelTarget
 from bitc.codegen.build import BuildResult, export_library
+from bitc.codegen.legalize_cache import cached_legalize_map
 from bitc.codegen.relax_import import to_relax
 from bitc.codegen.target import CudaTarget
 from bitc.errors import BadInputError, BitcError, CompileError, first_line
@@ -54,8 +55,7 @@ def lower(mod: Any, target: CudaTarget) -> Any:
             [
                 relax.transform.DecomposeOpsForInference(),
                 relax.transform.CanonicalizeBindings(),
-                relax.transform.FoldConstant(),
-                relax.transform.LegalizeOps(),
+                relax.transform.LegalizeOps(customize_legalize_map=cached_legalize_map({})),  # as in build.py
                 relax.transform.AnnotateTIROpPattern(),
                 relax.transform.FoldConstant(),
                 relax.transform.FuseOps(),

@@ -8,10 +8,13 @@ how many cases each fuzzer ran and how they ended.
 from __future__ import annotations
 
 import collections
+import copy
 import functools
+import math
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -422,6 +425,148 @@ def test_structural_mutations_compile_cleanly(fuzz_dir):
 
     case()
     _report("compiled mutations", outcomes, COMPILE_CASES)
+
+
+# --- artifacts and manifests ------------------------------------------------------------------------------------
+
+# Cases per artifact fuzzer: each loads (dlopen) and, when it loads, runs the tiny model; ~10 ms a case.
+MANIFEST_CASES = 200
+ZIP_CASES = 200
+MAX_RUN_BYTES = 2**24  # random inputs are drawn only for mutated specs up to this size (the fuzzer's memory)
+
+json_leaves = st.one_of(
+    st.none(),
+    st.booleans(),
+    odd_ints,
+    st.sampled_from([0.5, -0.0, float("nan"), float("inf"), float("-inf"), 1e308]),
+    odd_names,
+    st.sampled_from(["float32", "int64", "object", "complex64", ">f4", "llvm", "cuda", "main", "model.so", "\x1b[2J"]),
+)
+json_values = st.recursive(
+    json_leaves,
+    lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(odd_names, inner, max_size=4)),
+    max_leaves=12,
+)
+
+
+@pytest.fixture(scope="module")
+def compiled_parts(tmp_path_factory) -> tuple[bytes, dict, bytes]:
+    """conv_bn compiled once: its library, its manifest (without the members table) and the artifact's bytes."""
+    from bitc.runtime.artifact import read_artifact
+
+    root = tmp_path_factory.mktemp("artifact_fuzz")
+    path = bitc.compile(make_conv_bn_model(root / "m.onnx"), root / "m.bitc").path
+    artifact = read_artifact(path)
+    manifest = {key: value for key, value in artifact.manifest.items() if key != "members"}
+    return artifact.library, manifest, path.read_bytes()
+
+
+def _paths(value: Any, prefix: tuple = ()) -> list[tuple]:
+    """Every path (keys and indices) into parsed JSON, the root included."""
+    found = [prefix]
+    if isinstance(value, dict):
+        for key, item in value.items():
+            found += _paths(item, (*prefix, key))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            found += _paths(item, (*prefix, index))
+    return found
+
+
+@st.composite
+def mutated_manifest(draw, base: dict) -> dict:
+    """`base` with 1-3 values replaced by other JSON (any type, odd numbers, deep or empty), deleted, or turned into
+    a container: the manifests a forged or damaged artifact can carry, with correct checksums."""
+    manifest = copy.deepcopy(base)
+    for _ in range(draw(st.integers(1, 3))):
+        paths = [path for path in _paths(manifest) if path]
+        path = paths[draw(st.integers(0, len(paths) - 1))]
+        parent = functools.reduce(lambda node, key: node[key], path[:-1], manifest)
+        action = draw(st.sampled_from(["replace", "replace", "delete", "wrap", "nest"]))
+        if action == "delete":
+            del parent[path[-1]]
+        elif action == "wrap":
+            parent[path[-1]] = [parent[path[-1]]]
+        elif action == "nest":
+            parent[path[-1]] = functools.reduce(lambda inner, _: [inner], range(draw(st.integers(60, 70))), 0)
+        else:
+            parent[path[-1]] = draw(json_values)
+    return manifest
+
+
+@st.composite
+def zip_edits(draw, size: int) -> tuple[list[tuple[int, int]], int]:
+    """Byte edits (offset, new value) of an artifact of `size` bytes, mostly in the zip's headers and central
+    directory (its first and last few hundred bytes), and the length to truncate it to (often all of it)."""
+    edits = []
+    for _ in range(draw(st.integers(1, 4))):
+        region = draw(st.sampled_from(["head", "tail", "anywhere"]))
+        low, high = {"head": (0, 120), "tail": (size - 300, size - 1), "anywhere": (0, size - 1)}[region]
+        value = draw(st.one_of(st.sampled_from([0x00, 0xFF, 0x7F, 0x80, 0x01]), st.integers(0, 255)))
+        edits.append((draw(st.integers(max(low, 0), high)), value))
+    return edits, size if draw(st.integers(0, 9)) else draw(st.integers(0, size))
+
+
+def _edited(data: bytes, edits: list[tuple[int, int]], length: int) -> bytes:
+    out = bytearray(data)
+    for at, value in edits:
+        out[at] = value
+    return bytes(out[:length])
+
+
+def load_run_inspect(path: Path) -> str:
+    """The outcome of loading `path`, running it on random inputs when it loads, and `bitc inspect` (display and
+    --json): 'ok', 'inspected' (load refused, inspect shown), or the BitcError's class name. Any other
+    exception fails the fuzzer, as does an inspect that is neither a display nor a one-line exit 2."""
+    import contextlib
+    import io
+
+    from bitc.cli import main as bitc_main
+
+    for argv in (["inspect", str(path)], ["inspect", str(path), "--json"]):
+        err = io.StringIO()
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
+            code = bitc_main(argv)
+        assert code in (0, 2) and len(err.getvalue().splitlines()) <= 1, f"inspect: {code} {err.getvalue()!r}"
+    try:
+        model = bitc.load(path)
+        if sum(math.prod(spec.shape) * np.dtype(spec.dtype).itemsize for spec in model.inputs) <= MAX_RUN_BYTES:
+            model.run(model.random_inputs())
+    except BitcError as exc:
+        assert "\n" not in str(exc), f"multi-line error: {exc!r}"
+        return "inspected" if code == 0 else type(exc).__name__
+    return "ok"
+
+
+def test_mutated_manifests_load_run_and_inspect_cleanly(compiled_parts, tmp_path):
+    from bitc.runtime.artifact import LIBRARY_NAME, write_artifact
+
+    library, manifest, _ = compiled_parts
+    outcomes: collections.Counter = collections.Counter()
+
+    @settings(max_examples=MANIFEST_CASES, **FUZZ_SETTINGS)
+    @given(mutated_manifest(manifest))
+    def case(mutated: dict) -> None:
+        path = write_artifact(tmp_path / "fuzz.bitc", mutated, {LIBRARY_NAME: library})
+        outcomes[load_run_inspect(path)] += 1
+
+    case()
+    _report("manifest mutations", outcomes, MANIFEST_CASES)
+
+
+def test_mutated_artifact_bytes_load_run_and_inspect_cleanly(compiled_parts, tmp_path):
+    _, _, data = compiled_parts
+    outcomes: collections.Counter = collections.Counter()
+
+    @settings(max_examples=ZIP_CASES, **FUZZ_SETTINGS)
+    @given(zip_edits(len(data)))
+    def case(edits: tuple[list[tuple[int, int]], int]) -> None:
+        path = tmp_path / "fuzz.bitc"
+        path.write_bytes(_edited(data, *edits))
+        outcomes[load_run_inspect(path)] += 1
+
+    case()
+    _report("artifact byte mutations", outcomes, ZIP_CASES)
 
 
 # --- valid models the fuzzers found failing ---------------------------------------------------------------------

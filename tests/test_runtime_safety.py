@@ -545,6 +545,19 @@ def test_member_whose_data_is_shorter_than_its_directory_entry_is_damaged(tmp_pa
         bitc.load(path)
 
 
+def test_manifest_whose_deflate_stream_is_damaged_is_refused_not_a_zlib_error(tmp_path):
+    """Found by the artifact fuzzer: zlib.error escaped the bounded read as an internal error."""
+    text = _manifest_bytes({LIBRARY_NAME: LIB})
+    path = hand_zip(tmp_path / "bad.bitc", [(info(MANIFEST_NAME, DEFLATED), text), (LIBRARY_NAME, LIB)])
+    data = bytearray(path.read_bytes())
+    start = 30 + len(MANIFEST_NAME)  # the first member's data follows its local header and name
+    data[start] = 0xFF  # deflate block type 3: reserved, invalid
+    path.write_bytes(bytes(data))
+    with pytest.raises(BadInputError, match=r"member 'manifest\.json' is damaged \(Error -3"):
+        bitc.load(path)
+    assert _cli(["inspect", str(path)])[0] == 2
+
+
 # --- manifests of the wrong shape at load -----------------------------------------------------------------------
 
 

@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import zipfile
+import zlib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -147,7 +148,7 @@ def _bounded_read(path: Path, archive: zipfile.ZipFile, info: zipfile.ZipInfo, l
     try:
         with archive.open(info) as stream:
             data = stream.read(info.file_size + 1)
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError, RuntimeError) as exc:
+    except (zipfile.BadZipFile, zlib.error, OSError, EOFError, ValueError, NotImplementedError, RuntimeError) as exc:
         raise BadInputError(f"{what} is damaged ({first_line(exc)})") from None
     if len(data) != info.file_size:
         raise BadInputError(f"{what} holds {len(data)} bytes, its zip directory entry says {info.file_size}")

@@ -20,6 +20,7 @@ from typing import Any
 
 import onnx_ir as ir
 
+from bitc.codegen import index_checks
 from bitc.codegen.bitc_relax import KernelTarget
 from bitc.codegen.build import BuildResult, export_library
 from bitc.codegen.legalize_cache import cached_legalize_map
@@ -83,7 +84,7 @@ def build_cuda(model: ir.Model, target: CudaTarget, *, tuning_trials: int = 0, s
             "--tune-trials: MetaSchedule tuning is not wired to the CUDA target yet (it gets dlight's schedules)"
         )
     kernel_target = KernelTarget(kind="cuda", b1_mma=target.has_b1_mma, lanes=1, lookup=None)
-    mod = to_relax(model, source, kernel_target)
+    mod = index_checks.for_cuda(to_relax(model, source, kernel_target))  # the indices live in GPU memory
     try:
         mod = lower(mod, target)
         executable = tvm.compile(mod, target=target.tvm())

@@ -108,6 +108,11 @@ def kv_attention(layout: KVCacheLayout, groups: int, layer: int, scale: float, r
         out: T.Buffer((1, H, G, D), "float32"),
     ):
         T.func_attr({"tir.noalias": True})
+        # the loops below read (and write scores) as far as the lengths say: out-of-range state must not reach them
+        assert lengths[0] >= T.int64(0) and lengths[0] <= T.int64(TQ) and lengths[0] % T.int64(KG) == T.int64(0), (
+            f"kv_lengths[0] (quantized tokens) must be a multiple of {KG} in [0, {TQ}]"
+        )
+        assert lengths[1] >= T.int64(0) and lengths[1] <= T.int64(WS), f"kv_lengths[1] (window) must be in [0, {WS}]"
         nq = T.Cast("int32", lengths[0])
         nw = T.Cast("int32", lengths[1])
         n = nq + nw + 1

@@ -13,8 +13,8 @@ from typing import Any
 import onnx
 import onnx_ir as ir
 
-from bitc.codegen import bitc_relax, cuda_relax
-from bitc.errors import BadInputError, CompileError, first_line
+from bitc.codegen import bitc_relax, cuda_relax, index_checks
+from bitc.errors import BadInputError, BitcError, CompileError, first_line
 
 
 def to_relax(model: ir.Model, source: str = "model", target: bitc_relax.KernelTarget | None = None):
@@ -29,11 +29,12 @@ def to_relax(model: ir.Model, source: str = "model", target: bitc_relax.KernelTa
 
 def _from_onnx(proto: onnx.ModelProto, model: ir.Model, source: str) -> Any:
     import tvm
-    from tvm.relax.frontend.onnx import from_onnx
 
     opset = model.opset_imports.get("", None)
-    try:
-        return from_onnx(_identifier_inputs(proto), opset=opset, keep_params_in_input=False)
+    try:  # every index that comes from data gets a run-time bounds check (index_checks)
+        return index_checks.from_onnx_checked(_identifier_inputs(proto), opset, source)
+    except BitcError:
+        raise
     except tvm.error.OpNotImplemented as exc:
         raise BadInputError(_unsupported_message(model, source, str(exc))) from None
     except Exception as exc:

@@ -10,6 +10,7 @@ from typing import Any
 
 import onnx_ir as ir
 
+from bitc.atomic import process_temp_dir
 from bitc.codegen import fast_math, lowbit_kernels, nchwc, tuning
 from bitc.codegen.bitc_relax import KernelTarget, cancel_layout_round_trips
 from bitc.codegen.cpu_schedules import default_schedule_pass
@@ -101,7 +102,8 @@ def build(
 
 def export_library(executable: Any) -> bytes:
     """The built executable as shared-library bytes (TVM exports only to a file)."""
-    with tempfile.TemporaryDirectory(prefix="bitc-build-") as tmp:
+    # in this process's bitc temp folder, intermediate objects too: a later bitc removes what a killed build left
+    with tempfile.TemporaryDirectory(prefix="build-", dir=process_temp_dir()) as tmp:
         lib_path = Path(tmp) / "model.so"
-        executable.export_library(str(lib_path))
+        executable.export_library(str(lib_path), workspace_dir=tmp)
         return lib_path.read_bytes()

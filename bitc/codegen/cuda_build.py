@@ -20,6 +20,7 @@ from typing import Any
 
 import onnx_ir as ir
 
+from bitc.atomic import process_temp_dir
 from bitc.codegen import index_checks
 from bitc.codegen.bitc_relax import KernelTarget
 from bitc.codegen.build import BuildResult, export_library
@@ -122,7 +123,7 @@ def cuda_source(module: Any) -> str:
 def compile_kernels(source: str, target: CudaTarget) -> CudaKernels:
     """nvcc: CUDA C → PTX for compute_XY, then PTX → fatbin with SASS for sm_XY and the PTX itself."""
     compute = f"compute_{target.compute_capability}"
-    with tempfile.TemporaryDirectory(prefix="bitc-nvcc-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="nvcc-", dir=process_temp_dir()) as tmp:
         cu, ptx, fatbin = (Path(tmp) / f"kernels.{ext}" for ext in ("cu", "ptx", "fatbin"))
         cu.write_text(source)
         _nvcc(["--ptx", "-O3", f"-arch={compute}", "-o", str(ptx), str(cu)])

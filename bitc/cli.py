@@ -105,7 +105,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--tuning-db", metavar="DIR", help="tuning database folder (default: ~/.cache/bitc/tuning)")
     p.add_argument("--no-tuning-db", action="store_true", help="ignore tuned schedules (default schedules only)")
     p.add_argument("--dump-ir", metavar="DIR", help="write the model after each pass as DIR/NN_pass.onnx")
-    p.add_argument("--verify", action="store_true", help="check each pass numerically with onnxruntime")
+    p.add_argument("--verify", action="store_true", help="check every pass numerically (exact ones always are)")
+    p.add_argument("--no-verify", action="store_true", help="skip the default numerical check of the exact passes")
     p.add_argument("--json", action="store_true", help="print the compile summary as JSON")
     p.add_argument("-v", "--verbose", action="store_true")
     p.set_defaults(handler=_compile)
@@ -208,6 +209,7 @@ def _compile_options(args: argparse.Namespace) -> dict[str, Any]:
         "use_tuning_db": False if args.no_tuning_db else None,
         "dump_ir": args.dump_ir,
         "verify": True if args.verify else None,
+        "check_exact": False if args.no_verify else None,
     }
     options.update({key: value for key, value in flags.items() if value is not None})
     if args.prune is not None:

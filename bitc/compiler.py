@@ -62,6 +62,7 @@ def compile(
     use_tuning_db: bool = True,
     dump_ir: str | os.PathLike | None = None,
     verify: bool = False,
+    check_exact: bool = True,
     num_cores: int | None = None,
     on_pass: Callable[[PassRecord], None] | None = None,
     on_tuning: Callable[[int, int], None] | None = None,
@@ -77,6 +78,8 @@ def compile(
     `lowbit_linear` pass's options (group_size, salient, calibration, ...). `kv_compress` compresses a decoder's
     KV cache: a bit width or the `kv_compress` pass's options (residual, key_group, pre_rope, ...); the artifact
     then runs through `bitc.load(path).session()`.
+    `check_exact` (default on; CLI `--no-verify` turns it off) checks on seeded inputs that the exact passes kept the
+    model's outputs: a violation is a CompileError and no artifact is written.
     `on_pass`, `on_tuning(done, total)` and `on_stage(name)` report progress (the CLI draws it).
     """
     stage = on_stage or (lambda _name: None)
@@ -104,9 +107,12 @@ def compile(
     if kv_compress is not None:
         kv_options = kv_compress if isinstance(kv_compress, Mapping) else {"bits": int(kv_compress)}
         passes = with_kv_compress(passes, kv_options)
-    if binarize:
+    if binarize is not None and binarize is not False:
+        # An empty policy ({}, what a bare --binarize gives) means the default policy, never "off".
         passes = with_binarize(passes, {} if binarize is True else binarize)
-    ir_model, records = run_pipeline(ir_model, passes, dump_dir=dump_ir, verify_numerics=verify, on_pass=on_pass)
+    ir_model, records = run_pipeline(
+        ir_model, passes, dump_dir=dump_ir, verify_numerics=verify, check_exact=check_exact, on_pass=on_pass
+    )
     timings["passes"] = time.perf_counter() - start
 
     options = tuning.TuningOptions(

@@ -45,6 +45,7 @@ _SCALARS: dict[str, tuple[type | tuple[type, ...], str]] = {
     "use_tuning_db": (bool, "use_tuning_db"),
     "dump_ir": (str, "dump_ir"),
     "verify": (bool, "verify"),
+    "check_exact": (bool, "check_exact"),
     "num_cores": (int, "num_cores"),
     "reorder": (bool, "reorder"),
 }

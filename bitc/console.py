@@ -78,6 +78,10 @@ def print_compile_summary(summary: dict[str, Any], verbose: bool = False) -> Non
             _out.print(line + (f"; left in float: {skipped}" if skipped else ""))
             for note in details.get("notes", []):
                 _out.print(f"note: {note}", style="yellow")
+    from bitc.passes.manager import check_lines
+
+    for line in check_lines(summary["passes"]):
+        _out.print(line, style="yellow" if line.startswith("note:") else None, markup=False, highlight=False)
     tuning = summary.get("tuning") or {}
     if tuning:
         _out.print(f"tuning: {', '.join(f'{k}={v}' for k, v in tuning.items())}")

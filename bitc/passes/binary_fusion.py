@@ -36,7 +36,7 @@ class ThresholdReport:
         }
 
 
-@register("fuse_binary")
+@register("fuse_binary", exact=True)
 class FuseBinaryThreshold(ir.passes.InPlacePass):
     """Fuse binary layers: summed weight planes → one multi-plane op; scale/bias + next sign → integer thresholds.
 

@@ -24,6 +24,12 @@ import onnx_ir as ir
 from bitc.errors import BadInputError
 
 Dim = tuple[str, int]  # (value name, axis)
+# How a tensor axis's channels follow another's — what a rewrite must keep true in the new layout:
+#   ("same", a, b, offset): channel i of a is channel i + offset of b (offset > 0: a Concat block)
+#   ("spread", a, b, f): channel i of a is features i·f … i·f + f − 1 of b (a C-major flatten)
+#   ("merge", a, b, f): features i·f … i·f + f − 1 of a are channel i of b (a split into attention heads)
+#   ("tie", a, b, 0): a and b index one shared weight, so they must keep one order
+Link = tuple[str, Dim, Dim, int]
 
 _UNARY = {
     "Relu", "LeakyRelu", "Sigmoid", "Tanh", "Erf", "Gelu", "Clip", "HardSigmoid", "HardSwish", "Neg", "Abs", "Sqrt",
@@ -56,6 +62,7 @@ class ChannelGraph:
     axis_of: dict[str, int] = field(default_factory=dict)  # tensors whose tracked axis is not the default one
     head_axes: set[Dim] = field(default_factory=set)  # attention-head axes (a group there moves whole heads)
     consumed: set[Dim] = field(default_factory=set)  # axes a weighted layer reads (where a channel's use is seen)
+    links: list[Link] = field(default_factory=list)  # every coupling, typed: the layout a rewrite must keep
     graph: nx.Graph = field(default_factory=nx.Graph)
 
     def components(self) -> Iterator[set[tuple[Dim, int]]]:
@@ -122,14 +129,16 @@ def _fix(cg: ChannelGraph, value: ir.Value | None, reason: str) -> None:
         cg.fixed.setdefault(dim, reason)
 
 
-def _same(cg: ChannelGraph, a: Dim, b: Dim, offset: int = 0) -> None:
+def _same(cg: ChannelGraph, a: Dim, b: Dim, offset: int = 0, kind: str = "same") -> None:
     """Channel i of `a` is channel i + offset of `b`."""
     cg.graph.add_edges_from(((a, i), (b, i + offset)) for i in range(cg.sizes[a]))
+    cg.links.append((kind, a, b, offset))
 
 
 def _spread(cg: ChannelGraph, a: Dim, b: Dim, factor: int) -> None:
     """Channel i of `a` is features i·factor … i·factor + factor − 1 of `b` (a C-major flatten)."""
     cg.graph.add_edges_from(((a, i), (b, i * factor + j)) for i in range(cg.sizes[a]) for j in range(factor))
+    cg.links.append(("spread", a, b, factor))
 
 
 def _attach(cg: ChannelGraph, param: ir.Value, axis: int, dim: Dim) -> None:
@@ -137,7 +146,7 @@ def _attach(cg: ChannelGraph, param: ir.Value, axis: int, dim: Dim) -> None:
     if param.const_value is None or param.shape is None or int(param.shape[axis]) != cg.sizes[dim]:
         return
     if (other := cg.params.get((param.name, axis))) is not None and other != dim:
-        _same(cg, other, dim)
+        _same(cg, other, dim, kind="tie")
     cg.params[(param.name, axis)] = dim
 
 
@@ -353,6 +362,7 @@ def _split_heads(cg: ChannelGraph, node: ir.Node, x: Dim, src: list[int], dst: l
         cg.axis_of[node.outputs[0].name] = 2
         heads = _dim(cg, node.outputs[0])
         cg.graph.add_edges_from(((x, c), (heads, c // dst[3])) for c in range(src[2]))
+        cg.links.append(("merge", x, heads, dst[3]))
         cg.reshapes[node.name] = heads
         cg.head_axes.add(heads)
         return True

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 
+import networkx as nx
 import numpy as np
 import onnx_ir as ir
 import onnx_ir.passes.common as common
@@ -86,32 +87,120 @@ def _activations(
     return [s / np.maximum(n, 1) for s, n in zip(scores, counts, strict=True)]
 
 
-def selection(cg: ChannelGraph, groups: list[ChannelGroup], ranks: dict[int, np.ndarray]) -> dict[Dim, np.ndarray]:
-    """For each tensor axis touched by a group in `ranks`, the old indices in their new order.
+def selection(
+    cg: ChannelGraph, groups: list[ChannelGroup], ranks: dict[int, np.ndarray]
+) -> tuple[dict[Dim, np.ndarray], dict[int, str]]:
+    """For each tensor axis touched by a group in `ranks`, the old indices in their new order; and the groups left
+    as they are because no consistent layout keeps them (group number → why).
 
-    `ranks[g][c]` is channel c's new position within group g, or −1 to remove it. Positions a group holds in an
-    axis stay that group's (a Concat keeps its blocks); within them, channels move by rank."""
+    `ranks[g][c]` is channel c's new position within group g, or −1 to remove it. An axis a layer creates (a conv's
+    output) takes its groups' channels in rank order within the positions each group holds there. Every other axis
+    follows from the axes it is made of: a Concat output is its inputs' new orders block by block (a channel that
+    sits at several offsets, as in an SPP block, moves and goes the same way in every block), a flatten repeats
+    each channel's features. Then every coupling is checked in the new layout; a group that would break one is
+    left unchanged (refused, never half-applied)."""
+    ranks = dict(ranks)
+    refused: dict[int, str] = {}
     ids = component_ids(groups)
+    while ranks:
+        order = _orders(cg, ranks, ids)
+        broken = _broken_links(cg, order) if order is not None else cg.links
+        if not broken:
+            touched = {dim for g in ranks for dim in groups[g].dims}
+            return {dim: order[dim] for dim in touched}, refused
+        culprits = set()
+        for kind, a, b, _ in broken:
+            for dim in (a, b):
+                for g in {ids[(dim, i)][0] for i in range(cg.sizes[dim])} & ranks.keys():
+                    culprits.add(g)
+                    refused.setdefault(g, f"no consistent channel layout at '{b[0]}' ({kind} coupling)")
+        for g in culprits or list(ranks):  # nothing to blame: refuse them all rather than loop
+            refused.setdefault(g, "no consistent channel layout")
+            del ranks[g]
+    return {}, refused
+
+
+def _orders(cg: ChannelGraph, ranks: dict[int, np.ndarray], ids: dict) -> dict[Dim, np.ndarray] | None:
+    """Every axis's new order, in data-flow order: derived from its sources where a coupling says how, else
+    ranked. None if the couplings form a cycle (no data-flow order)."""
+    incoming: dict[Dim, list] = defaultdict(list)
+    flow = nx.DiGraph()
+    flow.add_nodes_from(cg.sizes)
+    for link in cg.links:
+        if link[0] != "tie":
+            incoming[link[2]].append(link)
+            flow.add_edge(link[1], link[2])
+    try:
+        dims = list(nx.topological_sort(flow))
+    except nx.NetworkXUnfeasible:
+        return None
     order: dict[Dim, np.ndarray] = {}
-    dims = {dim for g in ranks for dim in groups[g].dims}
     for dim in dims:
-        slots: dict[int, list[int]] = defaultdict(list)
-        for index in range(cg.sizes[dim]):
-            slots[ids[(dim, index)][0]].append(index)
-        new = []
-        for index in range(cg.sizes[dim]):
-            g, _ = ids[(dim, index)]
-            if g not in ranks:
-                new.append((index, index))
-        for g, positions in slots.items():
-            if g not in ranks:
-                continue
-            kept = [i for i in positions if ranks[g][ids[(dim, i)][1]] >= 0]
-            moved = sorted(kept, key=lambda i, g=g: (ranks[g][ids[(dim, i)][1]], i))
-            new.extend(zip(positions[: len(moved)], moved, strict=True))  # fill the group's first slots in rank order
-        new.sort()
-        order[dim] = np.array([old for _, old in new], dtype=np.int64)
+        derived = _derive(cg, incoming[dim], order, cg.sizes[dim])
+        order[dim] = derived if derived is not None else _ranked(cg, dim, ranks, ids)
     return order
+
+
+def _derive(cg: ChannelGraph, links: list, order: dict[Dim, np.ndarray], size: int) -> np.ndarray | None:
+    """An axis's new order from the axes that make it (None: nothing says how, rank it)."""
+    if not links:
+        return None
+    kind, a, _, factor = links[0]
+    if kind == "spread":
+        return (order[a][:, None] * factor + np.arange(factor)).reshape(-1)
+    if kind == "merge":
+        return order[a].reshape(-1, factor)[:, 0] // factor
+    if any(link[0] != "same" for link in links):
+        return None
+    for _, a, _, offset in links:
+        if offset == 0 and cg.sizes[a] == size:  # an elementwise op: its output keeps its input's order
+            return order[a]
+    blocks = sorted((offset, a) for _, a, _, offset in links)
+    at = 0
+    for offset, a in blocks:  # a Concat: its inputs must tile the axis exactly once
+        if offset != at:
+            return None
+        at += cg.sizes[a]
+    if at != size:
+        return None
+    return np.concatenate([order[a] + offset for offset, a in blocks])
+
+
+def _ranked(cg: ChannelGraph, dim: Dim, ranks: dict[int, np.ndarray], ids: dict) -> np.ndarray:
+    """Positions a group holds in the axis stay that group's; within them, its kept channels go in rank order."""
+    slots: dict[int, list[int]] = defaultdict(list)
+    for index in range(cg.sizes[dim]):
+        slots[ids[(dim, index)][0]].append(index)
+    new = []
+    for g, positions in slots.items():
+        if g not in ranks:
+            new.extend(zip(positions, positions, strict=True))
+            continue
+        kept = [i for i in positions if ranks[g][ids[(dim, i)][1]] >= 0]
+        moved = sorted(kept, key=lambda i, g=g: (ranks[g][ids[(dim, i)][1]], i))
+        new.extend(zip(positions[: len(moved)], moved, strict=True))  # fill the group's first slots in rank order
+    new.sort()
+    return np.array([old for _, old in new], dtype=np.int64)
+
+
+def _broken_links(cg: ChannelGraph, order: dict[Dim, np.ndarray]) -> list:
+    """The couplings that the new orders do not keep."""
+    return [link for link in cg.links if not _kept(cg, link, order)]
+
+
+def _kept(cg: ChannelGraph, link: tuple, order: dict[Dim, np.ndarray]) -> bool:
+    kind, a, b, k = link
+    new_a, new_b = order[a], order[b]
+    if kind == "spread":
+        return np.array_equal(new_b, (new_a[:, None] * k + np.arange(k)).reshape(-1))
+    if kind == "merge":
+        return np.array_equal(new_a, (new_b[:, None] * k + np.arange(k)).reshape(-1))
+    # "same"/"tie": a's channels form one contiguous block of b, where the blocks before it end, in a's order
+    inside = np.flatnonzero((new_b >= k) & (new_b < k + cg.sizes[a]))
+    if not np.array_equal(new_b[inside] - k, new_a):
+        return False
+    start = int(np.count_nonzero(new_b < k))
+    return np.array_equal(inside, np.arange(start, start + len(inside)))
 
 
 def apply(model: ir.Model, cg: ChannelGraph, order: dict[Dim, np.ndarray], source: str = "model") -> None:

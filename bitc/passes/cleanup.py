@@ -27,7 +27,7 @@ def _quiet(logger_name: str):
         logger.setLevel(level)
 
 
-@register("fold_constants")
+@register("fold_constants", exact=True)
 class FoldConstants(ir.passes.InPlacePass):
     """Evaluate constant subgraphs into initializers; turn inference-mode Dropout into Identity."""
 
@@ -79,7 +79,7 @@ def _materialize_constant_fills(model: ir.Model, limit: int) -> bool:
     return changed
 
 
-@register("simplify")
+@register("simplify", exact=True)
 class Simplify(ir.passes.InPlacePass):
     """Remove x·1, x+0, x−0, x/1 (scalar constants), no-op casts, transposes, reshapes and expands."""
 
@@ -103,7 +103,7 @@ class Simplify(ir.passes.InPlacePass):
         return RewritePass(list(self.RULES))(model)
 
 
-@register("eliminate_identity")
+@register("eliminate_identity", exact=True)
 class EliminateIdentity(ir.passes.InPlacePass):
     """Remove Identity nodes, renaming values so graph outputs keep their names."""
 
@@ -111,7 +111,7 @@ class EliminateIdentity(ir.passes.InPlacePass):
         return common.IdentityEliminationPass()(model)
 
 
-@register("cse")
+@register("cse", exact=True)
 class EliminateCommonSubexpressions(ir.passes.InPlacePass):
     """Merge nodes that compute the same thing from the same inputs."""
 
@@ -119,7 +119,7 @@ class EliminateCommonSubexpressions(ir.passes.InPlacePass):
         return common.CommonSubexpressionEliminationPass()(model)
 
 
-@register("remove_unused")
+@register("remove_unused", exact=True)
 class RemoveUnused(ir.passes.InPlacePass):
     """Remove nodes, initializers and opset imports that no output depends on."""
 

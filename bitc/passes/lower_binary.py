@@ -26,7 +26,7 @@ class LoweringReport:
         return {"lowered": len(self.lowered), "layers": self.lowered, "skipped": self.skipped, "notes": self.notes}
 
 
-@register("lower_binary")
+@register("lower_binary", exact=True)
 class LowerBinaryLayers(ir.passes.InPlacePass):
     """Lower Conv/Gemm/MatMul on ±1 (or k-bit) activations with ±α / ternary weights to BinaryConv/BinaryDense.
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -41,6 +42,7 @@ class PassRecord:
     max_rel_error: float | None = None
     note: str | None = None
     details: dict[str, Any] | None = None
+    exact_check: dict[str, Any] | None = None  # on the last pass of a run of exact passes: what the check found
 
     def to_json(self, timing: bool = True) -> dict[str, Any]:
         """As a dict; `timing=False` drops the wall time so that manifests are reproducible byte for byte."""
@@ -144,11 +146,17 @@ def run_pipeline(
     *,
     dump_dir: str | Path | None = None,
     verify_numerics: bool = False,
+    check_exact: bool = True,
     seed: int = 0,
     on_pass: Callable[[PassRecord], None] | None = None,
 ) -> tuple[ir.Model, list[PassRecord]]:
     """Apply the pipeline in order. With `verify_numerics`, each pass's output is compared with the model before
-    it on the same seeded random inputs (onnxruntime), so the record names the pass that introduced an error."""
+    it on the same seeded random inputs (onnxruntime), so the record names the pass that introduced an error.
+
+    With `check_exact` (the default), every maximal run of passes registered as exact is checked the same way,
+    as a whole (the outputs before its first pass vs after its last): a violation is a CompileError naming the
+    pass (found by re-running the run pass by pass) and the first differing value. Lossy passes get their output
+    error recorded. Models the reference cannot run, or too big to run cheaply, are skipped with a note."""
     specs = parse_pipeline(pipeline)
     dump_path = Path(dump_dir) if dump_dir is not None else None
     if dump_path is not None:
@@ -156,8 +164,11 @@ def run_pipeline(
         ir.save(model, dump_path / "00_input.onnx")
     feeds = verify.random_feeds(model, seed) if verify_numerics else None
     previous = _reference(model, feeds)
-    records = []
+    guard = ExactGuard(model, seed) if check_exact else None
+    records: list[PassRecord] = []
     for index, (name, options) in enumerate(specs, start=1):
+        if guard is not None:
+            guard.before(model, specs, records, registry.is_exact(name))
         record = PassRecord(name=name, options=options, nodes_before=len(model.graph))
         start = time.perf_counter()
         try:
@@ -181,12 +192,136 @@ def run_pipeline(
             else:
                 record.max_abs_error, record.max_rel_error = verify.max_errors(previous, current)
             previous = current
+        if guard is not None:
+            guard.after(model, record, registry.is_exact(name))
         if dump_path is not None:
             ir.save(model, dump_path / f"{index:02d}_{name}.onnx")
         records.append(record)
         if on_pass is not None:
             on_pass(record)
+    if guard is not None:
+        guard.close_run(model, specs, records)
     return model, records
+
+
+class ExactGuard:
+    """The compile-time check that exact passes are exact: one seeded batch through the reference (onnxruntime,
+    or onnx's evaluator once bitc ops appear) before and after each maximal run of exact passes, and around each
+    lossy pass (whose error is then recorded, for the compile summary)."""
+
+    def __init__(self, model: ir.Model, seed: int) -> None:
+        self.seed = seed
+        self.feeds: dict | None = None
+        self.outputs: list | str | None = None  # the current model's outputs (None: not run since it changed)
+        self.start: int | None = None  # index of the open run's first pass
+        self.snapshot: Any = None  # the model (ModelProto) when the open run started
+        self.reference: list | str | None = None  # its outputs then
+        self.lossy_before: list | str | None = None  # the outputs before the lossy pass now running
+        try:
+            self.feeds = verify.random_feeds(model, seed)
+        except BadInputError as exc:
+            self.skip = f"exact check skipped: {first_line(exc, 160)}"
+        else:
+            self.skip = None
+
+    def before(self, model: ir.Model, specs: list, records: list[PassRecord], exact: bool) -> None:
+        if exact and self.start is None:
+            self.start = len(records)
+            skip = self._affordable(model)
+            self.snapshot = ir.to_proto(model) if skip is None else None
+            self.reference = self._current(model, self.snapshot) if skip is None else skip
+        elif not exact:
+            self.close_run(model, specs, records)
+            self.lossy_before = self._current(model) if self._affordable(model) is None else None
+
+    def after(self, model: ir.Model, record: PassRecord, exact: bool) -> None:
+        self.outputs = None
+        if exact or not isinstance(self.lossy_before, list) or self._affordable(model) is not None:
+            return
+        after = self._current(model)
+        if isinstance(after, list) and len(after) == len(self.lossy_before):
+            with contextlib.suppress(TypeError, ValueError):  # sequence or map outputs: no error to report
+                record.max_abs_error, record.max_rel_error = verify.max_errors(self.lossy_before, after)
+
+    def close_run(self, model: ir.Model, specs: list, records: list[PassRecord]) -> None:
+        """Compare the open run's outputs with those it started from; raise naming the pass that broke them."""
+        if self.start is None:
+            return
+        start, self.start = self.start, None
+        run = specs[start : len(records)]
+        first, last = records[start], records[-1]
+        actual = self._current(model) if self.snapshot is not None else self.reference
+        note = self.reference if isinstance(self.reference, str) else actual if isinstance(actual, str) else None
+        if note is not None:
+            first.note = first.note or note
+            last.exact_check = {"passes": [n for n, _ in run], "skipped": note}
+            return
+        names = [o.name for o in self.snapshot.graph.output]
+        violation = _violation(names, self.reference, actual)
+        if violation is not None:
+            raise CompileError(self._blame(run, names, violation))
+        _, rel = verify.max_errors(self.reference, actual)
+        last.exact_check = {"passes": [n for n, _ in run], "max_rel_error": float(f"{rel:.3g}")}
+
+    def _blame(self, run: list, names: list[str], violation: str) -> str:
+        """Re-run the run pass by pass from its snapshot: the first pass whose outputs break is the culprit."""
+        model = ir.from_proto(self.snapshot)
+        culprit, where = " + ".join(n for n, _ in run), None
+        for name, options in run:
+            before = ir.to_proto(model)
+            try:
+                model = registry.create(name, options)(model).model
+                outputs = verify.run_reference(model, self.feeds)
+            except Exception:
+                break
+            if (found := _violation(names, self.reference, outputs)) is not None:
+                culprit, violation = name, found
+                where = verify.first_difference(before, model, self.feeds)
+                break
+        at = f"; first differing value: {where}" if where else ""
+        return (
+            f"exact pass '{culprit}' changed the model's outputs ({violation}{at}) on seeded inputs; no artifact "
+            "written. This is a bitc bug, please report it; --no-verify skips the check"
+        )
+
+    def _affordable(self, model: ir.Model) -> str | None:
+        return self.skip or verify.check_cost(model)
+
+    def _current(self, model: ir.Model, proto: Any = None) -> list | str:
+        if self.outputs is None:
+            try:
+                self.outputs = list(verify.run_reference(model, self.feeds, proto))
+            except Exception as exc:
+                self.outputs = f"exact check skipped: the reference cannot run this model ({first_line(exc, 160)})"
+        return self.outputs
+
+
+def check_lines(passes: list[dict[str, Any]]) -> list[str]:
+    """What the compile summary says about numerics (from the manifest's pass log): each lossy pass's measured
+    output error, and whether the exact passes were checked (or why not)."""
+    lines = []
+    for record in passes:
+        name, rel = record["name"], record.get("max_rel_error")
+        if not registry.is_exact(name) and record.get("modified") and rel is not None:
+            lines.append(
+                f"{name} (lossy): output error {rel:.3g} of the largest output value on seeded inputs "
+                f"(max abs {record.get('max_abs_error', 0.0):.3g})"
+            )
+    checks = [r["exact_check"] for r in passes if r.get("exact_check")]
+    worst = max((c["max_rel_error"] for c in checks if "max_rel_error" in c), default=None)
+    if worst is not None:
+        lines.append(f"exact passes checked on seeded inputs: max rel error {worst:.2g}")
+    lines += [f"note: {c['skipped']}" for c in checks if "skipped" in c]
+    return lines
+
+
+def _violation(names: list[str], reference: list, actual: list) -> str | None:
+    if len(reference) != len(actual):
+        return f"{len(actual)} outputs instead of {len(reference)}"
+    try:
+        return verify.exact_violation(names, reference, actual)
+    except (TypeError, ValueError):  # an output numpy cannot compare (a sequence of tensors, a map): unchecked
+        return None
 
 
 def _reference(model: ir.Model, feeds: Mapping | None) -> list | str | None:

@@ -96,9 +96,15 @@ class Prune(ir.passes.InPlacePass):
             rank = np.full(n, -1, dtype=np.int64)
             rank[survivors] = np.arange(count)
             ranks[g] = rank
-            self.report.groups[f"{groups[g].dims[0][0]}"] = [n, count]
         if ranks:
-            channel_rewrite.apply(model, cg, channel_rewrite.selection(cg, groups, ranks))
+            order, refused = channel_rewrite.selection(cg, groups, ranks)
+            for g, reason in refused.items():
+                del ranks[g]
+                self.report.fixed[reason] = self.report.fixed.get(reason, 0) + 1
+            if ranks:
+                channel_rewrite.apply(model, cg, order)
+        for g, rank in ranks.items():
+            self.report.groups[f"{groups[g].dims[0][0]}"] = [len(rank), int(np.sum(rank >= 0))]
         self.report.after = _size(model)
         return ir.passes.PassResult(model, bool(ranks))
 

@@ -12,13 +12,16 @@ _PASSES: dict[str, type[ir.passes.PassBase]] = {}
 P = TypeVar("P", bound=type[ir.passes.PassBase])
 
 
-def register(name: str):
-    """Class decorator: make a pass available under `name` (its docstring's first line describes it)."""
+def register(name: str, *, exact: bool = False):
+    """Class decorator: make a pass available under `name` (its docstring's first line describes it). `exact`
+    declares that the pass preserves the model's function up to float rounding: every compile then checks that
+    claim numerically (see `run_pipeline`); lossy passes (binarize, prune, ...) leave it False."""
 
     def decorate(cls: P) -> P:
         if name in _PASSES:
             raise ValueError(f"pass '{name}' is registered twice")
         cls.pass_name = name  # type: ignore[attr-defined]
+        cls.exact = exact  # type: ignore[attr-defined]
         _PASSES[name] = cls
         return cls
 
@@ -39,6 +42,12 @@ def create(name: str, options: dict[str, Any] | None = None) -> ir.passes.PassBa
         return _PASSES[name](**(options or {}))
     except TypeError as exc:
         raise BadInputError(f"pass '{name}': bad options {options}: {exc}") from None
+
+
+def is_exact(name: str) -> bool:
+    """Whether the pass registered as `name` claims to keep the model's outputs (up to float rounding)."""
+    _import_builtin_passes()
+    return bool(getattr(_PASSES.get(name), "exact", False))
 
 
 def summary(cls: type) -> str:

@@ -26,7 +26,7 @@ class ReorderReport:
         return {"groups_reordered": self.reordered, "channels_moved": self.channels_moved, "fixed_groups": self.fixed}
 
 
-@register("reorder")
+@register("reorder", exact=True)
 class Reorder(ir.passes.InPlacePass):
     """Permute channels by importance (most salient first), folded into producers and consumers; exact.
 
@@ -64,8 +64,13 @@ class Reorder(ir.passes.InPlacePass):
             rank[order] = np.arange(len(order))
             if np.any(rank != np.arange(len(rank))):
                 ranks[g] = rank
-                self.report.channels_moved += int(np.sum(rank != np.arange(len(rank))))
         if ranks:
-            channel_rewrite.apply(model, cg, channel_rewrite.selection(cg, groups, ranks))
+            order, refused = channel_rewrite.selection(cg, groups, ranks)
+            for g, reason in refused.items():
+                del ranks[g]
+                self.report.fixed[reason] = self.report.fixed.get(reason, 0) + 1
+            if ranks:
+                channel_rewrite.apply(model, cg, order)
+        self.report.channels_moved = sum(int(np.sum(rank != np.arange(len(rank)))) for rank in ranks.values())
         self.report.reordered = len(ranks)
         return ir.passes.PassResult(model, bool(ranks))

@@ -90,12 +90,15 @@ def measure_output_errors(
     return errors, None
 
 
-def run_reference(model: ir.Model, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
-    """onnxruntime for standard ONNX; onnx's reference evaluator with our numpy references once bitc ops appear."""
+def run_reference(model: ir.Model, feeds: Mapping[str, np.ndarray], proto: Any = None) -> list[np.ndarray]:
+    """onnxruntime for standard ONNX; onnx's reference evaluator with our numpy references once bitc ops appear.
+    `proto`: the model's ModelProto if the caller already has it (saves converting a big model twice)."""
     from bitc import ops
 
     if any(ops.is_bitc(node) for node in model.graph):
         return list(ops.reference_evaluator(model).run(None, dict(feeds)))
+    if proto is not None:
+        return _session(proto.SerializeToString()).run(None, dict(feeds))
     return run_onnxruntime(model, feeds)
 
 
@@ -113,3 +116,108 @@ def max_errors(reference: list[np.ndarray], actual: list[np.ndarray]) -> tuple[f
         worst_abs = max(worst_abs, abs_err)
         worst_rel = max(worst_rel, abs_err / max(float(np.max(np.abs(ref))), 1e-12))
     return worst_abs, worst_rel
+
+
+# The compile-time check of the exact passes: the outputs before and after each run of them, on one seeded batch.
+EXACT_RTOL = 1e-4  # of the output's largest magnitude: float rounding of reassociated sums stays far below it
+EXACT_MISMATCH = 0.01  # integer / bool outputs: the share of elements allowed to differ (argmax near-ties)
+CHECK_MAX_MACS = 4_000_000_000  # per run under onnxruntime (~1 s on one core); more is skipped, with a note
+CHECK_MAX_MACS_REFERENCE = 200_000_000  # per run under onnx's Python reference evaluator (models with bitc ops)
+CHECK_MAX_PARAM_BYTES = 1 << 30  # the check holds two copies of the weights
+
+
+def check_cost(model: ir.Model) -> str | None:
+    """Why the exact check would be too costly for this model (None: affordable): it must stay a small part of a
+    compile, so huge models are skipped (with a note in the pass log) rather than made slow."""
+    from bitc import ops
+    from bitc.layers import layer_table, summarize_layers
+
+    weights = sum(v.const_value.nbytes for v in model.graph.initializers.values() if v.const_value is not None)
+    if weights > CHECK_MAX_PARAM_BYTES:
+        return f"exact check skipped: {weights / 2**30:.1f} GiB of weights (the check's limit is 1 GiB)"
+    macs = int(summarize_layers(layer_table(model))["macs"])
+    evaluator = any(ops.is_bitc(node) for node in model.graph)
+    limit = CHECK_MAX_MACS_REFERENCE if evaluator else CHECK_MAX_MACS
+    if macs > limit:
+        runner = "onnx's reference evaluator" if evaluator else "onnxruntime"
+        return f"exact check skipped: {macs / 1e6:.0f} M MACs per run (the limit under {runner} is {limit / 1e6:.0f} M)"
+    return None
+
+
+def exact_violation(names: list[str], reference: list, actual: list) -> str | None:
+    """How `actual` breaks exactness against `reference` (None: equal up to float rounding): a shape or dtype
+    change, a different NaN/±Inf pattern, a float error above EXACT_RTOL of the output's largest magnitude, or
+    more than EXACT_MISMATCH of an integer output's elements changed."""
+    for name, ref, out in zip(names, reference, actual, strict=True):
+        ref, out = np.asarray(ref), np.asarray(out)
+        if ref.shape != out.shape or ref.dtype != out.dtype:
+            return f"output '{name}' became {out.dtype}{list(out.shape)} (was {ref.dtype}{list(ref.shape)})"
+        if ref.size == 0:
+            continue
+        if ref.dtype.kind != "f":
+            changed = float(np.mean(ref != out))
+            if changed > EXACT_MISMATCH:
+                return f"output '{name}': {changed:.0%} of its elements changed"
+            continue
+        for test, what in ((np.isnan, "NaN"), (np.isposinf, "+Inf"), (np.isneginf, "-Inf")):
+            if not np.array_equal(test(ref), test(out)):
+                return f"output '{name}': its {what} entries changed"
+        finite = np.isfinite(ref)
+        ref64, out64 = ref[finite].astype(np.float64), out[finite].astype(np.float64)
+        if ref64.size == 0:
+            continue
+        scale = float(np.max(np.abs(ref64)))
+        error = float(np.max(np.abs(ref64 - out64)))
+        if error > EXACT_RTOL * scale + np.finfo(ref.dtype).tiny:
+            return f"output '{name}': max error {error:.3g} is {error / max(scale, 1e-30):.2g} of its largest value"
+    return None
+
+
+def first_difference(before: Any, after: ir.Model, feeds: Mapping[str, np.ndarray]) -> str | None:
+    """The first value (in the model's order before) that exists under one name in both models and differs
+    beyond float rounding: where a broken rewrite starts. None if it cannot be found cheaply."""
+    old = ir.from_proto(before)
+    new_values = {out.name: out for node in after.graph for out in node.outputs}
+    candidates, producers = [], {}
+    for node in old.graph:
+        for out in node.outputs:
+            new = new_values.get(out.name)
+            if out.name and new is not None and (out.shape is None or new.shape is None or out.shape == new.shape):
+                candidates.append(out.name)
+                producers[out.name] = node
+    if not candidates:
+        return None
+    try:
+        expected = _values_with_outputs(before, candidates, feeds)
+        got = _values_with_outputs(ir.to_proto(after), candidates, feeds)
+    except Exception:
+        return None
+    for name, ref, out in zip(candidates, expected, got, strict=True):
+        if exact_violation([name], [ref], [out]) is not None and not _same_channels(ref, out):
+            node = producers[name]
+            return f"value '{name}' ({node.op_type} '{node.name}')"
+    return None
+
+
+def _same_channels(ref: Any, out: Any) -> bool:
+    """Equal up to an order of axis 1's channels (what `reorder` does to every value inside the model)."""
+    ref, out = np.asarray(ref, dtype=np.float64), np.asarray(out, dtype=np.float64)
+    if ref.ndim < 2 or ref.shape != out.shape or not (np.all(np.isfinite(ref)) and np.all(np.isfinite(out))):
+        return False
+
+    def signature(x: np.ndarray) -> np.ndarray:
+        rows = np.moveaxis(x, 1, 0).reshape(x.shape[1], -1)
+        stats = np.stack([rows.sum(axis=1), np.square(rows).sum(axis=1)], axis=1)
+        return stats[np.lexsort((stats[:, 1], stats[:, 0]))]
+
+    a, b = signature(ref), signature(out)
+    return bool(np.allclose(a, b, rtol=1e-3, atol=1e-3 * max(float(np.abs(a).max()), 1e-30)))
+
+
+def _values_with_outputs(proto: Any, names: list[str], feeds: Mapping[str, np.ndarray]) -> list:
+    from bitc import ops
+
+    model = ir.from_proto(_with_outputs(proto, names))
+    if any(ops.is_bitc(node) for node in model.graph):
+        return list(ops.reference_evaluator(model).run(names, dict(feeds)))
+    return run_with_outputs(proto, names, feeds)

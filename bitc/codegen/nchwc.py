@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from bitc.codegen.layout_segments import apply_in_segments
 from bitc.codegen.relax_rewrite import rewrite_calls
 
 BLOCK = 16
@@ -21,7 +22,8 @@ def convert_conv_layout(mod: Any, block: int = BLOCK) -> Any:
     from tvm import relax
 
     mod = clip_to_relax_ops(mod)
-    mod = relax.transform.ConvertLayout({}, layout_cb=lambda call: conv_layouts(call, block))(mod)
+    convert = relax.transform.ConvertLayout({}, layout_cb=lambda call: conv_layouts(call, block))
+    mod = apply_in_segments(mod, convert)  # ConvertLayout's cost grows with the square of a function's length
     return legalize_bool_layout_transforms(mod)
 
 

@@ -46,6 +46,7 @@ def load_onnx(
     _check_external_data(path, proto)
     if check:
         _check_model(path)
+    _check_raw_data(path, proto)
     try:
         model = ir.from_proto(proto)
     except Exception as exc:
@@ -171,6 +172,36 @@ def _tensor_bytes(tensor: onnx.TensorProto) -> int | None:
     except (ValueError, TypeError):
         return None
     return (math.prod(tensor.dims) * bits + 7) // 8
+
+
+def _check_raw_data(path: Path, proto: onnx.ModelProto) -> None:
+    """Embedded tensor bytes must be exactly what the shape and type need: the checker only refuses too few, and
+    a longer buffer would be read differently by each consumer (onnxruntime refuses it, numpy reshapes fail)."""
+    for tensor in _tensors(proto):
+        if tensor.data_location == onnx.TensorProto.EXTERNAL or not tensor.HasField("raw_data"):
+            continue
+        needed = _tensor_bytes(tensor)
+        if needed is not None and len(tensor.raw_data) != needed:
+            raise BadInputError(
+                f"{path}: tensor '{tensor.name}' holds {len(tensor.raw_data)} bytes of raw data, but its shape "
+                f"{list(tensor.dims)} and type need {needed}"
+            )
+
+
+def _tensors(proto: onnx.ModelProto):
+    """Every initializer and tensor attribute, subgraphs included."""
+    graphs = [proto.graph]
+    while graphs:
+        graph = graphs.pop()
+        yield from graph.initializer
+        for node in graph.node:
+            for attr in node.attribute:
+                if attr.HasField("t"):
+                    yield attr.t
+                yield from attr.tensors
+                graphs.extend(attr.graphs)
+                if attr.HasField("g"):
+                    graphs.append(attr.g)
 
 
 def _tensors_with_external_data(proto: onnx.ModelProto):

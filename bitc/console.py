@@ -1,15 +1,54 @@
-"""Human-facing output of the CLI (rich): progress while compiling, tables after. Quiet when not a terminal."""
+"""Human-facing output of the CLI (rich): progress while compiling, tables after. Quiet when not a terminal.
+
+Names, paths and manifest strings are untrusted: they are printed as rich `Text` (never parsed as markup, so a
+name like `x[/]` prints as itself) with terminal control characters shown as escapes (`printable`).
+"""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 _err = Console(stderr=True)
 _out = Console()
+
+# C0 controls (ESC, CR, BS, NUL, line breaks ...), DEL, C1 controls, and the bidirectional overrides that make a
+# terminal show text in another order than it is
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def printable(value: Any) -> str:
+    """`str(value)` with every terminal control character written as a visible escape (\\x1b, \\u202e)."""
+    return _CONTROL.sub(_escape_control, str(value))
+
+
+def _escape_control(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def _text(*parts: Any) -> Text:
+    """One line from plain parts and (part, style) pairs, each made printable and never read as markup."""
+    line = Text()
+    for part in parts:
+        if isinstance(part, tuple):
+            line.append(printable(part[0]), style=part[1])
+        else:
+            line.append(printable(part))
+    return line
+
+
+def _cells(*values: Any) -> list[Text]:
+    return [Text(printable(value)) for value in values]
+
+
+def _print(*parts: Any, style: str | None = None) -> None:
+    _out.print(_text(*parts), style=style, highlight=False)
 
 
 class CompileProgress:
@@ -49,7 +88,9 @@ class CompileProgress:
     def on_pass(self, record: Any) -> None:
         if self._progress is not None:
             self._progress.console.print(
-                f"pass {record.name}: {record.nodes_before} → {record.nodes_after} nodes", style="dim", highlight=False
+                _text(f"pass {record.name}: {record.nodes_before} → {record.nodes_after} nodes"),
+                style="dim",
+                highlight=False,
             )
 
     def on_tuning(self, done: int, total: int) -> None:
@@ -63,39 +104,42 @@ class CompileProgress:
 def print_compile_summary(summary: dict[str, Any], verbose: bool = False) -> None:
     seconds = summary["seconds"]
     total = sum(seconds.values())
-    _out.print(
-        f"[bold]{summary['artifact']}[/bold]: {summary['size_bytes'] / 1e6:.2f} MB for {summary['target']} "
-        f"in {total:.1f} s ({', '.join(f'{k} {v:.1f} s' for k, v in seconds.items())})"
+    _print(
+        (summary["artifact"], "bold"),
+        f": {summary['size_bytes'] / 1e6:.2f} MB for {summary['target']} "
+        f"in {total:.1f} s ({', '.join(f'{k} {v:.1f} s' for k, v in seconds.items())})",
     )
     for p in summary["passes"]:
         details = p.get("details") or {}
         if p["name"] == "binarize":
             kept = details.get("kept_in_float")
-            _out.print(f"binarize: {details.get('binarized', 0)} layers binarized; kept in float: {kept}")
+            _print(f"binarize: {details.get('binarized', 0)} layers binarized; kept in float: {kept}")
         if p["name"] == "lower_binary" and (details.get("lowered") or details.get("skipped")):
             skipped = details.get("skipped") or {}
             line = f"binary layers: {details['lowered']} on packed xor/popcount kernels"
-            _out.print(line + (f"; left in float: {skipped}" if skipped else ""))
+            _print(line + (f"; left in float: {skipped}" if skipped else ""))
             for note in details.get("notes", []):
-                _out.print(f"note: {note}", style="yellow")
+                _print(f"note: {note}", style="yellow")
     from bitc.passes.manager import check_lines
 
     for line in check_lines(summary["passes"]):
-        _out.print(line, style="yellow" if line.startswith("note:") else None, markup=False, highlight=False)
+        _print(line, style="yellow" if line.startswith("note:") else None)
     tuning = summary.get("tuning") or {}
     if tuning:
-        _out.print(f"tuning: {', '.join(f'{k}={v}' for k, v in tuning.items())}")
+        _print(f"tuning: {', '.join(f'{k}={v}' for k, v in tuning.items())}")
     if verbose:
         table = Table("pass", "ms", "modified", "nodes", "max abs err", "note", title="passes")
         for p in summary["passes"]:
             err = p.get("max_abs_error")
             table.add_row(
-                p["name"],
-                f"{p['seconds'] * 1e3:.1f}",
-                "yes" if p["modified"] else "",
-                f"{p['nodes_before']} → {p['nodes_after']}",
-                "" if err is None else f"{err:.3g}",
-                p.get("note", ""),
+                *_cells(
+                    p["name"],
+                    f"{p['seconds'] * 1e3:.1f}",
+                    "yes" if p["modified"] else "",
+                    f"{p['nodes_before']} → {p['nodes_after']}",
+                    "" if err is None else f"{err:.3g}",
+                    p.get("note", ""),
+                )
             )
         _out.print(table)
 
@@ -105,41 +149,39 @@ def print_bench_table(artifact: str, rows: list[dict[str, Any]]) -> None:
     columns = ["threads", "bitc median ms", "bitc p90 ms"]
     if has_ort:
         columns += ["onnxruntime median ms", "speed-up vs ort"]
-    table = Table(*columns, title=f"{artifact} ({rows[0]['runs']} runs)")
+    table = Table(*columns, title=_text(f"{artifact} ({rows[0]['runs']} runs)"))
     for r in rows:
         cells = [str(r["threads"]), f"{r['bitc']['median_ms']:.3f}", f"{r['bitc']['p90_ms']:.3f}"]
         if has_ort:
             cells += [f"{r['onnxruntime']['median_ms']:.3f}", f"{r['speedup_vs_onnxruntime']:.2f}×"]
-        table.add_row(*cells)
+        table.add_row(*_cells(*cells))
     _out.print(table)
 
 
 def print_inspect(info: dict[str, Any], verbose: bool = False) -> None:
     if info["kind"] == "artifact":
         m = info["manifest"]
-        _out.print(f"[bold]{info['path']}[/bold]: bitc artifact, {info['size_bytes'] / 1e6:.2f} MB")
-        _out.print(f"source: {m['source']['name']}  target: {_target_line(m['target'])}")
-        _out.print(f"versions: {', '.join(f'{k} {v}' for k, v in m['versions'].items())}")
+        _print((info["path"], "bold"), f": bitc artifact, {info['size_bytes'] / 1e6:.2f} MB")
+        _print(f"source: {m['source']['name']}  target: {_target_line(m['target'])}")
+        _print(f"versions: {', '.join(f'{k} {v}' for k, v in m['versions'].items())}")
         _print_values(m["inputs"], m["outputs"])
-        _out.print(f"passes: {', '.join(p['name'] for p in m['passes'])}")
-        _out.print(f"conv layout: {m.get('codegen', {}).get('conv_layout', '?')}")
+        _print(f"passes: {', '.join(str(p['name']) for p in m['passes'])}")
+        _print(f"conv layout: {m.get('codegen', {}).get('conv_layout', '?')}")
         if (kv := m.get("kv_cache")) is not None:
             _print_kv_cache(kv)
         for name, meta in m["members"].items():
-            _out.print(f"member {name}: {meta['size']} bytes sha256 {meta['sha256'][:16]}…")
+            _print(f"member {name}: {meta['size']} bytes sha256 {str(meta['sha256'])[:16]}…")
         if m.get("layers"):
             _print_layers(m["layers"], m["stats"], verbose)
         if verbose:
             _out.print_json(data=m)
         return
-    _out.print(
-        f"[bold]{info['path']}[/bold]: ONNX model, {info['size_bytes'] / 1e6:.2f} MB, producer {info['producer']}"
-    )
-    _out.print(f"opsets: {info['opsets']}  nodes: {info['nodes']}  parameters: {info['parameters']:,}")
+    _print((info["path"], "bold"), f": ONNX model, {info['size_bytes'] / 1e6:.2f} MB, producer {info['producer']}")
+    _print(f"opsets: {info['opsets']}  nodes: {info['nodes']}  parameters: {info['parameters']:,}")
     _print_values(info["inputs"], info["outputs"])
     table = Table("op", "count", title="ops")
     for op, count in info["ops"].items():
-        table.add_row(op, str(count))
+        table.add_row(*_cells(op, count))
     _out.print(table)
     if info.get("layers"):
         _print_layers(info["layers"], info["summary"], verbose)
@@ -161,7 +203,7 @@ def _print_kv_cache(kv: dict[str, Any]) -> None:
     layout = KVCacheLayout.from_json(kv)
     full = layout.max_context
     kind = f"keys {layout.key_bits}-bit, values {layout.value_bits}-bit" if layout.quantizes else "float32"
-    _out.print(
+    _print(
         f"KV cache (runtime-owned): {kind}, {full} tokens max, float window {layout.residual} tokens, "
         f"key group {layout.key_group}, value group {layout.value_group or layout.head_dim}"
         f"{', pre-RoPE keys' if layout.pre_rope else ''}; "
@@ -178,18 +220,18 @@ def _print_layers(layers: list[dict[str, Any]], summary: dict[str, Any], verbose
         f"layers ({summary['layers']}; {summary['params']:,} params, {summary['macs'] / 1e6:,.1f} M MACs, "
         f"{summary['binary_mac_share']:.0%} binary)"
     )
-    table = Table("layer", "op", "precision", "params", "MACs (M)", "MAC share", "bytes", title=title)
+    table = Table("layer", "op", "precision", "params", "MACs (M)", "MAC share", "bytes", title=_text(title))
     for r in shown:
-        table.add_row(
+        table.add_row(*_cells(
             r["name"], r["op"], r["precision"], f"{r['params']:,}", f"{r['macs'] / 1e6:,.2f}",
             f"{r['macs'] / total:.1%}", f"{r['bytes']:,}",
-        )  # fmt: skip
+        ))  # fmt: skip
     _out.print(table)
     if len(shown) < len(layers):
-        _out.print(f"({len(layers) - len(shown)} lighter layers not shown; --verbose lists all)")
+        _print(f"({len(layers) - len(shown)} lighter layers not shown; --verbose lists all)")
 
 
 def _print_values(inputs: list[dict[str, Any]], outputs: list[dict[str, Any]]) -> None:
     for label, values in (("input", inputs), ("output", outputs)):
         for v in values:
-            _out.print(f"{label} {v['name']}: {v['dtype']}{v['shape']}")
+            _print(f"{label} {v['name']}: {v['dtype']}{v['shape']}")

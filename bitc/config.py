@@ -30,6 +30,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import tomllib
 from pathlib import Path
@@ -60,12 +61,14 @@ def load_config(path: str | os.PathLike) -> dict[str, Any]:
         raise BadInputError(f"{path}: no such config file") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError, OSError) as exc:
         raise BadInputError(f"{path}: not a valid TOML file ({first_line(exc)})") from None
+    except RecursionError:  # tomllib recurses once per nesting level
+        raise BadInputError(f"{path}: not a valid TOML file (arrays or tables nested too deep)") from None
     options: dict[str, Any] = {}
     for key, value in data.items():
         if key in _SCALARS:
             expected, keyword = _SCALARS[key]
-            if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
-                raise BadInputError(f"{path}: '{key}' must be {_type_name(expected)}, got {value!r}")
+            if not isinstance(value, expected) or (isinstance(value, bool) and bool not in _types(expected)):
+                raise BadInputError(f"{path}: '{key}' must be {_type_name(expected)}, got {_short(value)}")
             options[keyword] = str(path.parent / value) if key in ("tuning_db", "dump_ir") else value
         elif key == "input_shapes":
             options["input_shapes"] = _input_shapes(path, value)
@@ -78,9 +81,9 @@ def load_config(path: str | os.PathLike) -> dict[str, Any]:
         elif key == "kv_compress":
             options["kv_compress"] = _pass_table(path, "kv_compress", value, _KV_KEYS)
         elif key == "prune":
-            if not isinstance(value, dict) or not set(value) <= _PRUNE_KEYS:
+            if not isinstance(value, dict) or not set(value) <= set(_PRUNE_KEYS):
                 raise BadInputError(f"{path}: [prune] must be a table with keys from {', '.join(sorted(_PRUNE_KEYS))}")
-            options["prune"] = dict(value)
+            options["prune"] = _pass_table(path, "prune", value, _PRUNE_KEYS)
         else:
             known = sorted([*_SCALARS, "binarize", "input_shapes", "kv_compress", "lowbit_linear", "passes", "prune"])
             raise BadInputError(f"{path}: unknown key '{key}'; known keys: {', '.join(known)}")
@@ -89,7 +92,7 @@ def load_config(path: str | os.PathLike) -> dict[str, Any]:
 
 def _input_shapes(path: Path, value: Any) -> dict[str, list[int]]:
     if not isinstance(value, dict) or not all(
-        isinstance(dims, list) and dims and all(isinstance(d, int) and not isinstance(d, bool) for d in dims)
+        isinstance(dims, list) and dims and all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in dims)
         for dims in value.values()
     ):
         raise BadInputError(f"{path}: [input_shapes] maps input names to lists of integers, e.g. x = [1, 3, 224, 224]")
@@ -104,13 +107,25 @@ def _passes(path: Path, value: Any) -> list[Any]:
         if isinstance(item, str):
             specs.append(item)
         elif isinstance(item, dict) and isinstance(item.get("name"), str) and set(item) <= {"name", "options"}:
-            specs.append((item["name"], dict(item.get("options", {}))))
+            options = item.get("options", {})
+            if not isinstance(options, dict):
+                raise BadInputError(f"{path}: 'options' of pass '{item['name']}' must be a table, got {options!r}")
+            specs.append((item["name"], dict(options)))
         else:
-            raise BadInputError(f"{path}: bad entry in 'passes': {item!r}")
+            raise BadInputError(
+                f"{path}: bad entry in 'passes': {_short(item)} (a pass name or a table with keys name, options)"
+            )
     return specs
 
 
-_PRUNE_KEYS = {"ratio", "criterion", "scope", "round_to", "protected", "layers"}
+_PRUNE_KEYS: dict[str, type | tuple[type, ...]] = {
+    "ratio": (int, float),
+    "criterion": str,
+    "scope": str,
+    "round_to": int,
+    "protected": list,
+    "layers": list,
+}
 _BINARIZE_KEYS: dict[str, type | tuple[type, ...]] = {
     "planes": int,
     "activations": str,
@@ -132,8 +147,10 @@ def _pass_table(path: Path, table: str, value: Any, keys: dict[str, type | tuple
         if key not in keys:
             raise BadInputError(f"{path}: unknown key '{key}' in [{table}]; known keys: {', '.join(keys)}")
         expected = keys[key]
-        if not isinstance(item, expected) or (expected is int and isinstance(item, bool)):
-            raise BadInputError(f"{path}: [{table}] '{key}' must be {_type_name(expected)}, got {item!r}")
+        if not isinstance(item, expected) or (isinstance(item, bool) and bool not in _types(expected)):
+            raise BadInputError(f"{path}: [{table}] '{key}' must be {_type_name(expected)}, got {_short(item)}")
+        if isinstance(item, float) and not math.isfinite(item):
+            raise BadInputError(f"{path}: [{table}] '{key}' must be a finite number, got {item}")
         if expected is list and not all(isinstance(name, str) for name in item):
             raise BadInputError(f"{path}: [{table}] '{key}' must be a list of layer names")
     return dict(value)
@@ -172,5 +189,18 @@ def _lowbit_linear(path: Path, value: Any) -> dict[str, Any]:
     return options
 
 
+def _types(expected: type | tuple[type, ...]) -> tuple[type, ...]:
+    return expected if isinstance(expected, tuple) else (expected,)
+
+
 def _type_name(expected: type | tuple[type, ...]) -> str:
-    return {str: "a string", int: "an integer", bool: "true or false", list: "a list"}.get(expected, str(expected))  # type: ignore[call-overload]
+    if set(_types(expected)) == {int, float}:
+        return "a number"
+    names = {str: "a string", int: "an integer", float: "a number", bool: "true or false", list: "a list"}
+    return " or ".join(names.get(t, t.__name__) for t in _types(expected))
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    """A config value for a one-line message (a 5,000-deep array must not become a 20 kB line)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "…"

@@ -50,6 +50,8 @@ def bench_artifact(
     onnx_path: str | None = None,
 ) -> list[dict[str, Any]]:
     """One row per thread count: bitc's latency, and onnxruntime's and the speed ratio when `onnx_path` is set."""
+    if onnx_path is not None:
+        check_onnx_file(onnx_path, "--onnx")
     rows = []
     for count in threads:
         n = count or physical_cores()
@@ -69,10 +71,20 @@ def measure_in_subprocess(engine: str, model: str, artifact: str, threads: int, 
     env = dict(os.environ, TVM_NUM_THREADS=str(threads), OMP_NUM_THREADS=str(threads))
     args = [sys.executable, "-m", "bitc.bench", engine, model, artifact, str(threads), str(runs), str(warmup)]
     done = subprocess.run(args, capture_output=True, text=True, env=env)
+    if done.returncode == BadInputError.exit_code and done.stderr.strip():
+        raise BadInputError(done.stderr.strip().splitlines()[-1])  # the worker's own one-line refusal
     if done.returncode != 0:
-        lines = done.stderr.strip().splitlines() or ["no output"]
+        lines = done.stderr.strip().splitlines() or [f"exit code {done.returncode}"]
         raise BitcError(f"{engine} measurement of {model} failed: {lines[-1]}")
     return json.loads(done.stdout)
+
+
+def check_onnx_file(path: str | os.PathLike, option: str) -> None:
+    """An ONNX path given on the command line must be a regular file (checked before anything is measured)."""
+    if not os.path.exists(path):
+        raise BadInputError(f"{option} {path}: no such file")
+    if not os.path.isfile(path):
+        raise BadInputError(f"{option} {path}: not a regular file")
 
 
 def _measure(engine: str, model: str, artifact: str, threads: int, runs: int, warmup: int) -> dict[str, float]:

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from bitc.atomic import atomic_output
+from bitc.atomic import atomic_output, check_output_path
 from bitc.errors import BadInputError
 
 
@@ -26,6 +26,7 @@ def build_report(onnx_path: str | Path, artifact_path: str | Path, *, runs: int 
     if not onnx_path.is_file():
         raise BadInputError(f"{onnx_path}: no such file")
     model = load(artifact_path)
+    check_source_matches(onnx_path, model.manifest, artifact_path)
     inputs = model.random_inputs(seed=0)
     got = model.run(inputs)
     session = onnxruntime_session(str(onnx_path), physical_cores())
@@ -40,8 +41,57 @@ def build_report(onnx_path: str | Path, artifact_path: str | Path, *, runs: int 
     return _render(onnx_path, artifact_path, model.manifest, errors, latency, kernels, threads)
 
 
+def check_source_matches(onnx_path: Path, manifest: dict[str, Any], artifact_path: Path) -> None:
+    """Refuse, in one line, an ONNX model whose inputs and outputs are not the artifact's (names, outputs'
+    order, element types, fixed dimensions): the comparison would otherwise be meaningless or fail in
+    onnxruntime with a multi-line text."""
+    import onnx
+
+    from bitc.errors import first_line
+
+    try:
+        graph = onnx.load(str(onnx_path), load_external_data=False).graph
+    except Exception as exc:  # protobuf's DecodeError and friends
+        raise BadInputError(f"{onnx_path}: not a readable ONNX model ({first_line(exc)})") from None
+    initializers = {t.name for t in graph.initializer}
+    inputs = {v.name: v for v in graph.input if v.name not in initializers}
+    mismatch = f"{onnx_path} is not the source of {artifact_path}"
+    if sorted(inputs) != sorted(s["name"] for s in manifest["inputs"]):
+        raise BadInputError(f"{mismatch}: its inputs are {sorted(inputs)[:8]}, the artifact's differ")
+    if [v.name for v in graph.output] != [s["name"] for s in manifest["outputs"]]:
+        raise BadInputError(f"{mismatch}: its outputs are {[v.name for v in graph.output][:8]}, the artifact's differ")
+    pairs = [(inputs[s["name"]], s) for s in manifest["inputs"]] + list(
+        zip(graph.output, manifest["outputs"], strict=True)
+    )
+    for value, spec in pairs:
+        dtype, dims = _onnx_type(value)
+        if (dtype is not None and dtype != spec["dtype"]) or not _dims_agree(dims, list(spec["shape"])):
+            raise BadInputError(
+                f"{mismatch}: '{value.name}' is {dtype}{dims} there, {spec['dtype']}{spec['shape']} in it"
+            )
+
+
+def _onnx_type(value: Any) -> tuple[str | None, list[int | str] | None]:
+    """Element type (numpy name) and dimensions ("?" where symbolic) of a graph input/output, None if unknown."""
+    from onnx import helper
+
+    tensor = value.type.tensor_type
+    dtype = np.dtype(helper.tensor_dtype_to_np_dtype(tensor.elem_type)).name if tensor.elem_type else None
+    if not tensor.HasField("shape"):
+        return dtype, None
+    return dtype, [d.dim_value if d.HasField("dim_value") else "?" for d in tensor.shape.dim]
+
+
+def _dims_agree(dims: list[int | str] | None, shape: list[int]) -> bool:
+    if dims is None:
+        return True
+    return len(dims) == len(shape) and all(d == "?" or d == s for d, s in zip(dims, shape, strict=True))
+
+
 def write_report(onnx_path: str | Path, artifact_path: str | Path, output: str | Path, *, runs: int = 20) -> Path:
-    """Build the report and write it atomically."""
+    """Build the report and write it atomically (the output path checked first: it must not be either input)."""
+    for source in (onnx_path, artifact_path):
+        check_output_path(output, source)
     page = build_report(onnx_path, artifact_path, runs=runs)
     with atomic_output(output) as handle:
         handle.write(page.encode("utf-8"))

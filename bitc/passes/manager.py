@@ -11,6 +11,7 @@ from typing import Any
 
 import onnx_ir as ir
 
+from bitc.atomic import atomic_path
 from bitc.errors import BadInputError, BitcError, CompileError, first_line
 from bitc.passes import registry, verify
 
@@ -161,7 +162,7 @@ def run_pipeline(
     dump_path = Path(dump_dir) if dump_dir is not None else None
     if dump_path is not None:
         dump_path.mkdir(parents=True, exist_ok=True)
-        ir.save(model, dump_path / "00_input.onnx")
+        _dump(model, dump_path / "00_input.onnx")
     feeds = verify.random_feeds(model, seed) if verify_numerics else None
     previous = _reference(model, feeds)
     guard = ExactGuard(model, seed) if check_exact else None
@@ -195,7 +196,7 @@ def run_pipeline(
         if guard is not None:
             guard.after(model, record, registry.is_exact(name))
         if dump_path is not None:
-            ir.save(model, dump_path / f"{index:02d}_{name}.onnx")
+            _dump(model, dump_path / f"{index:02d}_{name}.onnx")
         records.append(record)
         if on_pass is not None:
             on_pass(record)
@@ -322,6 +323,15 @@ def _violation(names: list[str], reference: list, actual: list) -> str | None:
         return verify.exact_violation(names, reference, actual)
     except (TypeError, ValueError):  # an output numpy cannot compare (a sequence of tensors, a map): unchecked
         return None
+
+
+def _dump(model: ir.Model, path: Path) -> None:
+    """--dump-ir output, written atomically: a full disk leaves no truncated model that looks like a dump."""
+    try:
+        with atomic_path(path) as tmp:
+            ir.save(model, tmp, format="protobuf")
+    except OSError as exc:
+        raise BitcError(f"--dump-ir {path}: cannot write ({exc.strerror or first_line(exc)})") from None
 
 
 def _reference(model: ir.Model, feeds: Mapping | None) -> list | str | None:

@@ -14,12 +14,14 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnx_ir as ir
 
+from bitc.atomic import check_output_path, process_temp_dir
 from bitc.codegen import tuning
 from bitc.codegen.build import build
 from bitc.codegen.target import parse_target
-from bitc.errors import BadInputError
+from bitc.errors import BadInputError, CompileError
 from bitc.frontend import from_torch, load_onnx, normalize
 from bitc.layers import layer_table, summarize_layers
 from bitc.passes import (
@@ -88,12 +90,13 @@ def compile(
     if tune_trials < 0:
         raise BadInputError(f"--tune-trials must be >= 0, got {tune_trials}")
 
+    output_path = _output_path(output, model)
     stage("loading")
     start = time.perf_counter()
     ir_model, source, source_sha = _load(model, input_shapes, example_inputs)
-    output_path = _output_path(output, model)
     for value in ir_model.graph.inputs:
         static_shape(value)
+    _check_io_types(ir_model)
     timings["frontend"] = time.perf_counter() - start
 
     stage("passes")
@@ -131,8 +134,8 @@ def compile(
         "format_version": FORMAT_VERSION,
         "entry": "main",
         "source": {"name": source, "sha256": source_sha},
-        "inputs": [_spec(v) for v in ir_model.graph.inputs],
-        "outputs": [_spec(v) for v in ir_model.graph.outputs],
+        "inputs": [_spec(v, "input") for v in ir_model.graph.inputs],
+        "outputs": [_spec(v, "output") for v in ir_model.graph.outputs],
         "target": build_target.to_manifest(),
         "versions": _versions(ir_model),
         "passes": [r.to_json(timing=False) for r in records],
@@ -182,17 +185,57 @@ def _load(model: Any, input_shapes: Mapping | None, example_inputs: Sequence | N
 
 
 def _output_path(output: str | os.PathLike | None, model: Any) -> Path:
+    """Where the artifact goes, checked before any work (so a bad -o is not found after a long build) along with
+    the temp folder the build needs."""
+    source = Path(model) if isinstance(model, str | os.PathLike) else None
     if output is not None:
-        return Path(output)
-    if isinstance(model, str | os.PathLike):
-        return Path(Path(model).name).with_suffix(".bitc")
-    raise BadInputError("an output path is needed when compiling an in-memory model")
+        path = Path(output)
+    elif source is not None:
+        path = Path(source.name).with_suffix(".bitc")
+    else:
+        raise BadInputError("an output path is needed when compiling an in-memory model")
+    check_output_path(path, source)
+    process_temp_dir()
+    return path
 
 
-def _spec(value: ir.Value) -> dict[str, Any]:
+def _check_io_types(model: ir.Model) -> None:
+    """Refuse, before any work, inputs and outputs whose type is known and that no artifact can take or return."""
+    for role, values in (("input", model.graph.inputs), ("output", model.graph.outputs)):
+        for value in values:
+            if value.dtype is not None:
+                _io_dtype(value, role)
+            if value.shape is not None and 0 in value.shape:
+                _io_shape(value, role, list(value.shape))
+
+
+def _io_dtype(value: ir.Value, role: str) -> np.dtype:
+    """The numpy dtype of an input or output: bool, integer or IEEE float (bfloat16, float8, int4, strings and
+    complex numbers have no kernels, and numpy alone cannot even load them from the artifact)."""
+    try:
+        dtype = np.dtype(value.dtype.numpy())
+    except Exception:
+        dtype = np.dtype(object)
+    if dtype.kind not in "biuf" or not dtype.isbuiltin:
+        name = value.dtype.name.lower() if value.dtype is not None else "unknown"
+        raise BadInputError(
+            f"{role} '{value.name}' has dtype {name}: bitc artifacts take and return only bool, integer and "
+            "float16/32/64 tensors; cast it in the model"
+        )
+    return dtype
+
+
+def _io_shape(value: ir.Value, role: str, shape: list[int]) -> list[int]:
+    if 0 in shape:
+        raise CompileError(f"{role} '{value.name}' has shape {shape} with no elements: bitc cannot build it")
+    return shape
+
+
+def _spec(value: ir.Value, role: str) -> dict[str, Any]:
     if value.dtype is None or value.shape is None:
         raise BadInputError(f"value '{value.name}' has no inferred type or shape")
-    return {"name": value.name, "shape": [int(d) for d in static_shape(value)], "dtype": value.dtype.numpy().name}
+    shape = _io_shape(value, role, [int(d) for d in static_shape(value)])
+    return {"name": value.name, "shape": shape, "dtype": _io_dtype(value, role).name}
 
 
 def _parameter_count(model: ir.Model) -> int:

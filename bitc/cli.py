@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import signal
 import sys
 import traceback
@@ -29,6 +30,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         _error("interrupted; no output was written")
         return 130
+    except OSError as exc:  # the file system refused: a full disk, a permission, a path that became a folder
+        _error(f"{exc.filename + ': ' if exc.filename else ''}{exc.strerror or first_line(exc)}")
+        return 1
     except Exception as exc:
         if getattr(args, "verbose", False):
             traceback.print_exc()
@@ -41,7 +45,9 @@ def _raise_interrupt(signum: int, frame: Any) -> None:
 
 
 def _error(message: str) -> None:
-    print(f"bitc: error: {message}", file=sys.stderr)
+    from bitc.console import printable  # messages carry names from models and manifests: no raw control bytes
+
+    print(f"bitc: error: {printable(message)}", file=sys.stderr)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -234,7 +240,7 @@ def _kv_options(args: argparse.Namespace) -> dict[str, Any] | None:
     if args.kv_bits is not None:
         if args.kv_bits == "float":
             options["bits"] = None
-        elif args.kv_bits.isdigit():
+        elif args.kv_bits in ("1", "2", "4", "8"):
             options["bits"] = int(args.kv_bits)
         else:
             raise BadInputError(f"--kv-bits must be 1, 2, 4, 8 or float, got '{args.kv_bits}'")
@@ -264,6 +270,9 @@ def _lowbit_options(args: argparse.Namespace) -> dict[str, Any] | None:
     if args.lowbit_exclude:
         options["exclude"] = [name.strip() for name in args.lowbit_exclude.split(",") if name.strip()]
     if args.calibration:
+        from bitc.npyfile import check_npz
+
+        check_npz(args.calibration)
         options["calibration"] = args.calibration
     return options or None
 
@@ -283,13 +292,14 @@ def _binarize_policy(args: argparse.Namespace) -> dict[str, Any] | None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    import numpy as np
-
     import bitc
+    from bitc.console import printable
+    from bitc.npyfile import load_npy, save_npy
 
-    model = bitc.load(args.artifact, num_threads=args.threads)
     if args.random and args.input:
         raise BadInputError("give either --input files or --random, not both")
+    out_dir = _output_dir(args.output_dir) if args.output_dir else None
+    model = bitc.load(args.artifact, num_threads=args.threads)
     if args.random:
         inputs = model.random_inputs()
     elif args.input:
@@ -298,11 +308,10 @@ def _run(args: argparse.Namespace) -> int:
             name, _, file = item.partition("=")
             if not file:
                 raise BadInputError(f"--input expects NAME=FILE.npy, got '{item}'")
-            inputs[name] = _load_npy(file)
+            inputs[name] = load_npy(file)
     else:
         raise BadInputError(f"no inputs: give --input NAME=FILE.npy for {[s.name for s in model.inputs]} or --random")
     outputs = model.run(inputs)
-    out_dir = Path(args.output_dir) if args.output_dir else None
     if out_dir:
         out_dir.mkdir(parents=True, exist_ok=True)
     for name, value in outputs.items():
@@ -311,10 +320,21 @@ def _run(args: argparse.Namespace) -> int:
             line += f" min={value.min():.6g} max={value.max():.6g} mean={value.mean():.6g}"
         if out_dir:
             file = out_dir / f"{_safe_name(name)}.npy"
-            np.save(file, value)
+            save_npy(file, value)
             line += f" -> {file}"
-        print(line)
+        print(printable(line))
     return 0
+
+
+def _output_dir(text: str) -> Path:
+    """--output-dir, checked before the model runs: an existing file or a path under one is refused."""
+    folder = Path(text)
+    for parent in (folder, *folder.parents):
+        if parent.exists():
+            if not parent.is_dir():
+                raise BadInputError(f"--output-dir {text}: {parent} is not a folder")
+            break
+    return folder
 
 
 def _generate(args: argparse.Namespace) -> int:
@@ -324,16 +344,15 @@ def _generate(args: argparse.Namespace) -> int:
 
     if (args.ids is None) == (args.prompt is None):
         raise BadInputError("give the prompt as --ids 1,2,3 or as --prompt TEXT (with --tokenizer)")
+    _check_sampling(args)
+    prompt_ids = _parse_ids(args.ids) if args.ids is not None else None
     tokenizer = _tokenizer(args.tokenizer) if args.tokenizer else None
     if args.prompt is not None:
         if tokenizer is None:
             raise BadInputError("--prompt needs --tokenizer (a transformers tokenizer folder or .gguf file)")
         prompt = list(tokenizer(args.prompt, add_special_tokens=False)["input_ids"])
     else:
-        try:
-            prompt = [int(item) for item in args.ids.split(",") if item.strip()]
-        except ValueError:
-            raise BadInputError(f"--ids must be comma-separated integers, got '{args.ids}'") from None
+        prompt = prompt_ids or []
     session = bitc.load(args.artifact, num_threads=args.threads).session()
     start = time.perf_counter()
     new = session.generate(prompt, args.max_new_tokens, top_k=args.top_k, temperature=args.temperature, seed=args.seed)
@@ -360,6 +379,32 @@ def _generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_sampling(args: argparse.Namespace) -> None:
+    """generate's numeric options, refused before the model loads (NaN passes every comparison)."""
+    if not math.isfinite(args.temperature) or args.temperature <= 0:
+        raise BadInputError(f"--temperature must be a finite number > 0, got {args.temperature}")
+    if args.max_new_tokens < 0:
+        raise BadInputError(f"--max-new-tokens must be >= 0, got {args.max_new_tokens}")
+    if args.top_k is not None and args.top_k < 1:
+        raise BadInputError(f"--top-k must be >= 1, got {args.top_k}")
+
+
+_INT64_MAX = 2**63 - 1
+
+
+def _parse_ids(text: str) -> list[int]:
+    """--ids as token ids: non-negative integers that fit int64 (range against the vocabulary is checked by the
+    session)."""
+    try:
+        ids = [int(item) for item in text.split(",") if item.strip()]
+    except ValueError:
+        raise BadInputError(f"--ids must be comma-separated integers, got '{text[:80]}'") from None
+    for token in ids:
+        if not 0 <= token <= _INT64_MAX:
+            raise BadInputError(f"--ids: token id {str(token)[:30]} is out of range (ids are 0 .. vocabulary size - 1)")
+    return ids
+
+
 def _tokenizer(path: str) -> Any:
     """A transformers tokenizer from a folder or a .gguf file (transformers is a compiler-side dependency)."""
     try:
@@ -380,7 +425,7 @@ def _tokenizer(path: str) -> Any:
 def _bench(args: argparse.Namespace) -> int:
     from bitc.bench import bench_artifact
 
-    threads = [int(t) for t in args.threads.split(",")] if args.threads else [None]
+    threads = _thread_counts(args.threads) if args.threads is not None else [None]
     if args.runs < 1 or args.warmup < 0:
         raise BadInputError("--runs must be >= 1 and --warmup >= 0")
     rows = bench_artifact(args.artifact, threads=threads, runs=args.runs, warmup=args.warmup, onnx_path=args.onnx)
@@ -391,6 +436,23 @@ def _bench(args: argparse.Namespace) -> int:
 
         print_bench_table(args.artifact, rows)
     return 0
+
+
+def _thread_counts(text: str) -> list[int | None]:
+    """--threads 1,2,4: each an integer in the runtime's accepted range, refused before anything is measured."""
+    from bitc.runtime.tvm_loader import check_num_threads
+
+    items = text.split(",")
+    if not all(item.strip() for item in items):
+        raise BadInputError(f"--threads expects comma-separated thread counts like 1,2,4, got '{text[:80]}'")
+    counts: list[int | None] = []
+    for item in items:
+        try:
+            count = int(item)
+        except ValueError:
+            raise BadInputError(f"--threads: '{item.strip()[:40]}' is not a thread count, e.g. 1,2") from None
+        counts.append(check_num_threads(count, "--threads"))
+    return counts
 
 
 def _inspect(args: argparse.Namespace) -> int:
@@ -439,17 +501,6 @@ def _parse_shape(item: str) -> tuple[str, list[int]]:
     if not name or not shape:
         raise BadInputError(f"--input-shape expects NAME=D0,D1,..., got '{item}'")
     return name, shape
-
-
-def _load_npy(file: str) -> Any:
-    import numpy as np
-
-    try:
-        return np.load(file, allow_pickle=False)
-    except FileNotFoundError:
-        raise BadInputError(f"{file}: no such file") from None
-    except (ValueError, OSError) as exc:
-        raise BadInputError(f"{file}: not a readable .npy array ({first_line(exc)})") from None
 
 
 def _safe_name(name: str) -> str:

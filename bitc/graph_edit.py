@@ -18,7 +18,8 @@ def add_initializer(graph: ir.Graph, array: np.ndarray, name: str) -> ir.Value:
     base, count = name, 1
     while name in graph.initializers:
         name, count = f"{base}_{count}", count + 1
-    tensor = ir.tensor(np.ascontiguousarray(array), name=name)
+    array = np.ascontiguousarray(array).reshape(np.shape(array))  # ascontiguousarray makes a 0-d array 1-d
+    tensor = ir.tensor(array, name=name)
     value = ir.Value(name=name, const_value=tensor, shape=ir.Shape(array.shape), type=ir.TensorType(tensor.dtype))
     graph.register_initializer(value)
     return value

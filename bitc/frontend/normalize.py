@@ -15,7 +15,7 @@ import onnx_ir.passes.common as common
 
 from bitc import ops
 from bitc.errors import BadInputError, first_line
-from bitc.frontend import qonnx
+from bitc.frontend import onnx_lowering, qonnx
 
 # Oldest opset we accept at all, and the one older models are upgraded to (the TVM importer's best-covered range).
 MIN_OPSET = 7
@@ -46,6 +46,8 @@ def normalize(model: ir.Model, *, source: str, input_shapes: Mapping[str, Sequen
     infer_shapes(model, source=source)
     if any(ops.is_bitc(node) for node in model.graph):
         infer_bitc_shapes(model, source=source)
+    if onnx_lowering.lower_unsupported_forms(model):
+        infer_shapes(model, source=source)
     _check_tensor_sizes(model, source)
     return model
 

@@ -1,0 +1,378 @@
+"""Rewrite ONNX nodes whose attribute or input form TVM's importer lowers wrongly into standard ops it gets right.
+
+Each rule names an op and a condition (`applies`) and builds the replacement from plain ONNX ops, so every pass
+after `normalize` and the `--verify` check see ordinary nodes. Where ONNX defines the op as a function, the
+rewrite is the spec's own function body (`expand_function`); the rest follow the operator text. What no rule
+covers and the importer cannot do is refused later, in `bitc.codegen.onnx_support`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+import onnx_ir.passes.common as common
+
+from bitc import graph_edit
+
+EXPAND_DOMAIN = "bitc.expand"
+
+
+@dataclass(frozen=True)
+class Rule:
+    """`applies(node)` says whether the importer would get this node wrong; `lower(builder, node)` returns the
+    values replacing its outputs (None: the rule cannot do this form after all, the node stays)."""
+
+    applies: Callable[[ir.Node], bool]
+    lower: Callable[[Builder, ir.Node], list[ir.Value | None] | None]
+
+
+class Builder:
+    """Adds nodes before `anchor` and constants as initializers, with names derived from the anchor's."""
+
+    def __init__(self, graph: ir.Graph, anchor: ir.Node) -> None:
+        self.graph, self.anchor = graph, anchor
+        self.prefix = f"{anchor.name or anchor.op_type}__lowered"
+        self.count = 0
+
+    def op(self, op_type: str, *inputs: ir.Value | None, outputs: int = 1, **attributes: Any) -> Any:
+        self.count += 1
+        node = ir.Node(
+            "",
+            op_type,
+            list(inputs),
+            attributes=ir.convenience.convert_attributes(attributes),
+            num_outputs=outputs,
+            name=f"{self.prefix}_{self.count}",
+        )
+        for index, value in enumerate(node.outputs):
+            value.name = f"{node.name}_out{index}"
+        self.graph.insert_before(self.anchor, node)
+        return node.outputs[0] if outputs == 1 else list(node.outputs)
+
+    def const(self, array: np.ndarray | Any, dtype: Any = None) -> ir.Value:
+        return graph_edit.add_initializer(self.graph, np.asarray(array, dtype=dtype), f"{self.prefix}_const")
+
+
+def lower_unsupported_forms(model: ir.Model) -> int:
+    """Apply every rule to the main graph's nodes; returns how many nodes were rewritten."""
+    opset = model.opset_imports.get("", 1)
+    rewritten = 0
+    for node in list(model.graph):
+        rule = RULES.get(node.op_type) if node.domain in ("", "ai.onnx") else None
+        if rule is None or not rule.applies(node):
+            continue
+        if node.op_type in FUNCTION_EXPANSIONS:
+            rewritten += expand_function(model, node, opset)
+            continue
+        replacements = rule.lower(Builder(model.graph, node), node)
+        if replacements is not None:
+            _replace(model.graph, node, replacements)
+            rewritten += 1
+    if any(node.domain == EXPAND_DOMAIN for node in model.graph):
+        common.InlinePass()(model)
+        common.RemoveUnusedFunctionsPass()(model)
+        model.opset_imports.pop(EXPAND_DOMAIN, None)
+    return rewritten
+
+
+def _replace(graph: ir.Graph, node: ir.Node, replacements: list[ir.Value | None]) -> None:
+    for old, new in zip(node.outputs, replacements, strict=True):
+        if new is None:
+            if old.uses() or any(value is old for value in graph.outputs):
+                raise ValueError(f"no replacement for used output '{old.name}'")
+            continue
+        new.shape, new.type = old.shape, old.type
+        graph_edit.replace_output(graph, old, new)
+    graph.remove(node, safe=True)
+
+
+def _used(value: ir.Value | None, graph: ir.Graph) -> bool:
+    return value is not None and (bool(value.uses()) or any(out is value for out in graph.outputs))
+
+
+# --- function expansion (the ONNX spec's own definition of the op) ---
+
+
+def expand_function(model: ir.Model, node: ir.Node, opset: int) -> int:
+    """Turn `node` into a call of its schema's function body (for this opset and these input types), inlined by
+    onnx-ir's inliner at the end of `lower_unsupported_forms`. Returns 1, or 0 when the schema has no body."""
+    proto = function_body(node, opset)
+    if proto is None:
+        return 0
+    proto.domain, proto.name = EXPAND_DOMAIN, f"{node.op_type}_{id(node)}"
+    function = ir.serde.deserialize_function(proto)
+    model.functions[function.identifier()] = function
+    model.opset_imports.setdefault(EXPAND_DOMAIN, 1)
+    node.domain, node.op_type = EXPAND_DOMAIN, proto.name
+    return 1
+
+
+def function_body(node: ir.Node, opset: int) -> onnx.FunctionProto | None:
+    """The FunctionProto ONNX defines `node`'s op by, at the newest function version <= `opset`, with the node's
+    omitted attributes given their defaults (the body refers to them by name)."""
+    schema = onnx.defs.get_schema(node.op_type, opset, "")
+    node_proto = ir.serde.serialize_node(node)
+    for name, attribute in schema.attributes.items():
+        if name not in node.attributes and attribute.default_value.name:
+            node_proto.attribute.append(attribute.default_value)
+    proto = onnx.FunctionProto()
+    plain = [v for v in schema.function_opset_versions if v <= opset]
+    dependent = [v for v in schema.context_dependent_function_opset_versions if v <= opset]
+    if dependent and (not plain or max(dependent) >= max(plain)):
+        types = [ir.serde.serialize_type(v.type) if v is not None and v.type else onnx.TypeProto() for v in node.inputs]
+        proto.ParseFromString(
+            schema.get_context_dependent_function_with_opset_version(
+                max(dependent), node_proto.SerializeToString(), [t.SerializeToString() for t in types]
+            )
+        )
+    elif plain:
+        proto.ParseFromString(schema.get_function_with_opset_version(max(plain)))
+    else:
+        return None
+    if not proto.node:
+        return None
+    for attribute in node_proto.attribute:
+        if attribute.name not in node.attributes:
+            node.attributes[attribute.name] = ir.serde.deserialize_attribute(attribute)
+    return proto
+
+
+def _extra_outputs_used(node: ir.Node) -> bool:
+    graph = node.graph
+    return graph is not None and any(_used(value, graph) for value in node.outputs[1:])
+
+
+# --- rules following the operator text ---
+
+
+def _isinf_flags(node: ir.Node) -> bool:
+    return not (node.attributes.get_int("detect_negative", 1) and node.attributes.get_int("detect_positive", 1))
+
+
+def _lower_isinf(b: Builder, node: ir.Node) -> list[ir.Value | None] | None:
+    """IsInf with one direction switched off: equality with that infinity (neither: never true)."""
+    x = node.inputs[0]
+    if x is None or x.dtype is None:
+        return None
+    dtype = x.dtype.numpy()
+    negative = node.attributes.get_int("detect_negative", 1)
+    positive = node.attributes.get_int("detect_positive", 1)
+    if positive:
+        return [b.op("Equal", x, b.const(np.inf, dtype))]
+    if negative:
+        return [b.op("Equal", x, b.const(-np.inf, dtype))]
+    return [b.op("And", b.op("Equal", x, b.const(np.inf, dtype)), b.op("Equal", x, b.const(-np.inf, dtype)))]
+
+
+def _lower_bitshift(b: Builder, node: ir.Node) -> list[ir.Value | None] | None:
+    """Shifts by a negative amount or by >= the type's width give the sign fill (0, or -1 for a negative X
+    shifted right) per the spec; LLVM's shift is undefined there, so those lanes are selected apart."""
+    x, y = node.inputs[0], node.inputs[1]
+    if x is None or y is None or x.dtype is None:
+        return None
+    dtype = x.dtype.numpy()
+    width = dtype.itemsize * 8
+    out_of_range = b.op("GreaterOrEqual", y, b.const(width, y.dtype.numpy()))
+    if dtype.kind == "i":
+        out_of_range = b.op("Or", out_of_range, b.op("Less", y, b.const(0, dtype)))
+    zero = b.const(0, dtype)
+    safe = b.op("Where", out_of_range, zero, y)
+    direction = node.attributes.get_string("direction", "LEFT")
+    shifted = b.op("BitShift", x, safe, direction=direction)
+    fill = zero
+    if direction == "RIGHT" and dtype.kind == "i":
+        fill = b.op("Where", b.op("Less", x, zero), b.const(-1, dtype), zero)
+    return [b.op("Where", out_of_range, fill, shifted)]
+
+
+def _always(node: ir.Node) -> bool:
+    return True
+
+
+def _lower_space_to_depth(b: Builder, node: ir.Node) -> list[ir.Value | None] | None:
+    """SpaceToDepth as Reshape/Transpose/Reshape in either mode (the importer knows only DCR)."""
+    x = node.inputs[0]
+    if x is None or x.shape is None or len(x.shape) != 4 or not all(isinstance(d, int) for d in x.shape):
+        return None
+    n, c, h, w = (int(d) for d in x.shape)
+    bs = node.attributes.get_int("blocksize", 1)
+    if bs < 1 or h % bs or w % bs:
+        return None
+    mode = node.attributes.get_string("mode", "DCR")
+    blocks = b.op("Reshape", x, b.const([n, c, h // bs, bs, w // bs, bs], np.int64))
+    perm = [0, 3, 5, 1, 2, 4] if mode == "DCR" else [0, 1, 3, 5, 2, 4]
+    moved = b.op("Transpose", blocks, perm=perm)
+    return [b.op("Reshape", moved, b.const([n, c * bs * bs, h // bs, w // bs], np.int64))]
+
+
+def _lower_depth_to_space(b: Builder, node: ir.Node) -> list[ir.Value | None] | None:
+    """DepthToSpace as Reshape/Transpose/Reshape in both modes, as the operator text writes it."""
+    x = node.inputs[0]
+    if x is None or x.shape is None or len(x.shape) != 4 or not all(isinstance(d, int) for d in x.shape):
+        return None
+    n, c, h, w = (int(d) for d in x.shape)
+    bs = node.attributes.get_int("blocksize", 1)
+    if bs < 1 or c % (bs * bs):
+        return None
+    if node.attributes.get_string("mode", "DCR") == "DCR":
+        blocks = b.op("Reshape", x, b.const([n, bs, bs, c // (bs * bs), h, w], np.int64))
+        moved = b.op("Transpose", blocks, perm=[0, 3, 4, 1, 5, 2])
+    else:
+        blocks = b.op("Reshape", x, b.const([n, c // (bs * bs), bs, bs, h, w], np.int64))
+        moved = b.op("Transpose", blocks, perm=[0, 1, 4, 2, 5, 3])
+    return [b.op("Reshape", moved, b.const([n, c // (bs * bs), h * bs, w * bs], np.int64))]
+
+
+def _identity_dropout(node: ir.Node) -> bool:
+    """Dropout is the identity in inference mode (no training_mode input, or a constant false one) and in
+    training mode with a constant ratio of 0; any other training-mode Dropout is refused in onnx_support."""
+    training = node.inputs[2] if len(node.inputs) > 2 else None
+    value = graph_edit.constant(training)
+    if training is None or (value is not None and not bool(value)):
+        return True
+    ratio = graph_edit.constant(node.inputs[1] if len(node.inputs) > 1 else None)
+    return value is not None and ratio is not None and float(ratio) == 0.0
+
+
+def _lower_dropout(b: Builder, node: ir.Node) -> list[ir.Value | None] | None:
+    """Output = input, mask = all true (bool, the spec's mask type; the importer's mask is float)."""
+    x = node.inputs[0]
+    outputs: list[ir.Value | None] = [b.op("Identity", x)]
+    if len(node.outputs) > 1:
+        if x is None or x.shape is None or not all(isinstance(d, int) for d in x.shape):
+            return None
+        outputs.append(b.const(np.ones([int(d) for d in x.shape], dtype=np.bool_)))
+    return outputs
+
+
+def _lowest(dtype: np.dtype) -> Any:
+    return -np.inf if dtype.kind == "f" else False if dtype.kind == "b" else np.iinfo(dtype).min
+
+
+def _highest(dtype: np.dtype) -> Any:
+    return np.inf if dtype.kind == "f" else True if dtype.kind == "b" else np.iinfo(dtype).max
+
+
+_REDUCE_IDENTITY = {
+    "ReduceMax": _lowest,
+    "ReduceMin": _highest,
+    "ReduceSum": lambda dtype: 0,
+    "ReduceSumSquare": lambda dtype: 0,
+    "ReduceL1": lambda dtype: 0,
+    "ReduceL2": lambda dtype: 0,
+    "ReduceProd": lambda dtype: 1,
+    "ReduceLogSum": lambda dtype: -np.inf,
+    "ReduceLogSumExp": lambda dtype: -np.inf,
+    "ReduceMean": lambda dtype: np.nan,
+}
+
+
+def _empty_reduction(node: ir.Node) -> bool:
+    """A reduction whose input has no elements: its output is the reduction's identity (or NaN for a mean)."""
+    x, out = node.inputs[0] if node.inputs else None, node.outputs[0]
+    return (
+        x is not None
+        and x.shape is not None
+        and any(d == 0 for d in x.shape)
+        and out.shape is not None
+        and all(isinstance(d, int) for d in out.shape)
+    )
+
+
+def _lower_empty_reduction(b: Builder, node: ir.Node) -> list[ir.Value | None] | None:
+    out = node.outputs[0]
+    if out.dtype is None or out.shape is None:
+        return None
+    dtype = out.dtype.numpy()
+    shape = [int(d) for d in out.shape]
+    if any(d == 0 for d in shape):
+        return None  # an empty output of an empty input: nothing to compute, nothing to refuse here
+    fill = _REDUCE_IDENTITY[node.op_type](dtype)
+    return [b.op("Identity", b.const(np.full(shape, fill, dtype=dtype)))]
+
+
+def _has_output_shape(node: ir.Node) -> bool:
+    return "output_shape" in node.attributes
+
+
+def _lower_conv_transpose(b: Builder, node: ir.Node) -> list[ir.Value | None] | None:
+    """ConvTranspose's `output_shape` as explicit pads (the importer ignores it), by the spec's formula; a
+    negative total padding (a larger output) becomes extra output_padding at the end while that stays below
+    the stride, else the node is left for onnx_support to refuse."""
+    x, w = node.inputs[0], node.inputs[1]
+    if x is None or w is None or x.shape is None or w.shape is None:
+        return None
+    dims = [d if isinstance(d, int) else None for d in (*x.shape, *w.shape)]
+    if None in dims:
+        return None
+    rank, spatial = len(x.shape), len(x.shape) - 2
+    sizes, kernel = [int(d) for d in x.shape[2:]], [int(d) for d in w.shape[2:]]
+    wanted = list(node.attributes.get_ints("output_shape", []))
+    wanted = wanted[2:] if len(wanted) == rank else wanted
+    strides = list(node.attributes.get_ints("strides", [1] * spatial))
+    dilations = list(node.attributes.get_ints("dilations", [1] * spatial))
+    output_padding = list(node.attributes.get_ints("output_padding", [0] * spatial))
+    upper = node.attributes.get_string("auto_pad", "NOTSET") == "SAME_UPPER"
+    if len(wanted) != spatial:
+        return None
+    begin, end = [], []
+    for i in range(spatial):
+        total = strides[i] * (sizes[i] - 1) + output_padding[i] + (kernel[i] - 1) * dilations[i] + 1 - wanted[i]
+        if total < 0:
+            output_padding[i] -= total
+            if output_padding[i] >= max(strides[i], dilations[i]):
+                return None
+            total = 0
+        small, large = total // 2, total - total // 2
+        begin.append(small if upper else large)
+        end.append(large if upper else small)
+    attributes = {k: v for k, v in node.attributes.items() if k not in ("output_shape", "auto_pad", "pads")}
+    lowered = b.op("ConvTranspose", *node.inputs, pads=begin + end, output_padding=output_padding)
+    lowered.producer().attributes.update({k: v for k, v in attributes.items() if k != "output_padding"})
+    return [lowered]
+
+
+def _float_floor_mod(node: ir.Node) -> bool:
+    x = node.inputs[0] if node.inputs else None
+    return (
+        node.attributes.get_int("fmod", 0) == 0
+        and x is not None
+        and x.dtype is not None
+        and x.dtype.is_floating_point()
+    )
+
+
+def _lower_float_floor_mod(b: Builder, node: ir.Node) -> list[ir.Value | None] | None:
+    """Float Mod with fmod=0 as x - floor(x/y)*y, with the spec's case for an infinite y and a finite x: 0 for
+    x = 0, else x when both have the same sign, else y (the formula alone gives NaN there)."""
+    x, y = node.inputs[0], node.inputs[1]
+    if x is None or y is None or x.dtype is None:
+        return None
+    dtype = x.dtype.numpy()
+    zero = b.const(0, dtype)
+    formula = b.op("Sub", x, b.op("Mul", b.op("Floor", b.op("Div", x, y)), y))
+    x_finite = b.op("Not", b.op("Or", b.op("IsInf", x), b.op("IsNaN", x)))
+    infinite_case = b.op("And", b.op("IsInf", y), x_finite)
+    signs_differ = b.op("Xor", b.op("Less", x, zero), b.op("Less", y, zero))
+    by_sign = b.op("Where", b.op("Equal", x, zero), zero, b.op("Where", signs_differ, y, x))
+    return [b.op("Where", infinite_case, by_sign, formula)]
+
+
+RULES: dict[str, Rule] = {
+    "ConvTranspose": Rule(_has_output_shape, _lower_conv_transpose),
+    "Mod": Rule(_float_floor_mod, _lower_float_floor_mod),
+    "LayerNormalization": Rule(_extra_outputs_used, lambda b, node: None),
+    "IsInf": Rule(_isinf_flags, _lower_isinf),
+    "BitShift": Rule(_always, _lower_bitshift),
+    "SpaceToDepth": Rule(_always, _lower_space_to_depth),
+    "DepthToSpace": Rule(_always, _lower_depth_to_space),
+    "Dropout": Rule(_identity_dropout, _lower_dropout),
+    **{op: Rule(_empty_reduction, _lower_empty_reduction) for op in _REDUCE_IDENTITY},
+}
+# Ops whose rule is "expand to the ONNX function body" rather than a hand-written lowering.
+FUNCTION_EXPANSIONS = {"LayerNormalization"}

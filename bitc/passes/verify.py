@@ -124,6 +124,7 @@ EXACT_MISMATCH = 0.01  # integer / bool outputs: the share of elements allowed t
 CHECK_MAX_MACS = 4_000_000_000  # per run under onnxruntime (~1 s on one core); more is skipped, with a note
 CHECK_MAX_MACS_REFERENCE = 200_000_000  # per run under onnx's Python reference evaluator (models with bitc ops)
 CHECK_MAX_PARAM_BYTES = 1 << 30  # the check holds two copies of the weights
+CHECK_MAX_VALUE_BYTES = 1 << 30  # inputs, outputs and intermediates of one run (a 4 GiB ConstantOfShape output)
 
 
 def check_cost(model: ir.Model) -> str | None:
@@ -135,6 +136,9 @@ def check_cost(model: ir.Model) -> str | None:
     weights = sum(v.const_value.nbytes for v in model.graph.initializers.values() if v.const_value is not None)
     if weights > CHECK_MAX_PARAM_BYTES:
         return f"exact check skipped: {weights / 2**30:.1f} GiB of weights (the check's limit is 1 GiB)"
+    values = _value_bytes(model)
+    if values > CHECK_MAX_VALUE_BYTES:
+        return f"exact check skipped: {values / 2**30:.1f} GiB of tensors per run (the check's limit is 1 GiB)"
     macs = int(summarize_layers(layer_table(model))["macs"])
     evaluator = any(ops.is_bitc(node) for node in model.graph)
     limit = CHECK_MAX_MACS_REFERENCE if evaluator else CHECK_MAX_MACS
@@ -142,6 +146,21 @@ def check_cost(model: ir.Model) -> str | None:
         runner = "onnx's reference evaluator" if evaluator else "onnxruntime"
         return f"exact check skipped: {macs / 1e6:.0f} M MACs per run (the limit under {runner} is {limit / 1e6:.0f} M)"
     return None
+
+
+def _value_bytes(model: ir.Model) -> int:
+    """Bytes of every tensor one reference run computes (graph inputs and node outputs with known shapes)."""
+    total = 0
+    values = [*model.graph.inputs, *(out for node in model.graph for out in node.outputs)]
+    for value in values:
+        shape, dtype = value.shape, value.dtype
+        if shape is None or dtype is None or not all(isinstance(d, int) for d in shape):
+            continue
+        size = 1
+        for dim in shape:
+            size *= int(dim)
+        total += int(size * max(dtype.itemsize, 1))
+    return total
 
 
 def exact_violation(names: list[str], reference: list, actual: list) -> str | None:

@@ -241,3 +241,82 @@ def test_cli_binarize_alone_binarizes(tmp_path):
     assert passes["binarize"]["modified"] and passes["binarize"]["details"]["binarized"] == 1
     assert passes["lower_binary"]["details"]["lowered"]
     assert passes["binarize"]["max_rel_error"] > 0  # the lossy pass's measured output error
+
+
+# Compile-time crashes in passes.
+
+
+def _identity_graph(case: str) -> onnx.GraphProto:
+    def value(name: str) -> onnx.ValueInfoProto:
+        return onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, [1, 4])
+
+    def branch(op: str, out: str) -> onnx.GraphProto:
+        return onnx.helper.make_graph([onnx.helper.make_node(op, ["a"], [out])], "branch", [], [value(out)])
+
+    relu = onnx.helper.make_node("Relu", ["x"], ["a"])
+    cond = onnx.helper.make_tensor_value_info("c", onnx.TensorProto.BOOL, [])
+    if_node = onnx.helper.make_node(
+        "If", ["c"], ["y"], then_branch=branch("Identity", "t"), else_branch=branch("Neg", "e")
+    )
+    make = onnx.helper.make_node
+    graphs = {
+        "input_is_output": ([make("Identity", ["x"], ["y"])], [value("x")], ["y"]),
+        "output_copies_output": ([relu, make("Identity", ["a"], ["b"])], [value("x")], ["a", "b"]),
+        "two_copies_as_outputs": (
+            [relu, make("Identity", ["a"], ["b"]), make("Identity", ["a"], ["c"])],
+            [value("x")],
+            ["b", "c"],
+        ),
+        "subgraph_returns_outer_output": ([relu, if_node], [value("x"), cond], ["a", "y"]),
+        "subgraph_returns_outer_value": ([relu, if_node], [value("x"), cond], ["y"]),
+    }
+    nodes, inputs, outputs = graphs[case]
+    return onnx.helper.make_graph(nodes, "g", inputs, [value(name) for name in outputs])
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "input_is_output",
+        "output_copies_output",
+        "two_copies_as_outputs",
+        "subgraph_returns_outer_output",
+        "subgraph_returns_outer_value",
+    ],
+)
+def test_eliminate_identity_keeps_every_output_name_and_value(case):
+    graph = _identity_graph(case)
+    model = ir.from_proto(onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)]))
+    feeds = {"x": np.random.default_rng(0).normal(size=(1, 4)).astype(np.float32), "c": np.array(True)}
+    feeds = {value.name: feeds[value.name] for value in graph.input}
+    before = run_onnxruntime(model, feeds)
+    model, _ = run_pipeline(model, ["eliminate_identity"])
+    assert [v.name for v in model.graph.outputs] == [v.name for v in graph.output]
+    for expected, got in zip(before, run_onnxruntime(model, feeds), strict=True):
+        np.testing.assert_array_equal(got, expected)
+
+
+def test_external_data_weights_folded_into_views_compile(tmp_path):
+    """A tied embedding: Gather(W) and MatMul(·, Transpose(W)) with W in external data. Folding Transpose(W) gave
+    a view of W's memory map, and closing the map (TVM import) failed with BufferError."""
+    weights = np.random.default_rng(0).normal(size=(50, 16)).astype(np.float32)
+    make = onnx.helper.make_node
+    graph = onnx.helper.make_graph(
+        [
+            make("Gather", ["W", "ids"], ["e"]),
+            make("Relu", ["e"], ["r"]),
+            make("Transpose", ["W"], ["Wt"], perm=[1, 0]),
+            make("MatMul", ["r", "Wt"], ["y"]),
+        ],
+        "g",
+        [onnx.helper.make_tensor_value_info("ids", onnx.TensorProto.INT64, [1, 8])],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 8, 50])],
+        [onnx.numpy_helper.from_array(weights, "W")],
+    )
+    proto = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)])
+    path = tmp_path / "tied.onnx"
+    onnx.save_model(proto, str(path), save_as_external_data=True, location="tied.data", size_threshold=0)
+    result = bitc.compile(path, tmp_path / "tied.bitc")
+    ids = np.arange(8, dtype=np.int64).reshape(1, 8)
+    expected = np.maximum(weights[ids], 0) @ weights.T
+    np.testing.assert_allclose(bitc.load(result.path)(ids), expected, rtol=1e-5, atol=1e-5)

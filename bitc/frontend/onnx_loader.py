@@ -52,7 +52,32 @@ def load_onnx(
     except Exception as exc:
         raise BadInputError(f"{path}: cannot read the ONNX graph ({first_line(_root_cause(exc))})") from None
     ir.external_data.set_base_dir(model.graph, path.parent)
-    return normalize(model, source=str(path), input_shapes=input_shapes)
+    return in_memory(normalize(model, source=str(path), input_shapes=input_shapes), path)
+
+
+def in_memory(model: ir.Model, source: str | os.PathLike = "model") -> ir.Model:
+    """Read external data into memory now, before any pass sees the weights. An external tensor is a view of a
+    memory-mapped file; a pass that folds e.g. Transpose(W) keeps a view of that map, and closing the map later
+    (TVM import loads the weights) then fails with BufferError. Copies made here own their memory."""
+    try:
+        for graph in model.graphs():
+            for value in graph.initializers.values():
+                if isinstance(value.const_value, ir.ExternalTensor):
+                    value.const_value = _owned(value.const_value)
+            for node in graph:
+                for name, attr in list(node.attributes.items()):
+                    if attr.type == ir.AttributeType.TENSOR and isinstance(attr.value, ir.ExternalTensor):
+                        node.attributes[name] = ir.AttrTensor(name, _owned(attr.value))
+    except (OSError, ValueError) as exc:
+        raise BadInputError(f"{source}: cannot read the external data ({first_line(exc)})") from None
+    return model
+
+
+def _owned(tensor: ir.ExternalTensor) -> ir.Tensor:
+    """The tensor's data copied out of the file's memory map, which is then closed."""
+    data = tensor.numpy().copy()
+    tensor.release()
+    return ir.Tensor(data, name=tensor.name, dtype=tensor.dtype)
 
 
 def _check_utf8(path: Path, proto: onnx.ModelProto) -> None:

@@ -105,10 +105,39 @@ class Simplify(ir.passes.InPlacePass):
 
 @register("eliminate_identity", exact=True)
 class EliminateIdentity(ir.passes.InPlacePass):
-    """Remove Identity nodes, renaming values so graph outputs keep their names."""
+    """Remove Identity nodes, renaming values so graph outputs keep their names.
+
+    An Identity whose output is a graph output stays when its input cannot take that name: a graph input or
+    initializer, another graph output (both names must survive), or a value of an enclosing graph (a subgraph
+    output may not be an outer graph's value)."""
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
-        return common.IdentityEliminationPass()(model)
+        modified = False
+        for node in list(ir.traversal.RecursiveGraphIterator(model.graph)):
+            modified |= _eliminate_identity(node)
+        return ir.passes.PassResult(model, modified)
+
+
+def _eliminate_identity(node: ir.Node) -> bool:
+    if node.op_type != "Identity" or node.domain not in ("", "ai.onnx") or len(node.inputs) != 1:
+        return False
+    source, result, graph = node.inputs[0], node.outputs[0], node.graph
+    if source is None or graph is None:
+        return False
+    if result.is_graph_output():
+        producer = source.producer()
+        if producer is None or producer.graph is not graph or source.is_graph_output():
+            return False
+    if source.shape is None:
+        source.shape = result.shape
+    if source.type is None:
+        source.type = result.type
+    name = result.name
+    ir.convenience.replace_all_uses_with(result, source, replace_graph_outputs=True)
+    if source.is_graph_output():
+        source.name = name
+    graph.remove(node, safe=True)
+    return True
 
 
 @register("cse", exact=True)

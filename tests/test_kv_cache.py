@@ -321,7 +321,7 @@ def test_cli_compiles_with_kv_bits_and_generates(tiny_decoder, tmp_path):
     shown = subprocess.run([sys.executable, "-m", "bitc", "inspect", str(out)], capture_output=True, text=True)
     assert "KV cache (runtime-owned): keys 2-bit, values 2-bit" in " ".join(shown.stdout.split())
     bad = subprocess.run([*compile_cmd[:-1], "3"], capture_output=True, text=True)
-    assert bad.returncode != 0 and "Traceback" not in bad.stderr and "key_bits" in bad.stderr
+    assert bad.returncode != 0 and "Traceback" not in bad.stderr and "--kv-bits" in bad.stderr
 
 
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc (CUDA toolkit) not installed")

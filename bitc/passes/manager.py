@@ -218,12 +218,14 @@ class ExactGuard:
         self.snapshot: Any = None  # the model (ModelProto) when the open run started
         self.reference: list | str | None = None  # its outputs then
         self.lossy_before: list | str | None = None  # the outputs before the lossy pass now running
+        self.skip = None
         try:
-            self.feeds = verify.random_feeds(model, seed)
-        except BadInputError as exc:
+            # the cost check first: an input of 2^31 rows must be skipped, not allocated
+            self.skip = verify.check_cost(model)
+            if self.skip is None:
+                self.feeds = verify.random_feeds(model, seed)
+        except (BadInputError, MemoryError) as exc:
             self.skip = f"exact check skipped: {first_line(exc, 160)}"
-        else:
-            self.skip = None
 
     def before(self, model: ir.Model, specs: list, records: list[PassRecord], exact: bool) -> None:
         if exact and self.start is None:

@@ -203,6 +203,21 @@ def _kept(cg: ChannelGraph, link: tuple, order: dict[Dim, np.ndarray]) -> bool:
     return np.array_equal(inside, np.arange(start, start + len(inside)))
 
 
+def apply_ranks(
+    model: ir.Model, cg: ChannelGraph, groups: list[ChannelGroup], ranks: dict[int, np.ndarray], fixed: dict[str, int]
+) -> None:
+    """Rewrite the model by `ranks` (see `selection`); groups no consistent layout keeps are dropped from `ranks`
+    and counted in `fixed` by reason, so the caller's report says what was left as it was."""
+    if not ranks:
+        return
+    order, refused = selection(cg, groups, ranks)
+    for g, reason in refused.items():
+        del ranks[g]
+        fixed[reason] = fixed.get(reason, 0) + 1
+    if ranks:
+        apply(model, cg, order)
+
+
 def apply(model: ir.Model, cg: ChannelGraph, order: dict[Dim, np.ndarray], source: str = "model") -> None:
     """Take `order[dim]` along every weight axis indexed by `dim`, fix depthwise `group` and flatten shapes, and
     infer every tensor's shape again."""

@@ -96,13 +96,7 @@ class Prune(ir.passes.InPlacePass):
             rank = np.full(n, -1, dtype=np.int64)
             rank[survivors] = np.arange(count)
             ranks[g] = rank
-        if ranks:
-            order, refused = channel_rewrite.selection(cg, groups, ranks)
-            for g, reason in refused.items():
-                del ranks[g]
-                self.report.fixed[reason] = self.report.fixed.get(reason, 0) + 1
-            if ranks:
-                channel_rewrite.apply(model, cg, order)
+        channel_rewrite.apply_ranks(model, cg, groups, ranks, self.report.fixed)
         for g, rank in ranks.items():
             self.report.groups[f"{groups[g].dims[0][0]}"] = [len(rank), int(np.sum(rank >= 0))]
         self.report.after = _size(model)

@@ -64,13 +64,7 @@ class Reorder(ir.passes.InPlacePass):
             rank[order] = np.arange(len(order))
             if np.any(rank != np.arange(len(rank))):
                 ranks[g] = rank
-        if ranks:
-            order, refused = channel_rewrite.selection(cg, groups, ranks)
-            for g, reason in refused.items():
-                del ranks[g]
-                self.report.fixed[reason] = self.report.fixed.get(reason, 0) + 1
-            if ranks:
-                channel_rewrite.apply(model, cg, order)
+        channel_rewrite.apply_ranks(model, cg, groups, ranks, self.report.fixed)
         self.report.channels_moved = sum(int(np.sum(rank != np.arange(len(rank)))) for rank in ranks.values())
         self.report.reordered = len(ranks)
         return ir.passes.PassResult(model, bool(ranks))

@@ -109,17 +109,25 @@ def can_create_in(folder: str | os.PathLike) -> OSError | None:
 def remove_stale_temp_files(folder: str | os.PathLike) -> list[Path]:
     """Remove bitc temp files in `folder` left by processes that died (SIGKILL, power loss); returns them."""
     removed = []
-    try:
-        entries = list(os.scandir(folder))
-    except OSError:
-        return removed
-    for entry in entries:
-        match = _TEMP_FILE.match(entry.name)
-        if match is None or not entry.is_file(follow_symlinks=False) or _pid_alive(int(match["pid"])):
-            continue
+    for entry in _entries_of_dead_processes(folder, _TEMP_FILE, folders=False):
         if _unlink_if_unlocked(Path(entry.path)):
             removed.append(Path(entry.path))
     return removed
+
+
+def _entries_of_dead_processes(folder: str | os.PathLike, pattern: re.Pattern, *, folders: bool) -> list[os.DirEntry]:
+    """Entries of `folder` named by `pattern` (with a `pid` group) whose process is gone: files, or folders."""
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return []
+    dead = []
+    for entry in entries:
+        match = pattern.match(entry.name)
+        kind_ok = entry.is_dir(follow_symlinks=False) if folders else entry.is_file(follow_symlinks=False)
+        if match is not None and kind_ok and not _pid_alive(int(match["pid"])):
+            dead.append(entry)
+    return dead
 
 
 _process_dir: Path | None = None
@@ -150,14 +158,7 @@ def process_temp_dir() -> Path:
 def remove_stale_temp_dirs(base: str | os.PathLike) -> list[Path]:
     """Remove `bitc-<pid>-*` folders in `base` whose process is gone; returns them."""
     removed = []
-    try:
-        entries = list(os.scandir(base))
-    except OSError:
-        return removed
-    for entry in entries:
-        match = _TEMP_DIR.match(entry.name)
-        if match is None or not entry.is_dir(follow_symlinks=False) or _pid_alive(int(match["pid"])):
-            continue
+    for entry in _entries_of_dead_processes(base, _TEMP_DIR, folders=True):
         lock = Path(entry.path) / _LOCK_NAME
         if lock.exists() and not _unlocked(lock):
             continue

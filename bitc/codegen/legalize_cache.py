@@ -85,14 +85,13 @@ def _signature(call: Any) -> Any | None:
     signatures legalize to the same PrimFunc. None for calls that are not worth or not safe to key."""
     import tvm
     from tvm import relax
-    from tvm.ir.expr import Constant
 
     if not isinstance(call.op, tvm.ir.Op):
         return None
     placeholders: dict[int, Any] = {}
     arguments = []
     for index, arg in enumerate(call.args):
-        if isinstance(arg, relax.Var) or (isinstance(arg, Constant) and _is_large(arg)):
+        if _is_keyed(arg):
             if not isinstance(arg.ty, relax.TensorType):
                 return None
             seen = next((p for i, p in placeholders.items() if call.args[i].same_as(arg)), None)
@@ -101,6 +100,14 @@ def _signature(call: Any) -> Any | None:
         else:
             arguments.append(arg)
     return relax.Call(call.op, arguments, call.attrs, call.ty_args)
+
+
+def _is_keyed(arg: Any) -> bool:
+    """Operands keyed by type alone: variables and large constants (small constants are keyed by value)."""
+    from tvm import relax
+    from tvm.ir.expr import Constant
+
+    return isinstance(arg, relax.Var) or (isinstance(arg, Constant) and _is_large(arg))
 
 
 def _is_large(constant: Any) -> bool:
@@ -118,7 +125,6 @@ def _argument_positions(call: Any, result: Any) -> list[int] | None:
     `call_tir(gv, (tensors...))` that passes every keyed tensor of the call (so nothing was embedded)."""
     import tvm
     from tvm import relax
-    from tvm.ir.expr import Constant
 
     call_tir = tvm.ir.Op.get("relax.call_tir")
     if not (isinstance(result, relax.Call) and result.op.same_as(call_tir) and len(result.args) == 2):
@@ -132,7 +138,7 @@ def _argument_positions(call: Any, result: Any) -> list[int] | None:
         if index is None:
             return None
         positions.append(index)
-    keyed = [arg for arg in call.args if isinstance(arg, relax.Var) or (isinstance(arg, Constant) and _is_large(arg))]
+    keyed = [arg for arg in call.args if _is_keyed(arg)]
     if not all(any(arg.same_as(field) for field in packed.fields) for arg in keyed):
         return None
     return positions

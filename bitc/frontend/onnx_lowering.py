@@ -194,12 +194,20 @@ def _always(node: ir.Node) -> bool:
     return True
 
 
-def _lower_space_to_depth(b: Builder, node: ir.Node) -> list[ir.Value | None] | None:
-    """SpaceToDepth as Reshape/Transpose/Reshape in either mode (the importer knows only DCR)."""
-    x = node.inputs[0]
+def _static_nchw(x: ir.Value | None) -> tuple[int, int, int, int] | None:
+    """The four static dimensions of a 4-D value, or None (the rewrite needs them for its reshapes)."""
     if x is None or x.shape is None or len(x.shape) != 4 or not all(isinstance(d, int) for d in x.shape):
         return None
     n, c, h, w = (int(d) for d in x.shape)
+    return n, c, h, w
+
+
+def _lower_space_to_depth(b: Builder, node: ir.Node) -> list[ir.Value | None] | None:
+    """SpaceToDepth as Reshape/Transpose/Reshape in either mode (the importer knows only DCR)."""
+    x = node.inputs[0]
+    if (dims := _static_nchw(x)) is None:
+        return None
+    n, c, h, w = dims
     bs = node.attributes.get_int("blocksize", 1)
     if bs < 1 or h % bs or w % bs:
         return None
@@ -213,9 +221,9 @@ def _lower_space_to_depth(b: Builder, node: ir.Node) -> list[ir.Value | None] | 
 def _lower_depth_to_space(b: Builder, node: ir.Node) -> list[ir.Value | None] | None:
     """DepthToSpace as Reshape/Transpose/Reshape in both modes, as the operator text writes it."""
     x = node.inputs[0]
-    if x is None or x.shape is None or len(x.shape) != 4 or not all(isinstance(d, int) for d in x.shape):
+    if (dims := _static_nchw(x)) is None:
         return None
-    n, c, h, w = (int(d) for d in x.shape)
+    n, c, h, w = dims
     bs = node.attributes.get_int("blocksize", 1)
     if bs < 1 or c % (bs * bs):
         return None

@@ -203,10 +203,28 @@ def _check_io_types(model: ir.Model) -> None:
     """Refuse, before any work, inputs and outputs whose type is known and that no artifact can take or return."""
     for role, values in (("input", model.graph.inputs), ("output", model.graph.outputs)):
         for value in values:
+            if value.type is not None and not _is_tensor_type(value.type):
+                raise BadInputError(
+                    f"{role} '{value.name}' is a {_type_kind(value.type)}: bitc artifacts take and return only "
+                    "tensors"
+                )
             if value.dtype is not None:
                 _io_dtype(value, role)
             if value.shape is not None and 0 in value.shape:
                 _io_shape(value, role, list(value.shape))
+
+
+def _is_tensor_type(type_: ir.TypeProtocol) -> bool:
+    """A dense tensor, or an optional one (passed and returned as the tensor itself)."""
+    if isinstance(type_, ir.OptionalType):
+        type_ = type_.elem_type
+    return isinstance(type_, ir.TensorType)
+
+
+def _type_kind(type_: ir.TypeProtocol) -> str:
+    return {"SequenceType": "sequence", "OptionalType": "optional value", "SparseTensorType": "sparse tensor"}.get(
+        type(type_).__name__, type(type_).__name__
+    )
 
 
 def _io_dtype(value: ir.Value, role: str) -> np.dtype:

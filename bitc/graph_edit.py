@@ -32,3 +32,45 @@ def replace_output(graph: ir.Graph, old: ir.Value, new: ir.Value) -> None:
         old.name = f"{name}__replaced"
         new.name = name
     ir.convenience.replace_all_uses_with(old, new, replace_graph_outputs=True)
+
+
+def restore_output_names(graph: ir.Graph, names: list[str]) -> bool:
+    """Give the graph's outputs back the names they had (`names`, in order); returns whether any changed.
+
+    The artifact's outputs are looked up by name, so a pass that renames a graph output (onnx-ir's or
+    onnxscript's rewriters can, when they reroute a value) would make a model answer under another name. The value
+    takes its name back (whatever took the name moves aside); a graph input, an initializer or a value that is two
+    outputs gets an Identity under the old name instead."""
+    if [value.name for value in graph.outputs] == list(names):
+        return False
+    taken = {value.name for value in graph.inputs} | set(graph.initializers)
+    taken |= {out.name for node in graph for out in node.outputs}
+    changed = False
+    for index, (value, name) in enumerate(zip(graph.outputs, names, strict=True)):
+        if value.name == name:
+            continue
+        changed = True
+        if name in taken:
+            _rename_holder(graph, name, value)
+        shared = sum(out is value for out in graph.outputs) > 1
+        if not shared and not value.is_graph_input() and not value.is_initializer():
+            value.name = name
+            continue
+        node = ir.node("Identity", [value], num_outputs=1)
+        node.outputs[0].name, node.outputs[0].shape, node.outputs[0].type = name, value.shape, value.type
+        graph.append(node)
+        graph.outputs[index] = node.outputs[0]
+    return changed
+
+
+def _rename_holder(graph: ir.Graph, name: str, keep: ir.Value) -> None:
+    """Move the value now called `name` (a node output or an initializer, never `keep`) to a fresh name, so a
+    graph output can take its name back."""
+    values = [out for node in graph for out in node.outputs] + list(graph.initializers.values())
+    taken = {value.name for value in values} | {value.name for value in graph.inputs}
+    for holder in [value for value in values if value.name == name and value is not keep]:
+        fresh, count = f"{name}__renamed", 1
+        while fresh in taken:
+            fresh, count = f"{name}__renamed_{count}", count + 1
+        holder.name = fresh
+        taken.add(fresh)

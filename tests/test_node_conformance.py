@@ -28,20 +28,46 @@ FIXED = [
     "test_layer_normalization_2d_axis0",
     "test_mod_float_edge_cases_fmod_0_float32",
     "test_convtranspose_output_shape",
-    "test_training_dropout_zero_ratio",
+    "test_batchnorm_example_training_mode",
+    "test_batchnorm_epsilon_training_mode",
+    # a pass renamed the graph output (the artifact answered under another name)
+    "test_rotary_embedding_expanded",
+    "test_reduce_l2_keep_dims_example_expanded[const]",
+    # ConvertLayout's stack of 0-d tensors raised SIGFPE
+    "test_dynamicquantizelinear_expanded",
+]
+
+# Each was WRONG (or a crash) and has no exact lowering: refused at compile time in one line naming the node.
+REFUSED = [
+    "test_training_dropout",
+    "test_training_dropout_zero_ratio",  # ratio and training_mode are run-time inputs: the mask may be random
+    "test_if_seq",
+    "test_split_to_sequence_2[const]",
+    "test_roialign_mode_max",
+    "test_resize_downsample_scales_linear[const]",
+    "test_resize_downsample_scales_cubic_align_corners[const]",
+    "test_resize_downsample_sizes_linear_antialias[const]",
 ]
 
 
 @pytest.fixture(scope="module")
 def cases() -> dict:
-    pattern = "^(" + "|".join(FIXED) + ")$"
-    return {case.name: case for case in conformance.load_cases(pattern, constant_variants=False)}
+    names = {name.removesuffix("[const]") for name in FIXED + REFUSED}
+    pattern = "^(" + "|".join(names) + ")$"
+    return {case.name: case for case in conformance.load_cases(pattern)}
 
 
 @pytest.mark.parametrize("name", FIXED)
 def test_node_case_matches_onnx_reference(name: str, cases: dict, tmp_path: Path) -> None:
     outcome = conformance.run_case(cases[name], tmp_path)
     assert outcome.status == "PASS", f"{outcome.status}: {outcome.detail}"
+
+
+@pytest.mark.parametrize("name", REFUSED)
+def test_node_case_without_exact_lowering_is_refused(name: str, cases: dict, tmp_path: Path) -> None:
+    outcome = conformance.run_case(cases[name], tmp_path)
+    assert outcome.status == "REFUSED", f"{outcome.status}: {outcome.detail}"
+    assert outcome.detail.startswith("compile: ") and "\n" not in outcome.detail
 
 
 def test_compare_flags_nan_at_other_places() -> None:

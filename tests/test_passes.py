@@ -10,6 +10,7 @@ from conftest import make_conv_bn_model
 from onnx import TensorProto, helper, numpy_helper
 
 from bitc.errors import BadInputError
+from bitc.graph_edit import restore_output_names
 from bitc.frontend import load_onnx
 from bitc.passes import DEFAULT_PIPELINE, available, create, run_pipeline
 from bitc.passes.verify import random_feeds, run_onnxruntime
@@ -152,6 +153,31 @@ def test_eliminate_identity_keeps_output_names():
     assert modified and _ops(model) == ["Relu"]
     assert [v.name for v in model.graph.outputs] == ["y"]
     np.testing.assert_array_equal(after[0], before[0])
+
+
+def test_eliminate_identity_leaves_an_output_that_feeds_an_identity_its_name():
+    """Relu → y (an output) → Identity → z (not an output): dropping the Identity must not rename y."""
+    model = _model(
+        [helper.make_node("Relu", ["x"], ["y"]), helper.make_node("Identity", ["y"], ["z"])],
+        [("x", [4])],
+        [("y", [4])],
+    )
+    model, _, _, _ = _apply("eliminate_identity", model)
+    assert [v.name for v in model.graph.outputs] == ["y"]
+
+
+def test_pipeline_restores_output_names_a_pass_changed():
+    model = _model(
+        [helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Neg", ["r"], ["y"])],
+        [("x", [4])],
+        [("y", [4]), ("r", [4])],
+    )
+    outputs = model.graph.outputs
+    outputs[0].name, outputs[1].name = "renamed", "y"  # what a buggy rewrite could leave: names swapped
+    restore_output_names(model.graph, ["y", "r"])
+    assert [v.name for v in model.graph.outputs] == ["y", "r"]
+    assert [v.producer().op_type for v in model.graph.outputs] == ["Neg", "Relu"]
+    onnx.checker.check_model(ir.to_proto(model))
 
 
 def test_cse_merges_duplicate_nodes():

@@ -22,6 +22,7 @@ def convert_conv_layout(mod: Any, block: int = BLOCK) -> Any:
     from tvm import relax
 
     mod = clip_to_relax_ops(mod)
+    mod = rewrite_calls(mod, _stack_of_scalars_as_concat)
     convert = relax.transform.ConvertLayout({}, layout_cb=lambda call: conv_layouts(call, block))
     mod = apply_in_segments(mod, convert)  # ConvertLayout's cost grows with the square of a function's length
     return legalize_bool_layout_transforms(mod)
@@ -38,6 +39,20 @@ def legalize_bool_layout_transforms(mod: Any) -> Any:
         return None
 
     return rewrite_calls(mod, lower)
+
+
+def _stack_of_scalars_as_concat(mutator: Any, call: Any) -> Any | None:
+    """stack(0-d tensors) as concat of their 1-element reshapes: the same tensor, and ConvertLayout's layout
+    inference for `stack` divides by the inputs' rank (a 0-d stack kills the process with SIGFPE)."""
+    from tvm import relax
+
+    if getattr(call.op, "name", None) != "relax.stack":
+        return None
+    items = call.args[0]
+    fields = getattr(items, "fields", None)
+    if fields is None or any(getattr(field.ty, "ndim", -1) != 0 for field in fields):
+        return None
+    return relax.op.concat([relax.op.reshape(field, (1,)) for field in fields], axis=0)
 
 
 def clip_to_relax_ops(mod: Any) -> Any:

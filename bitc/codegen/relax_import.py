@@ -13,7 +13,7 @@ from typing import Any
 import onnx
 import onnx_ir as ir
 
-from bitc.codegen import bitc_relax, cuda_relax, index_checks
+from bitc.codegen import bitc_relax, cuda_relax, index_checks, onnx_support
 from bitc.errors import BadInputError, BitcError, CompileError, first_line
 
 
@@ -21,6 +21,7 @@ def to_relax(model: ir.Model, source: str = "model", target: bitc_relax.KernelTa
     """Import the (already normalised, static-shape) model with its weights bound as constants; `target` says
     what the bitc kernels need of the CPU or GPU (default: an AVX-512 CPU)."""
     target = target or bitc_relax.KernelTarget()
+    onnx_support.check_supported(model, source)
     ir.external_data.load_to_model(model)  # TVM would resolve external paths from the working directory
     if not any(bitc_relax.is_custom(node, target) for node in model.graph):
         return _from_onnx(ir.to_proto(model), model, source)

@@ -20,6 +20,9 @@ import onnx_ir.passes.common as common
 from bitc import graph_edit
 
 EXPAND_DOMAIN = "bitc.expand"
+# Marks the nodes a rule emitted: already in the form the importer gets right, even where the rule's condition
+# holds again (BitShift's rewrite is a BitShift by safe amounts).
+LOWERED = "bitc.lowered"
 
 
 @dataclass(frozen=True)
@@ -34,8 +37,8 @@ class Rule:
 class Builder:
     """Adds nodes before `anchor` and constants as initializers, with names derived from the anchor's."""
 
-    def __init__(self, graph: ir.Graph, anchor: ir.Node) -> None:
-        self.graph, self.anchor = graph, anchor
+    def __init__(self, graph: ir.Graph, anchor: ir.Node, opset: int = 13) -> None:
+        self.graph, self.anchor, self.opset = graph, anchor, opset
         self.prefix = f"{anchor.name or anchor.op_type}__lowered"
         self.count = 0
 
@@ -48,6 +51,7 @@ class Builder:
             attributes=ir.convenience.convert_attributes(attributes),
             num_outputs=outputs,
             name=f"{self.prefix}_{self.count}",
+            metadata_props={LOWERED: "1"},
         )
         for index, value in enumerate(node.outputs):
             value.name = f"{node.name}_out{index}"
@@ -69,7 +73,7 @@ def lower_unsupported_forms(model: ir.Model) -> int:
         if node.op_type in FUNCTION_EXPANSIONS:
             rewritten += expand_function(model, node, opset)
             continue
-        replacements = rule.lower(Builder(model.graph, node), node)
+        replacements = rule.lower(Builder(model.graph, node, opset), node)
         if replacements is not None:
             _replace(model.graph, node, replacements)
             rewritten += 1
@@ -371,7 +375,47 @@ def _lower_float_floor_mod(b: Builder, node: ir.Node) -> list[ir.Value | None] |
     return [b.op("Where", infinite_case, by_sign, formula)]
 
 
+def _training_mode(node: ir.Node) -> bool:
+    return node.attributes.get_int("training_mode", 0) == 1
+
+
+def _lower_batchnorm_training(b: Builder, node: ir.Node) -> list[ir.Value | None] | None:
+    """BatchNormalization with training_mode=1 normalises with the batch's own mean and (population) variance
+    and returns the running statistics moved by `momentum`, as the operator text says; the importer uses the
+    given mean and variance instead."""
+    x, scale, bias, mean, var = (list(node.inputs) + [None] * 5)[:5]
+    if x is None or x.shape is None or None in (scale, bias, mean, var):
+        return None
+    rank = len(x.shape)
+    if rank < 2:
+        return None
+    axes = [0, *range(2, rank)]
+    epsilon = node.attributes.get_float("epsilon", 1e-5)
+    momentum = node.attributes.get_float("momentum", 0.9)
+    dtype = x.dtype.numpy()
+    per_channel = b.const([-1] + [1] * (rank - 2), np.int64)
+    batch_mean = _reduce_mean(b, x, axes)
+    centred = b.op("Sub", x, batch_mean)
+    batch_var = _reduce_mean(b, b.op("Mul", centred, centred), axes)
+    normalised = b.op("Div", centred, b.op("Sqrt", b.op("Add", batch_var, b.const(epsilon, dtype))))
+    y = b.op("Add", b.op("Mul", normalised, b.op("Reshape", scale, per_channel)), b.op("Reshape", bias, per_channel))
+    flat = b.const([-1], np.int64)
+    outputs: list[ir.Value | None] = [y]
+    for running, batch in ((mean, batch_mean), (var, batch_var)):
+        moved = b.op("Mul", b.op("Reshape", batch, flat), b.const(1 - momentum, dtype))
+        outputs.append(b.op("Add", b.op("Mul", running, b.const(momentum, dtype)), moved))
+    return outputs[: len(node.outputs)]
+
+
+def _reduce_mean(b: Builder, x: ir.Value, axes: list[int]) -> ir.Value:
+    """ReduceMean keeping dims, with the axes where this opset wants them (an input from opset 18 on)."""
+    if b.opset >= 18:
+        return b.op("ReduceMean", x, b.const(axes, np.int64), keepdims=1)
+    return b.op("ReduceMean", x, axes=axes, keepdims=1)
+
+
 RULES: dict[str, Rule] = {
+    "BatchNormalization": Rule(_training_mode, _lower_batchnorm_training),
     "ConvTranspose": Rule(_has_output_shape, _lower_conv_transpose),
     "Mod": Rule(_float_floor_mod, _lower_float_floor_mod),
     "LayerNormalization": Rule(_extra_outputs_used, lambda b, node: None),

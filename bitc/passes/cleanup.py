@@ -124,7 +124,8 @@ def _eliminate_identity(node: ir.Node) -> bool:
     source, result, graph = node.inputs[0], node.outputs[0], node.graph
     if source is None or graph is None:
         return False
-    if result.is_graph_output():
+    result_is_output = result.is_graph_output()
+    if result_is_output:
         producer = source.producer()
         if producer is None or producer.graph is not graph or source.is_graph_output():
             return False
@@ -134,7 +135,7 @@ def _eliminate_identity(node: ir.Node) -> bool:
         source.type = result.type
     name = result.name
     ir.convenience.replace_all_uses_with(result, source, replace_graph_outputs=True)
-    if source.is_graph_output():
+    if result_is_output:  # the output keeps its name; a source that already was an output keeps its own
         source.name = name
     graph.remove(node, safe=True)
     return True

@@ -61,7 +61,7 @@ class KVReport:
         }
 
 
-@register("kv_compress")
+@register("kv_compress", renames_outputs=True)
 class KVCompress(ir.passes.InPlacePass):
     """Compress a decoder's KV cache (KIVI keys per channel, values per token, float window); runtime-owned.
 

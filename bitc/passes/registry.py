@@ -12,16 +12,19 @@ _PASSES: dict[str, type[ir.passes.PassBase]] = {}
 P = TypeVar("P", bound=type[ir.passes.PassBase])
 
 
-def register(name: str, *, exact: bool = False):
+def register(name: str, *, exact: bool = False, renames_outputs: bool = False):
     """Class decorator: make a pass available under `name` (its docstring's first line describes it). `exact`
     declares that the pass preserves the model's function up to float rounding: every compile then checks that
-    claim numerically (see `run_pipeline`); lossy passes (binarize, prune, ...) leave it False."""
+    claim numerically (see `run_pipeline`); lossy passes (binarize, prune, ...) leave it False. A pass that
+    changes the model's outputs by design (kv_compress) says `renames_outputs`; any other pass gets the graph
+    outputs' names restored after it runs."""
 
     def decorate(cls: P) -> P:
         if name in _PASSES:
             raise ValueError(f"pass '{name}' is registered twice")
         cls.pass_name = name  # type: ignore[attr-defined]
         cls.exact = exact  # type: ignore[attr-defined]
+        cls.renames_outputs = renames_outputs  # type: ignore[attr-defined]
         _PASSES[name] = cls
         return cls
 
@@ -48,6 +51,12 @@ def is_exact(name: str) -> bool:
     """Whether the pass registered as `name` claims to keep the model's outputs (up to float rounding)."""
     _import_builtin_passes()
     return bool(getattr(_PASSES.get(name), "exact", False))
+
+
+def renames_outputs(name: str) -> bool:
+    """Whether the pass registered as `name` changes the graph's outputs by design."""
+    _import_builtin_passes()
+    return bool(getattr(_PASSES.get(name), "renames_outputs", False))
 
 
 def summary(cls: type) -> str:

@@ -205,8 +205,7 @@ def _check_io_types(model: ir.Model) -> None:
         for value in values:
             if value.type is not None and not _is_tensor_type(value.type):
                 raise BadInputError(
-                    f"{role} '{value.name}' is a {_type_kind(value.type)}: bitc artifacts take and return only "
-                    "tensors"
+                    f"{role} '{value.name}' is a {_type_kind(value.type)}: bitc artifacts take and return only tensors"
                 )
             if value.dtype is not None:
                 _io_dtype(value, role)

@@ -10,8 +10,8 @@ from conftest import make_conv_bn_model
 from onnx import TensorProto, helper, numpy_helper
 
 from bitc.errors import BadInputError
-from bitc.graph_edit import restore_output_names
 from bitc.frontend import load_onnx
+from bitc.graph_edit import restore_output_names
 from bitc.passes import DEFAULT_PIPELINE, available, create, run_pipeline
 from bitc.passes.verify import random_feeds, run_onnxruntime
 

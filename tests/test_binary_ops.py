@@ -103,6 +103,9 @@ CONV_CASES = {
     "packed_output_stride2_odd": {"output_format": "packed", "stride": 2, "c": 100, "o": 33},
     "packed_output_two_planes": {"output_format": "packed", "planes": 2, "threshold_planes": 2},
     "thermometer_input": {"input_thresholds": [-0.5, 0.5000001]},
+    "one_output_channel": {"o": 1},  # one lane read per row: compute_at shrinks the lane loop to a unit loop
+    "one_output_channel_packed": {"o": 1, "output_format": "packed"},
+    "one_output_channel_pointwise_1x1": {"n": 1, "o": 1, "h": 1, "w": 1, "k": 1, "pad": 0},
 }
 
 

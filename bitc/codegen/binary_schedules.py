@@ -50,14 +50,9 @@ def _binary_conv_cpu(func: Any, num_cores: int) -> Any:
         out = sch.get_sblock("threshold")
         n, oh = sch.get_loops(out)[:2]
     row = sch.fuse(n, oh)
-    sch.compute_at(popc, row)
+    loops = _compute_popc_at(sch, popc, row)
     if num_cores > 1 and math.prod(extents) >= PARALLEL_MIN_WORK:
         sch.parallel(row)
-    # compute_at drops unit loops: name the remaining ones by the extents they had before
-    roles = ["ow", "block", "lane", "kh", "kw", "cw"]
-    loops = dict(
-        zip([r for r, e in zip(roles, extents[2:], strict=True) if e > 1], sch.get_loops(popc)[1:], strict=True)
-    )
     reduce = [loops[r] for r in ("kh", "kw", "cw") if r in loops]
     pixel_tile = block_tile = 1
     if "block" in loops:
@@ -74,13 +69,36 @@ def _binary_conv_cpu(func: Any, num_cores: int) -> Any:
         ow_outer, ow_inner = sch.split(loops["ow"], [None, pixel_tile])
         order.append(ow_outer)
         inner.insert(0, ow_inner)
-    sch.reorder(*order, *reduce, *inner, loops["lane"])
-    sch.vectorize(loops["lane"])
+    lane = [loops["lane"]] if "lane" in loops else []
+    if len(ordered := [*order, *reduce, *inner, *lane]) > 1:
+        sch.reorder(*ordered)
+    for loop in lane:
+        sch.vectorize(loop)
     for loop in inner:
         sch.unroll(loop)
     if reduce:
         sch.decompose_reduction(popc, reduce[0])
     return sch.mod["main"]
+
+
+def _compute_popc_at(sch: Any, popc: Any, row: Any) -> dict[str, Any]:
+    """compute_at(popc, row); returns popc's loops under the row by role, those of extent > 1 only.
+
+    compute_at shrinks each loop to the region one output row reads and drops the unit ones, so a loop can vanish
+    that had a larger extent before (the lane loop of a conv with one output channel reads lane 0 only). Which
+    ones survive is read off a copy that keeps the unit loops, not guessed from the extents before."""
+    roles = ("ow", "block", "lane", "kh", "kw", "cw")
+    probe = sch.copy()
+    probe.compute_at(popc, row, preserve_unit_loops=True)
+    kept = [
+        role for role, loop in zip(roles, probe.get_loops(popc)[-len(roles) :], strict=True) if _extent(probe, loop) > 1
+    ]
+    sch.compute_at(popc, row)
+    return dict(zip(kept, sch.get_loops(popc)[1:], strict=True))
+
+
+def _extent(sch: Any, loop: Any) -> int:
+    return int(sch.get(loop).extent)
 
 
 def _pixel_tile(width: int, cap: int) -> int:

@@ -62,10 +62,17 @@ class Builder:
         return graph_edit.add_initializer(self.graph, np.asarray(array, dtype=dtype), f"{self.prefix}_const")
 
 
+# Ops the importer knows by name but not in the ai.onnx form (it converts the com.microsoft Attention)
+ALWAYS_EXPAND = {"Attention"}
+# Function bodies may call ops that are functions again (a few levels in practice); bounded against cycles.
+MAX_EXPANSION_DEPTH = 4
+
+
 def lower_unsupported_forms(model: ir.Model) -> int:
-    """Apply every rule to the main graph's nodes; returns how many nodes were rewritten."""
+    """Expand the ops the importer lacks into their ONNX function bodies, then apply every rule to the main
+    graph's nodes; returns how many nodes were rewritten."""
     opset = model.opset_imports.get("", 1)
-    rewritten = 0
+    rewritten = expand_missing_ops(model, opset)
     for node in list(model.graph):
         rule = RULES.get(node.op_type) if node.domain in ("", "ai.onnx") else None
         if rule is None or not rule.applies(node):
@@ -77,11 +84,52 @@ def lower_unsupported_forms(model: ir.Model) -> int:
         if replacements is not None:
             _replace(model.graph, node, replacements)
             rewritten += 1
+    _inline_expansions(model)
+    return rewritten
+
+
+def expand_missing_ops(model: ir.Model, opset: int) -> int:
+    """Standard ops TVM's importer does not convert (Celu, window functions, the opset-23 Attention...) become
+    the spec's own function body where ONNX defines one; what has none stays, to be refused by name."""
+    known = importer_ops()
+    if not known:
+        return 0
+    expanded = 0
+    for _ in range(MAX_EXPANSION_DEPTH):
+        missing = [
+            node
+            for node in model.graph
+            if node.domain in ("", "ai.onnx") and (node.op_type not in known or node.op_type in ALWAYS_EXPAND)
+        ]
+        count = sum(expand_function(model, node, opset) for node in missing if _has_function(node.op_type, opset))
+        if not count:
+            break
+        expanded += count
+        _inline_expansions(model)
+    return expanded
+
+
+def importer_ops() -> set[str]:
+    """Op types TVM's ONNX importer converts (empty if its private table moved: then nothing is expanded)."""
+    from bitc.codegen.relax_import import supported_ops
+
+    return set(supported_ops())
+
+
+def _has_function(op_type: str, opset: int) -> bool:
+    try:
+        schema = onnx.defs.get_schema(op_type, opset, "")
+    except onnx.defs.SchemaError:
+        return False
+    versions = [*schema.function_opset_versions, *schema.context_dependent_function_opset_versions]
+    return any(v <= opset for v in versions)
+
+
+def _inline_expansions(model: ir.Model) -> None:
     if any(node.domain == EXPAND_DOMAIN for node in model.graph):
         common.InlinePass()(model)
         common.RemoveUnusedFunctionsPass()(model)
         model.opset_imports.pop(EXPAND_DOMAIN, None)
-    return rewritten
 
 
 def _replace(graph: ir.Graph, node: ir.Node, replacements: list[ir.Value | None]) -> None:
@@ -109,7 +157,10 @@ def expand_function(model: ir.Model, node: ir.Node, opset: int) -> int:
     if proto is None:
         return 0
     proto.domain, proto.name = EXPAND_DOMAIN, f"{node.op_type}_{id(node)}"
-    function = ir.serde.deserialize_function(proto)
+    try:
+        function = ir.serde.deserialize_function(proto)
+    except ir.serde.SerdeError:
+        return 0  # left as it is: refused by name later
     model.functions[function.identifier()] = function
     model.opset_imports.setdefault(EXPAND_DOMAIN, 1)
     node.domain, node.op_type = EXPAND_DOMAIN, proto.name
@@ -139,6 +190,11 @@ def function_body(node: ir.Node, opset: int) -> onnx.FunctionProto | None:
     else:
         return None
     if not proto.node:
+        return None
+    # a context-dependent body is written for the outputs the node has: it may not produce the others it lists
+    del proto.output[len(node.outputs) :]
+    produced = {name for body_node in proto.node for name in body_node.output} | set(proto.input)
+    if any(name not in produced for name in proto.output):
         return None
     for attribute in node_proto.attribute:
         if attribute.name not in node.attributes:

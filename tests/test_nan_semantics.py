@@ -8,9 +8,9 @@ whose max / min propagate NaN like the ONNX reference implementation."""
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import pytest
 from conftest import run_onnxruntime
-import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 import bitc

@@ -108,9 +108,7 @@ def _lanewise_max(data: Any, lanes: int = 16, max_chunks: int = 32) -> Any:
         return nan_semantics.reduce(data, [-1], True, row_max)
     partial = te.compute(
         (*data.shape[:-1], lanes),
-        lambda *i: functools.reduce(
-            nan_semantics.maximum, [data[(*i[:-1], c * lanes + i[-1])] for c in range(chunks)]
-        ),
+        lambda *i: functools.reduce(nan_semantics.maximum, [data[(*i[:-1], c * lanes + i[-1])] for c in range(chunks)]),
         name="lane_max",
     )
     return nan_semantics.reduce(partial, [-1], True, row_max)

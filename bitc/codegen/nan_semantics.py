@@ -92,7 +92,9 @@ def relu(data: Any) -> Any:
     from tvm import te, tirx
 
     zero = tirx.const(0, data.dtype)
-    return te.compute(data.shape, lambda *i: tirx.Select(data(*i) < zero, zero, data(*i)), name="compute", tag="elemwise")
+    return te.compute(
+        data.shape, lambda *i: tirx.Select(data(*i) < zero, zero, data(*i)), name="compute", tag="elemwise"
+    )
 
 
 def broadcast_binary(fn: Callable[[Any, Any], Any], a: Any, b: Any, name: str) -> Any:

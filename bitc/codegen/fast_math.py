@@ -53,7 +53,7 @@ def exp(data: Any) -> Any:
     def element(*i: Any) -> Any:
         x = data(*i)
         finite = tirx.Select(overflow < x, inf, tirx.Select(x == -inf, zero, fast(*i)))
-        return tirx.Select(tirx.isnan(x), x, finite)
+        return tirx.Select(nan_semantics.not_nan(x, dtype), finite, x)
 
     return te.compute(data.shape, element, name="exp_ieee", tag="elemwise")
 
@@ -63,7 +63,10 @@ def _keep_nan(result: Any, data: Any) -> Any:
     from tvm import te, tirx
 
     return te.compute(
-        data.shape, lambda *i: tirx.Select(tirx.isnan(data(*i)), data(*i), result(*i)), name="nan_kept", tag="elemwise"
+        data.shape,
+        lambda *i: tirx.Select(nan_semantics.not_nan(data(*i), data.dtype), result(*i), data(*i)),
+        name="nan_kept",
+        tag="elemwise",
     )
 
 
@@ -108,7 +111,10 @@ def _lanewise_max(data: Any, lanes: int = 16, max_chunks: int = 32) -> Any:
         return nan_semantics.reduce(data, [-1], True, row_max)
     partial = te.compute(
         (*data.shape[:-1], lanes),
-        lambda *i: functools.reduce(nan_semantics.maximum, [data[(*i[:-1], c * lanes + i[-1])] for c in range(chunks)]),
+        lambda *i: functools.reduce(
+            lambda a, b: nan_semantics.maximum(a, b, data.dtype),
+            [data[(*i[:-1], c * lanes + i[-1])] for c in range(chunks)],
+        ),
         name="lane_max",
     )
     return nan_semantics.reduce(partial, [-1], True, row_max)

@@ -11,7 +11,7 @@ from typing import Any
 import onnx_ir as ir
 
 from bitc.atomic import process_temp_dir
-from bitc.codegen import fast_math, lowbit_kernels, nchwc, tuning
+from bitc.codegen import fast_math, lowbit_kernels, nan_semantics, nchwc, tuning
 from bitc.codegen.bitc_relax import KernelTarget, cancel_layout_round_trips
 from bitc.codegen.cpu_schedules import default_schedule_pass
 from bitc.codegen.legalize_cache import cached_legalize_map
@@ -40,6 +40,7 @@ def lower_to_fused_tir(mod: Any, target: CpuTarget) -> tuple[Any, str]:
     from tvm import relax
 
     with target.tvm():
+        mod = nchwc.clip_to_relax_ops(mod)  # whether or not the layout changes: their legalization keeps NaN
         try:
             mod, conv_layout = nchwc.convert_conv_layout(mod, block=target.vector_lanes), "blocked"
         except Exception as exc:
@@ -63,8 +64,9 @@ def lower_to_fused_tir(mod: Any, target: CpuTarget) -> tuple[Any, str]:
 
 
 def _legalize_map() -> dict[str, Any]:
-    """Our TE computes where TVM's legalization is missing (blocked conv) or slow on CPUs (exp, erf, softmax)."""
-    return {**fast_math.legalize_map(), "relax.nn.conv2d": nchwc.legalize_conv2d}
+    """Our TE computes where TVM's legalization is missing (blocked conv), slow on CPUs (exp, erf, softmax) or
+    loses NaN and infinities (max, min, relu, clip, max/min reductions, max-pooling)."""
+    return {**nan_semantics.legalize_map(), **fast_math.legalize_map(), "relax.nn.conv2d": nchwc.legalize_conv2d}
 
 
 def build(

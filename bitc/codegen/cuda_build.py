@@ -21,7 +21,7 @@ from typing import Any
 import onnx_ir as ir
 
 from bitc.atomic import process_temp_dir
-from bitc.codegen import index_checks
+from bitc.codegen import index_checks, nan_semantics
 from bitc.codegen.bitc_relax import KernelTarget
 from bitc.codegen.build import BuildResult, export_library
 from bitc.codegen.legalize_cache import cached_legalize_map
@@ -57,7 +57,7 @@ def lower(mod: Any, target: CudaTarget) -> Any:
             [
                 relax.transform.DecomposeOpsForInference(),
                 relax.transform.CanonicalizeBindings(),
-                relax.transform.LegalizeOps(customize_legalize_map=cached_legalize_map({})),  # as in build.py
+                relax.transform.LegalizeOps(customize_legalize_map=cached_legalize_map(nan_semantics.legalize_map())),
                 relax.transform.AnnotateTIROpPattern(),
                 relax.transform.FoldConstant(),
                 relax.transform.FuseOps(),

@@ -4,12 +4,17 @@ TVM lowers `exp`, `erf` and `tanh` to LLVM intrinsics that LLVM turns into one l
 vectorised softmax or GELU runs at scalar libm speed (softmax was 13% of MiniLM, the GELU epilogue doubled its
 matmul's time). TOPI's `fast_*` versions are Cephes / Eigen polynomials, like the ones onnxruntime's MLAS kernels
 use: plain arithmetic, within a few float ulps, and they vectorise. Other dtypes keep TVM's own legalization.
+The polynomials clamp their input, which would turn NaN into a number and exp(inf) into a finite float, so each
+result goes through a select that restores what IEEE (and onnxruntime) give for NaN and the infinities.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
+
+from bitc.codegen import nan_semantics
 
 _FAST_DTYPES = ("float32", "float16")
 
@@ -19,9 +24,9 @@ def legalize_map() -> dict[str, Callable[[Any, Any], Any]]:
     from tvm import topi
 
     return {
-        "relax.exp": _unary(topi.fast_exp, "exp"),
-        "relax.erf": _unary(topi.fast_erf, "erf"),
-        "relax.tanh": _unary(topi.fast_tanh, "tanh"),
+        "relax.exp": _unary(exp, "exp"),
+        "relax.erf": _unary(lambda x: _keep_nan(topi.fast_erf(x), x), "erf"),
+        "relax.tanh": _unary(lambda x: _keep_nan(topi.fast_tanh(x), x), "tanh"),
         "relax.nn.softmax": _legalize_softmax,
     }
 
@@ -35,6 +40,42 @@ def _unary(fast: Callable[[Any], Any], name: str) -> Callable[[Any, Any], Any]:
     return legalize
 
 
+def exp(data: Any) -> Any:
+    """The polynomial exp with IEEE results outside its clamp: NaN stays NaN, exp(x) = inf past the largest
+    float's log (exp(inf) = inf), exp(-inf) = 0."""
+    from tvm import te, tirx, topi
+
+    fast = topi.fast_exp(data)
+    dtype = data.dtype
+    overflow = tirx.const(math.log(_largest(dtype)), dtype)
+    inf, zero = nan_semantics.infinity(dtype), tirx.const(0, dtype)
+
+    def element(*i: Any) -> Any:
+        x = data(*i)
+        finite = tirx.Select(overflow < x, inf, tirx.Select(x == -inf, zero, fast(*i)))
+        return tirx.Select(nan_semantics.not_nan(x, dtype), finite, x)
+
+    return te.compute(data.shape, element, name="exp_ieee", tag="elemwise")
+
+
+def _keep_nan(result: Any, data: Any) -> Any:
+    """`result`, except NaN where the input is NaN (the polynomials saturate at ±1 for ±inf already)."""
+    from tvm import te, tirx
+
+    return te.compute(
+        data.shape,
+        lambda *i: tirx.Select(nan_semantics.not_nan(data(*i), data.dtype), result(*i), data(*i)),
+        name="nan_kept",
+        tag="elemwise",
+    )
+
+
+def _largest(dtype: str) -> float:
+    import numpy as np
+
+    return float(np.finfo(str(dtype)).max)
+
+
 def _legalize_softmax(bb: Any, call: Any) -> Any:
     if not _is_fast_dtype(call):
         return _default(bb, call)
@@ -46,8 +87,11 @@ def softmax(data: Any, axis: int) -> Any:
     from tvm import topi
 
     axis %= len(data.shape)
-    largest = _lanewise_max(data) if axis == len(data.shape) - 1 else topi.max(data, axis=axis, keepdims=True)
-    exps = topi.fast_exp(topi.subtract(data, largest))
+    if axis == len(data.shape) - 1:
+        largest = _lanewise_max(data)
+    else:
+        largest = nan_semantics.reduce(data, [axis], True, nan_semantics.max_reducer())
+    exps = exp(topi.subtract(data, largest))  # a NaN or +inf in the row makes it all NaN, as in onnxruntime
     # one division per row, then multiplies (a vector division per element costs more than the exp)
     return topi.multiply(exps, topi.divide(1.0, topi.sum(exps, axis=axis, keepdims=True)))
 
@@ -55,21 +99,25 @@ def softmax(data: Any, axis: int) -> Any:
 def _lanewise_max(data: Any, lanes: int = 16, max_chunks: int = 32) -> Any:
     """Row max over the last axis in two steps: an elementwise max across the row's vector-sized chunks (it
     vectorises), then a max across lanes. One long max chain does not vectorise (LLVM needs no-NaNs for that)
-    and costs a compare's latency per element."""
+    and costs a compare's latency per element. Both steps keep NaN and start from -inf."""
     import functools
 
-    from tvm import te, tirx, topi
+    from tvm import te
 
     length = int(data.shape[-1])
     chunks = length // lanes
+    row_max = nan_semantics.max_reducer()
     if length % lanes or not 1 < chunks <= max_chunks:
-        return topi.max(data, axis=-1, keepdims=True)
+        return nan_semantics.reduce(data, [-1], True, row_max)
     partial = te.compute(
         (*data.shape[:-1], lanes),
-        lambda *i: functools.reduce(tirx.Max, [data[(*i[:-1], c * lanes + i[-1])] for c in range(chunks)]),
+        lambda *i: functools.reduce(
+            lambda a, b: nan_semantics.maximum(a, b, data.dtype),
+            [data[(*i[:-1], c * lanes + i[-1])] for c in range(chunks)],
+        ),
         name="lane_max",
     )
-    return topi.max(partial, axis=-1, keepdims=True)
+    return nan_semantics.reduce(partial, [-1], True, row_max)
 
 
 def _is_fast_dtype(call: Any) -> bool:

@@ -18,10 +18,10 @@ BLOCK = 16
 
 def convert_conv_layout(mod: Any, block: int = BLOCK) -> Any:
     """conv2d NCHW/OIHW → blocked layouts chosen per conv (see `conv_layouts`); ConvertLayout carries them through
-    the elementwise ops in between, so layout transforms only remain where a conv has no blocked form."""
+    the elementwise ops in between, so layout transforms only remain where a conv has no blocked form. Run
+    `clip_to_relax_ops` first, so Clip keeps the blocked layout."""
     from tvm import relax
 
-    mod = clip_to_relax_ops(mod)
     mod = rewrite_calls(mod, _stack_of_scalars_as_concat)
     convert = relax.transform.ConvertLayout({}, layout_cb=lambda call: conv_layouts(call, block))
     mod = apply_in_segments(mod, convert)  # ConvertLayout's cost grows with the square of a function's length
@@ -60,6 +60,7 @@ def clip_to_relax_ops(mod: Any) -> Any:
 
     ConvertLayout cannot see into `call_tir`, so every ReLU6 would otherwise go back to NCHW and forth again
     (two layout transforms per activation in MobileNet); relax ops keep the blocked layout and fuse into the conv.
+    Their legalization (`nan_semantics`) also lets a NaN through, as ONNX Clip does; TE's max / min drop it.
     """
     from tvm import relax
 

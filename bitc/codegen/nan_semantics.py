@@ -1,0 +1,289 @@
+"""Float max / min / relu / clip and max / min reductions that propagate NaN and keep infinities (IEEE, ONNX).
+
+TVM lowers a float `max(a, b)` to a compare and select (LLVM) or `fmaxf` (CUDA), both of which return the other
+operand when one is NaN, so `Relu(NaN)` gave 0 and `Max(NaN, 1)` gave 1; its max / min reductions and max-pooling
+start from the lowest / highest *finite* float, so a row of -inf reduced to -FLT_MAX. onnxruntime and the ONNX
+reference return NaN and -inf there. These legalizations express each op as selects whose false branch is the
+operand itself, so a NaN falls through at the cost of one extra compare, and reductions start from ±inf.
+Integer (and bool) tensors keep TVM's own legalizations: they have neither NaN nor infinities.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+Legalizer = Callable[[Any, Any], Any]
+
+
+def legalize_map() -> dict[str, Legalizer]:
+    """LegalizeOps overrides: op name → hook (bb, call) → expr; non-float calls go to TVM's legalization."""
+    return {
+        "relax.nn.relu": _for_floats(_legalize_relu),
+        "relax.maximum": _for_floats(_binary(maximum)),
+        "relax.minimum": _for_floats(_binary(minimum)),
+        "relax.clip": _for_floats(_legalize_clip),
+        "relax.max": _for_floats(_reduction(max_reducer)),
+        "relax.min": _for_floats(_reduction(min_reducer)),
+        "relax.nn.max_pool2d": _for_floats(_legalize_max_pool2d),
+    }
+
+
+def is_float(dtype: Any) -> bool:
+    return str(dtype).startswith(("float", "bfloat"))
+
+
+# ---- scalar expressions -------------------------------------------------------------------------------------
+
+
+def maximum(a: Any, b: Any, dtype: str | None = None) -> Any:
+    """max(a, b), NaN if either is: `a < b ? b : a` keeps a NaN `a`; a NaN `b` needs its own test (skipped for
+    a constant bound, so ReLU6 / Clip cost one compare and one select, as before)."""
+    from tvm import tirx
+
+    picked = tirx.Select(a < b, b, a)
+    return picked if _is_number(b) else tirx.Select(not_nan(b, dtype), picked, b)
+
+
+def minimum(a: Any, b: Any, dtype: str | None = None) -> Any:
+    """min(a, b), NaN if either is (see `maximum`)."""
+    from tvm import tirx
+
+    picked = tirx.Select(b < a, b, a)
+    return picked if _is_number(b) else tirx.Select(not_nan(b, dtype), picked, b)
+
+
+def not_nan(x: Any, dtype: str | None = None) -> Any:
+    """True unless x is NaN, as `x >= -inf`: TVM's simplifier folds `x != x` to false, and `isnan` stops its
+    vectorizer (the loop falls back to scalar gathers, 5x slower softmax); a compare vectorizes."""
+    return x >= infinity(dtype or str(x.ty), -1)
+
+
+def _is_number(expr: Any) -> bool:
+    """A constant that is not NaN: comparing with it needs no NaN test."""
+    import math
+
+    from tvm import tirx
+
+    return isinstance(expr, tirx.FloatImm | tirx.IntImm) and not math.isnan(float(expr.value))
+
+
+def infinity(dtype: str, sign: int = 1) -> Any:
+    from tvm import tirx
+
+    return tirx.const(sign * float("inf"), dtype)
+
+
+def max_reducer() -> Any:
+    """A max comm_reducer starting at -inf that keeps a NaN once seen (in either operand: partial results from
+    split reductions combine with it too)."""
+    from tvm import te
+
+    return te.comm_reducer(lambda acc, value: maximum(acc, value), lambda dtype: infinity(dtype, -1), name="nan_max")
+
+
+def min_reducer() -> Any:
+    """A min comm_reducer starting at +inf that keeps a NaN once seen."""
+    from tvm import te
+
+    return te.comm_reducer(lambda acc, value: minimum(acc, value), lambda dtype: infinity(dtype), name="nan_min")
+
+
+# ---- TE computes ----------------------------------------------------------------------------------------------
+
+
+def relu(data: Any) -> Any:
+    """`x < 0 ? 0 : x`: a NaN compares false and passes through; still one compare and a select (or a max
+    instruction) per lane, so it fuses into a conv's write-back as before."""
+    from tvm import te, tirx
+
+    zero = tirx.const(0, data.dtype)
+    return te.compute(
+        data.shape, lambda *i: tirx.Select(data(*i) < zero, zero, data(*i)), name="compute", tag="elemwise"
+    )
+
+
+def broadcast_binary(fn: Callable[[Any, Any, str], Any], a: Any, b: Any, name: str) -> Any:
+    """`fn` elementwise over numpy-broadcast tensors (either may be a scalar PrimExpr)."""
+    from tvm import te
+
+    shapes = [list(x.shape) if isinstance(x, te.Tensor) else [] for x in (a, b)]
+    shape = _broadcast_shape(*shapes)
+    dtype = str(a.dtype)
+    return te.compute(shape, lambda *i: fn(_element(a, i), _element(b, i), dtype), name=name, tag="broadcast")
+
+
+def _broadcast_shape(a: Sequence[Any], b: Sequence[Any]) -> list[Any]:
+    rank = max(len(a), len(b))
+    a = [1] * (rank - len(a)) + list(a)
+    b = [1] * (rank - len(b)) + list(b)
+    return [y if _is_one(x) else x for x, y in zip(a, b, strict=True)]
+
+
+def _element(x: Any, index: Sequence[Any]) -> Any:
+    """x at the broadcast output index: trailing axes aligned, size-1 axes read at 0."""
+    from tvm import te
+
+    if not isinstance(x, te.Tensor):
+        return x
+    tail = index[len(index) - len(x.shape) :]
+    return x(*[0 if _is_one(dim) else i for dim, i in zip(x.shape, tail, strict=True)])
+
+
+def _is_one(dim: Any) -> bool:
+    from tvm import tirx
+
+    return isinstance(dim, int | tirx.IntImm) and int(dim) == 1
+
+
+def clip(data: Any, low: Any, high: Any) -> Any:
+    """`x < lo ? lo : (x > hi ? hi : x)`: NaN passes through, as in ONNX Clip."""
+    from tvm import te, tirx
+
+    low, high = (tirx.Cast(data.dtype, bound) if bound.dtype != data.dtype else bound for bound in (low, high))
+
+    def element(*i: Any) -> Any:
+        x = data(*i)
+        return tirx.Select(x < low, low, tirx.Select(high < x, high, x))
+
+    return te.compute(data.shape, element, name="compute", tag="elemwise")
+
+
+def reduce(data: Any, axis: Any, keepdims: bool, reducer: Any) -> Any:
+    """`reducer` over `axis` (None: all axes), keeping reduced axes as size 1 if asked (topi.max's contract)."""
+    from tvm import te
+
+    rank = len(data.shape)
+    axes = sorted({int(a) % rank for a in axis} if axis is not None else range(rank))
+    reduce_axes = {a: te.reduce_axis((0, data.shape[a]), f"k{a}") for a in axes}
+    shape = [1 if a in reduce_axes else data.shape[a] for a in range(rank) if keepdims or a not in reduce_axes]
+
+    def element(*i: Any) -> Any:
+        kept = iter(i)
+        index = []
+        for a in range(rank):
+            if a in reduce_axes:
+                if keepdims:
+                    next(kept)
+                index.append(reduce_axes[a])
+            else:
+                index.append(next(kept))
+        return reducer(data(*index), axis=list(reduce_axes.values()))
+
+    return te.compute(shape, element, name=f"{data.op.name}_red", tag="comm_reduce")
+
+
+def max_pool2d(
+    data: Any,
+    out_shape: Sequence[Any],
+    pool_size: Sequence[int],
+    strides: Sequence[int],
+    dilation: Sequence[int],
+    padding: Sequence[int],
+    layout: str,
+) -> Any:
+    """Max over each window, padding with -inf (ONNX ignores padding) and a NaN-keeping reducer; `layout` is any
+    of TVM's (NCHW, NHWC, NCHW16c: the blocked layout ConvertLayout carries through pooling)."""
+    from tvm import te, topi
+
+    axes = [c for c in layout if c.isalpha()]
+    h_axis, w_axis = axes.index("H"), axes.index("W")
+    kernel = [int(k) for k in pool_size]
+    stride = [int(s) for s in strides]
+    dil = [int(d) for d in dilation]
+    before = [int(padding[0]), int(padding[1])]
+    after = [int(padding[2]), int(padding[3])]
+    for n, axis in enumerate((h_axis, w_axis)):  # ceil_mode windows may end past the bottom / right padding
+        needed = (int(out_shape[axis]) - 1) * stride[n] + (kernel[n] - 1) * dil[n] + 1
+        after[n] = max(after[n], needed - before[n] - int(data.shape[axis]))
+    if any(before) or any(after):
+        pad_before = [0] * len(data.shape)
+        pad_after = [0] * len(data.shape)
+        pad_before[h_axis], pad_before[w_axis] = before
+        pad_after[h_axis], pad_after[w_axis] = after
+        data = topi.nn.pad(data, pad_before, pad_after, pad_value=infinity(data.dtype, -1), name="pad_temp")
+    rh = te.reduce_axis((0, kernel[0]), "rv0")
+    rw = te.reduce_axis((0, kernel[1]), "rv1")
+    reducer = max_reducer()
+
+    def element(*i: Any) -> Any:
+        index = list(i)
+        index[h_axis] = i[h_axis] * stride[0] + rh * dil[0]
+        index[w_axis] = i[w_axis] * stride[1] + rw * dil[1]
+        return reducer(data(*index), axis=[rh, rw])
+
+    return te.compute(list(out_shape), element, name="pool_max", tag="pool_max")
+
+
+# ---- LegalizeOps hooks ----------------------------------------------------------------------------------------
+
+
+def _for_floats(legalize: Legalizer) -> Legalizer:
+    """`legalize` for float tensors; TVM's own legalization for the rest."""
+
+    def hook(bb: Any, call: Any) -> Any:
+        if not is_float(call.args[0].ty.dtype):
+            return _default(bb, call)
+        return legalize(bb, call)
+
+    return hook
+
+
+def _legalize_relu(bb: Any, call: Any) -> Any:
+    return bb.call_te(relu, call.args[0], primfunc_name_hint="relu")
+
+
+def _binary(fn: Callable[[Any, Any, str], Any]) -> Legalizer:
+    def legalize(bb: Any, call: Any) -> Any:
+        from tvm.relax.transform.legalize_ops.common import _try_convert_to_scalar_const
+
+        a, b = call.args[0], _try_convert_to_scalar_const(call.args[1])
+        name = call.op.name.rsplit(".", 1)[-1]
+        return bb.call_te(lambda x, y: broadcast_binary(fn, x, y, name), a, b, primfunc_name_hint=name)
+
+    return legalize
+
+
+def _legalize_clip(bb: Any, call: Any) -> Any:
+    return bb.call_te(clip, call.args[0], call.args[1].value, call.args[2].value, primfunc_name_hint="clip")
+
+
+def _reduction(reducer: Callable[[], Any]) -> Legalizer:
+    def legalize(bb: Any, call: Any) -> Any:
+        if any(int(dim) == 0 for dim in call.args[0].ty.shape or [] if _is_static(dim)):
+            return _default(bb, call)  # an empty reduction: TVM's legalization fills in the identity
+        axis = call.attrs.axis
+        name = call.op.name.rsplit(".", 1)[-1]
+        keepdims = bool(call.attrs.keepdims)
+        return bb.call_te(lambda x: reduce(x, axis, keepdims, reducer()), call.args[0], primfunc_name_hint=name)
+
+    return legalize
+
+
+def _is_static(dim: Any) -> bool:
+    from tvm import tirx
+
+    return isinstance(dim, int | tirx.IntImm)
+
+
+def _legalize_max_pool2d(bb: Any, call: Any) -> Any:
+    attrs = call.attrs
+    if attrs.out_layout != attrs.layout or call.ty.shape is None:
+        return _default(bb, call)
+    return bb.call_te(
+        max_pool2d,
+        call.args[0],
+        list(call.ty.shape),
+        attrs.pool_size,
+        attrs.strides,
+        attrs.dilation,
+        attrs.padding,
+        str(attrs.layout),
+        primfunc_name_hint="max_pool2d",
+    )
+
+
+def _default(bb: Any, call: Any) -> Any:
+    import tvm
+
+    return tvm.ir.Op.get(call.op.name).get_attr("FLegalize")(bb, call)

@@ -1,0 +1,199 @@
+"""NaN and ±inf through max / min / relu / clip, the fast exp / tanh / erf, softmax, max / min reductions and
+max-pooling come out as IEEE and the ONNX reference say: NaN propagates, infinities stay infinite.
+
+Elementwise ops and softmax are compared with onnxruntime. Its ReduceMax / ReduceMin and MaxPool skip a NaN
+unless it comes first in the window (an artefact of its compare-and-keep loops), so those are compared with numpy,
+whose max / min propagate NaN like the ONNX reference implementation."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from conftest import run_onnxruntime
+from onnx import TensorProto, helper, numpy_helper
+
+import bitc
+
+NAN, INF = np.nan, np.inf
+WIDTH = 64  # a multiple of 16: softmax's row max takes the lane-wise path
+
+# Unary / binary / reduction ops over one [ROWS, WIDTH] input (and y of the same shape for Max / Min).
+OPS = {
+    "relu": ("Relu", ["x"], {}),
+    "max": ("Max", ["x", "y"], {}),
+    "min": ("Min", ["x", "y"], {}),
+    "max_scalar": ("Max", ["x", "half"], {}),
+    "clip": ("Clip", ["x", "lo", "hi"], {}),
+    "exp": ("Exp", ["x"], {}),
+    "tanh": ("Tanh", ["x"], {}),
+    "erf": ("Erf", ["x"], {}),
+    "softmax": ("Softmax", ["x"], {"axis": -1}),
+    "softmax_odd": ("Softmax", ["x_odd"], {"axis": -1}),
+    "softmax_axis0": ("Softmax", ["x"], {"axis": 0}),
+    "reduce_max": ("ReduceMax", ["x"], {"axes": [1], "keepdims": 1}),
+    "reduce_min": ("ReduceMin", ["x"], {"axes": [1], "keepdims": 0}),
+    "reduce_max_all": ("ReduceMax", ["x"], {"keepdims": 0}),
+    "reduce_max_axis0": ("ReduceMax", ["x"], {"axes": [0], "keepdims": 0}),
+}
+# numpy's versions of the ops onnxruntime answers without NaN propagation
+NUMPY = {
+    "reduce_max": lambda v: np.max(v["x"], axis=1, keepdims=True),
+    "reduce_min": lambda v: np.min(v["x"], axis=1),
+    "reduce_max_all": lambda v: np.max(v["x"]),
+    "reduce_max_axis0": lambda v: np.max(v["x"], axis=0),
+}
+
+
+def _rows(width: int) -> np.ndarray:
+    """Rows with a NaN, +inf, -inf, all -inf, all +inf, all NaN, ordinary values, and large exp arguments."""
+    rng = np.random.default_rng(0)
+    rows = rng.standard_normal((8, width)).astype(np.float32)
+    rows[0, 3] = NAN
+    rows[1, 5] = INF
+    rows[2, 7] = -INF
+    rows[3, :] = -INF
+    rows[4, :] = INF
+    rows[5, :] = NAN
+    rows[7, :4] = [100.0, -100.0, 88.0, -88.0]  # (the polynomial exp saturates to inf from 88.38 on)
+    return rows
+
+
+def _inputs() -> dict[str, np.ndarray]:
+    x = _rows(WIDTH)
+    y = np.roll(x, 1, axis=1)[::-1].copy()  # NaN / inf in other places than x
+    y[6, :3] = [NAN, INF, -INF]
+    return {"x": x, "y": y, "x_odd": _rows(WIDTH - 3)}
+
+
+def _op_model(path):
+    inputs = _inputs()
+    constants = {
+        "half": np.array(0.5, np.float32),
+        "lo": np.array(-1.0, np.float32),
+        "hi": np.array(1.0, np.float32),
+    }
+    nodes = [helper.make_node(op, args, [name], **attrs) for name, (op, args, attrs) in OPS.items()]
+    graph = helper.make_graph(
+        nodes,
+        "nan_ops",
+        [helper.make_tensor_value_info(k, TensorProto.FLOAT, list(v.shape)) for k, v in inputs.items()],
+        [helper.make_tensor_value_info(name, TensorProto.FLOAT, None) for name in OPS],
+        initializer=[numpy_helper.from_array(v, k) for k, v in constants.items()],
+    )
+    _save(path, graph)
+    return path, inputs
+
+
+def _pool_conv_model(path):
+    """x[1,16,6,6] → MaxPool(3x3, pad 1), and x → Conv(16→16) → BatchNormalization → Relu."""
+    rng = np.random.default_rng(1)
+    channels = 16
+    tensors = {
+        "w": rng.standard_normal((channels, channels, 3, 3)).astype(np.float32) * 0.1,
+        "b": rng.standard_normal(channels).astype(np.float32),
+        "scale": (0.5 + rng.random(channels)).astype(np.float32),
+        "bias": rng.standard_normal(channels).astype(np.float32),
+        "mean": rng.standard_normal(channels).astype(np.float32) * 0.1,
+        "var": (0.5 + rng.random(channels)).astype(np.float32),
+    }
+    nodes = [
+        helper.make_node("MaxPool", ["x"], ["pool"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+        helper.make_node("MaxPool", ["x"], ["pool_ceil"], kernel_shape=[2, 2], strides=[2, 2], ceil_mode=1),
+        helper.make_node("Conv", ["x", "w", "b"], ["conv"], pads=[1, 1, 1, 1]),
+        helper.make_node("BatchNormalization", ["conv", "scale", "bias", "mean", "var"], ["bn"]),
+        helper.make_node("Relu", ["bn"], ["relu"]),
+    ]
+    x = rng.standard_normal((1, channels, 7, 7)).astype(np.float32)
+    x[0, 0, 2, 2] = NAN
+    x[0, 1, 3, 3] = INF
+    x[0, 2, 4, 4] = -INF
+    x[0, 3] = -INF  # a whole channel of -inf: every window's max is -inf
+    x[0, 4, 6, 6] = NAN  # in the last (ceil-mode) window
+    graph = helper.make_graph(
+        nodes,
+        "nan_pool_conv",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x.shape))],
+        [helper.make_tensor_value_info(name, TensorProto.FLOAT, None) for name in ("pool", "pool_ceil", "relu")],
+        initializer=[numpy_helper.from_array(v, k) for k, v in tensors.items()],
+    )
+    _save(path, graph)
+    return path, {"x": x}
+
+
+def _save(path, graph) -> None:
+    """The model with its output shapes filled in by ONNX shape inference (bitc wants them)."""
+    model = onnx.shape_inference.infer_shapes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]))
+    path.write_bytes(model.SerializeToString())
+
+
+def _max_pool_reference(x: np.ndarray, kernel: int, stride: int, pad: int, out: int) -> np.ndarray:
+    """NCHW max-pooling in numpy: -inf padding (ONNX ignores padded cells), NaN-propagating window max."""
+    size = (out - 1) * stride + kernel
+    padded = np.full((*x.shape[:2], size, size), -INF, np.float32)
+    height = min(x.shape[2], size - pad)
+    padded[:, :, pad : pad + height, pad : pad + height] = x[:, :, :height, :height]
+    windows = [
+        [padded[:, :, i * stride : i * stride + kernel, j * stride : j * stride + kernel] for j in range(out)]
+        for i in range(out)
+    ]
+    return np.array([[np.max(w, axis=(2, 3)) for w in row] for row in windows]).transpose(2, 3, 0, 1)
+
+
+POOL_NUMPY = {
+    "pool": lambda v: _max_pool_reference(v["x"], 3, 1, 1, 7),
+    "pool_ceil": lambda v: _max_pool_reference(v["x"], 2, 2, 0, 4),
+}
+
+
+def _compiled(tmp_path_factory, make, numpy_ops) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """(bitc's outputs, the expected ones) by name: onnxruntime's, or numpy's for the ops in `numpy_ops`."""
+    root = tmp_path_factory.mktemp("nan")
+    path, inputs = make(root / "model.onnx")
+    result = bitc.compile(str(path), root / "model.bitc")
+    ours = bitc.load(result.path).run(inputs)
+    expected = dict(zip(list(ours), run_onnxruntime(path, inputs), strict=True))
+    expected.update({name: reference(inputs) for name, reference in numpy_ops.items()})
+    return ours, expected
+
+
+@pytest.fixture(scope="module")
+def op_outputs(tmp_path_factory):
+    return _compiled(tmp_path_factory, _op_model, NUMPY)
+
+
+@pytest.fixture(scope="module")
+def pool_conv_outputs(tmp_path_factory):
+    return _compiled(tmp_path_factory, _pool_conv_model, POOL_NUMPY)
+
+
+def _assert_same(ours: np.ndarray, expected: np.ndarray, name: str) -> None:
+    np.testing.assert_array_equal(np.isnan(ours), np.isnan(expected), err_msg=f"{name}: NaN positions")
+    np.testing.assert_array_equal(np.isinf(ours) * np.sign(ours), np.isinf(expected) * np.sign(expected), err_msg=name)
+    np.testing.assert_allclose(ours, expected, rtol=2e-6, atol=1e-6, equal_nan=True, err_msg=name)
+
+
+@pytest.mark.parametrize("name", list(OPS))
+def test_op_matches_onnxruntime(op_outputs, name):
+    ours, expected = op_outputs
+    _assert_same(ours[name], expected[name], name)
+
+
+@pytest.mark.parametrize("name", ["pool", "pool_ceil", "relu"])
+def test_pool_and_conv_relu_match_onnxruntime(pool_conv_outputs, name):
+    ours, expected = pool_conv_outputs
+    _assert_same(ours[name], expected[name], name)
+
+
+def test_exact_values_of_the_edge_cases(op_outputs):
+    """What IEEE says, independent of onnxruntime: the cases the fast paths used to clamp or skip."""
+    ours, _ = op_outputs
+    x = _inputs()["x"]
+    assert np.isnan(ours["relu"][0, 3]) and ours["relu"][1, 5] == INF and ours["relu"][2, 7] == 0
+    assert ours["exp"][1, 5] == INF and ours["exp"][2, 7] == 0 and ours["exp"][7, 0] == INF
+    assert ours["tanh"][4, 0] == 1 and ours["tanh"][3, 0] == -1 and np.isnan(ours["tanh"][5, 0])
+    assert ours["erf"][4, 0] == 1 and ours["erf"][3, 0] == -1 and np.isnan(ours["erf"][5, 0])
+    assert ours["reduce_max"][3, 0] == -INF and np.isnan(ours["reduce_max"][0, 0])
+    assert ours["reduce_min"][4] == INF and np.isnan(ours["reduce_min"][0])
+    assert np.isnan(ours["softmax"][0]).all() and np.isnan(ours["reduce_max_all"])
+    np.testing.assert_array_equal(ours["relu"][6], np.maximum(x[6], 0))

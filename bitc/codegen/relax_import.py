@@ -178,7 +178,8 @@ def _var_name(name: str) -> str:
 
 
 def _unsupported_message(model: ir.Model, source: str, text: str) -> str:
-    """Name each unsupported op with its domain and first node, and list what the importer does support."""
+    """Name each unsupported op with its domain and first node, and what the user can do (not the importer's
+    whole op list)."""
     listed = text.rsplit(":", 1)[-1]
     op_types = {name.strip() for name in listed.split(",") if name.strip()}
     culprits = []
@@ -186,9 +187,10 @@ def _unsupported_message(model: ir.Model, source: str, text: str) -> str:
         node = next((n for n in model.graph.all_nodes() if n.op_type == op_type), None)
         domain = (node.domain if node else "") or "ai.onnx"
         culprits.append(f"{op_type} (domain {domain}, node '{node.name if node else '?'}')")
-    supported = supported_ops()
-    hint = f"; supported ops: {', '.join(supported)}" if supported else ""
-    return f"{source}: unsupported op {', '.join(culprits)}{hint}"
+    return (
+        f"{source}: unsupported op {', '.join(culprits)}: neither TVM's ONNX importer nor an ONNX function body "
+        "lowers it; replace it in the model with standard ops (`bitc inspect` lists the model's ops)"
+    )
 
 
 def supported_ops() -> list[str]:

@@ -153,6 +153,8 @@ def _used(value: ir.Value | None, graph: ir.Graph) -> bool:
 def expand_function(model: ir.Model, node: ir.Node, opset: int) -> int:
     """Turn `node` into a call of its schema's function body (for this opset and these input types), inlined by
     onnx-ir's inliner at the end of `lower_unsupported_forms`. Returns 1, or 0 when the schema has no body."""
+    if any(attr.type in (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS) for attr in node.attributes.values()):
+        return 0  # onnx-ir's inliner cannot pass a graph attribute (SequenceMap's body) into a function
     proto = function_body(node, opset)
     if proto is None:
         return 0
@@ -189,7 +191,7 @@ def function_body(node: ir.Node, opset: int) -> onnx.FunctionProto | None:
         proto.ParseFromString(schema.get_function_with_opset_version(max(plain)))
     else:
         return None
-    if not proto.node:
+    if not proto.node or not _restamp_opset(proto, opset):
         return None
     # a context-dependent body is written for the outputs the node has: it may not produce the others it lists
     del proto.output[len(node.outputs) :]
@@ -200,6 +202,28 @@ def function_body(node: ir.Node, opset: int) -> onnx.FunctionProto | None:
         if attribute.name not in node.attributes:
             node.attributes[attribute.name] = ir.serde.deserialize_attribute(attribute)
     return proto
+
+
+def _restamp_opset(proto: onnx.FunctionProto, opset: int) -> bool:
+    """Make the body import the model's default opset (the inliner requires it), where that changes no op's
+    meaning: every op the body calls must have the same definition at both versions. False if one does not."""
+    written = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), opset)
+    if written == opset:
+        return True
+    for body_node in proto.node:
+        if body_node.domain not in ("", "ai.onnx"):
+            continue
+        try:
+            then = onnx.defs.get_schema(body_node.op_type, written, "").since_version
+            now = onnx.defs.get_schema(body_node.op_type, opset, "").since_version
+        except onnx.defs.SchemaError:
+            return False
+        if then != now:
+            return False
+    for entry in proto.opset_import:
+        if entry.domain in ("", "ai.onnx"):
+            entry.version = opset
+    return True
 
 
 def _extra_outputs_used(node: ir.Node) -> bool:

@@ -33,6 +33,10 @@ FIXED = [
     # a pass renamed the graph output (the artifact answered under another name)
     "test_rotary_embedding_expanded",
     "test_reduce_l2_keep_dims_example_expanded[const]",
+    # ops TVM's importer lacks, compiled from the spec's function body
+    "test_celu",
+    "test_attention_4d_gqa_causal",
+    "test_attention_23_boolmask_fullymasked_row_nan_robustness",
     # ConvertLayout's stack of 0-d tensors raised SIGFPE
     "test_dynamicquantizelinear_expanded",
 ]
@@ -44,6 +48,7 @@ REFUSED = [
     "test_if_seq",
     "test_split_to_sequence_2[const]",
     "test_roialign_mode_max",
+    "test_sequence_map_add_2_sequences",  # a graph attribute: no function expansion, no importer support
     "test_resize_downsample_scales_linear[const]",
     "test_resize_downsample_scales_cubic_align_corners[const]",
     "test_resize_downsample_sizes_linear_antialias[const]",

@@ -23,6 +23,7 @@ from bitc.codegen.build import build
 from bitc.codegen.target import parse_target
 from bitc.errors import BadInputError, CompileError
 from bitc.frontend import from_torch, load_onnx, normalize
+from bitc.frontend.index_ranges import input_index_ranges
 from bitc.layers import layer_table, summarize_layers
 from bitc.passes import (
     PassRecord,
@@ -134,7 +135,7 @@ def compile(
         "format_version": FORMAT_VERSION,
         "entry": "main",
         "source": {"name": source, "sha256": source_sha},
-        "inputs": [_spec(v, "input") for v in ir_model.graph.inputs],
+        "inputs": _input_specs(ir_model),
         "outputs": [_spec(v, "output") for v in ir_model.graph.outputs],
         "target": build_target.to_manifest(),
         "versions": _versions(ir_model),
@@ -246,6 +247,16 @@ def _io_shape(value: ir.Value, role: str, shape: list[int]) -> list[int]:
     if 0 in shape:
         raise CompileError(f"{role} '{value.name}' has shape {shape} with no elements: bitc cannot build it")
     return shape
+
+
+def _input_specs(model: ir.Model) -> list[dict[str, Any]]:
+    """The inputs' specs; an input that indexes a tensor carries its valid range, checked by the runtime."""
+    ranges = input_index_ranges(model)
+    specs = [_spec(v, "input") for v in model.graph.inputs]
+    for spec in specs:
+        if spec["name"] in ranges:
+            spec["index_range"] = ranges[spec["name"]]
+    return specs
 
 
 def _spec(value: ir.Value, role: str) -> dict[str, Any]:

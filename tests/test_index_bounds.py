@@ -4,6 +4,7 @@ in a CUDA build's kernels; constants out of range are refused at compile time.""
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import subprocess
 import sys
@@ -104,6 +105,26 @@ def test_out_of_range_index_fails_the_call_naming_the_node(index_model, name, ba
         model.run(_feeds(**{name: values}))
     assert "\n" not in str(caught.value)
     np.testing.assert_array_equal(model.run(_feeds())["embedded"], TABLE[[1, -1, 9, -10]])  # the model still works
+
+
+def test_inputs_that_index_a_gather_carry_their_range_and_are_checked_before_any_kernel(index_model):
+    model = bitc.load(index_model[1])
+    ranges = {spec.name: spec.index_range for spec in model.inputs if spec.index_range is not None}
+    assert {name: (r.low, r.high) for name, r in ranges.items()} == {
+        "ids": (-10, 10),
+        "cols": (-5, 5),
+        "elements": (-4, 4),
+    }
+    assert ranges["ids"].node == "Gather 'embedding' on axis 0"
+
+
+def test_the_compiled_check_still_guards_an_input_the_host_does_not_check(index_model):
+    """Without the manifest's range (an older artifact, or a path the host check does not follow), the kernel's
+    own check refuses the index."""
+    model = bitc.load(index_model[1])
+    model.inputs = [dataclasses.replace(spec, index_range=None) for spec in model.inputs]
+    with pytest.raises(BitcError, match=r"index out of range in Gather 'embedding' on axis 0: valid \[-10, 10\)"):
+        model.run(_feeds(ids=np.array([1, 2, 3, 10], np.int64)))
 
 
 def test_every_index_from_data_gets_one_check_and_constant_shape_gathers_none():

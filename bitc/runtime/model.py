@@ -23,10 +23,30 @@ MAX_TENSOR_BYTES = 2**36  # a manifest's tensor spec larger than 64 GiB is refus
 
 
 @dataclass(frozen=True)
+class IndexRange:
+    """An input's values index a tensor: low <= value < high, else `node` (op, name, axis) would read out of
+    bounds."""
+
+    low: int
+    high: int
+    node: str
+
+    @classmethod
+    def from_json(cls, entry: Any) -> IndexRange:
+        if not isinstance(entry, Mapping):
+            raise TypeError(f"an index range is an object, got {type(entry).__name__}")
+        low, high, node = entry["low"], entry["high"], entry["node"]
+        if type(low) is not int or type(high) is not int or not isinstance(node, str) or low >= high:
+            raise ValueError(f"index range {str(dict(entry))[:120]} is not low < high (integers) and a node name")
+        return cls(low, high, node)
+
+
+@dataclass(frozen=True)
 class TensorSpec:
     name: str
     shape: tuple[int, ...]
     dtype: str
+    index_range: IndexRange | None = None
 
     @classmethod
     def from_json(cls, entry: Mapping[str, Any]) -> TensorSpec:
@@ -38,7 +58,8 @@ class TensorSpec:
             raise TypeError(f"name and dtype must be strings, got {type(name).__name__} and {type(dtype).__name__}")
         if not isinstance(shape, list) or not all(type(d) is int for d in shape):
             raise ValueError(f"shape of '{name[:80]}' must be a list of integers, got {str(shape)[:80]}")
-        return cls(name, tuple(shape), dtype)
+        index_range = IndexRange.from_json(entry["index_range"]) if "index_range" in entry else None
+        return cls(name, tuple(shape), dtype, index_range)
 
     def __str__(self) -> str:
         return f"{self.name}: {self.dtype}[{', '.join(map(str, self.shape))}]"
@@ -283,7 +304,22 @@ def _checked(spec: TensorSpec, value: Any) -> np.ndarray:
         raise BadInputError(f"input '{spec.name}': dtype {array.dtype}, expected {spec.dtype}")
     if array.shape != spec.shape:
         raise BadInputError(f"input '{spec.name}': shape {list(array.shape)}, expected {list(spec.shape)}")
+    if spec.index_range is not None:
+        _check_index_range(spec, array, spec.index_range)
     return array
+
+
+def _check_index_range(spec: TensorSpec, array: np.ndarray, valid: IndexRange) -> None:
+    """Refuse, before any kernel runs, an index input with a value outside what its Gather can read."""
+    if array.size == 0:
+        return
+    outside = (array < valid.low) | (array >= valid.high)
+    if outside.any():
+        at = tuple(int(i) for i in np.argwhere(outside)[0])
+        raise BadInputError(
+            f"input '{spec.name}': index out of range in {valid.node}: valid [{valid.low}, {valid.high}), got "
+            f"{array[at]} at {list(at)}"
+        )
 
 
 def aligned_zeros(shape: tuple[int, ...], dtype: Any) -> np.ndarray:

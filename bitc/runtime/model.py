@@ -36,8 +36,9 @@ class IndexRange:
         if not isinstance(entry, Mapping):
             raise TypeError(f"an index range is an object, got {type(entry).__name__}")
         low, high, node = entry["low"], entry["high"], entry["node"]
-        if type(low) is not int or type(high) is not int or not isinstance(node, str) or low >= high:
-            raise ValueError(f"index range {str(dict(entry))[:120]} is not low < high (integers) and a node name")
+        integers = type(low) is int and type(high) is int
+        if not integers or not isinstance(node, str) or not -(2**63) <= low < high <= 2**63:
+            raise ValueError(f"index range {str(dict(entry))[:120]} is not int64 bounds low < high and a node name")
         return cls(low, high, node)
 
 

@@ -37,6 +37,8 @@ FIXED = [
     "test_celu",
     "test_attention_4d_gqa_causal",
     "test_attention_23_boolmask_fullymasked_row_nan_robustness",
+    # a float16 conv summed in float16 was 2 ulp off: accumulates in float32 now
+    "test_causal_conv_with_state_silu_fp16_expanded",
     # ConvertLayout's stack of 0-d tensors raised SIGFPE
     "test_dynamicquantizelinear_expanded",
 ]
@@ -48,7 +50,10 @@ REFUSED = [
     "test_if_seq",
     "test_split_to_sequence_2[const]",
     "test_roialign_mode_max",
-    "test_sequence_map_add_2_sequences",  # a graph attribute: no function expansion, no importer support
+    "test_sequence_map_add_2_sequences",
+    # output shapes that depend on input values: refused at compile time, not when the artifact runs
+    "test_expand_dim_changed",
+    "test_nonmaxsuppression_two_batches",  # a graph attribute: no function expansion, no importer support
     "test_resize_downsample_scales_linear[const]",
     "test_resize_downsample_scales_cubic_align_corners[const]",
     "test_resize_downsample_sizes_linear_antialias[const]",

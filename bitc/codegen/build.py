@@ -11,7 +11,7 @@ from typing import Any
 import onnx_ir as ir
 
 from bitc.atomic import process_temp_dir
-from bitc.codegen import fast_math, lowbit_kernels, nan_semantics, nchwc, tuning
+from bitc.codegen import fast_math, half_accumulation, lowbit_kernels, nan_semantics, nchwc, tuning
 from bitc.codegen.bitc_relax import KernelTarget, cancel_layout_round_trips
 from bitc.codegen.cpu_schedules import default_schedule_pass
 from bitc.codegen.fold_call_tir import fold_call_tir_pass
@@ -42,6 +42,7 @@ def lower_to_fused_tir(mod: Any, target: CpuTarget) -> tuple[Any, str]:
 
     with target.tvm():
         mod = nchwc.clip_to_relax_ops(mod)  # whether or not the layout changes: their legalization keeps NaN
+        mod = half_accumulation.accumulate_half_in_float(mod)
         try:
             mod, conv_layout = nchwc.convert_conv_layout(mod, block=target.vector_lanes), "blocked"
         except Exception as exc:

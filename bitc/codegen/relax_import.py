@@ -24,8 +24,33 @@ def to_relax(model: ir.Model, source: str = "model", target: bitc_relax.KernelTa
     onnx_support.check_supported(model, source)
     ir.external_data.load_to_model(model)  # TVM would resolve external paths from the working directory
     if not any(bitc_relax.is_custom(node, target) for node in model.graph):
-        return _from_onnx(ir.to_proto(model), model, source)
-    return _import_mixed(model, source, target)
+        mod = _from_onnx(ir.to_proto(model), model, source)
+    else:
+        mod = _import_mixed(model, source, target)
+    check_output_shapes(mod, model, source)
+    return mod
+
+
+def check_output_shapes(mod: Any, model: ir.Model, source: str) -> None:
+    """Refuse a model whose compiled outputs do not have the static shapes the artifact promises: the importer
+    left a shape data-dependent (NonMaxSuppression's box count, an Expand to a run-time shape), so the artifact
+    could only fail when it runs, or return a shape nobody checked."""
+    from tvm import relax
+
+    returned = mod["main"].ret_ty
+    fields = list(returned.fields) if isinstance(returned, relax.TupleType) else [returned]
+    for value, field in zip(model.graph.outputs, fields, strict=False):
+        expected = [int(d) if isinstance(d, int) else None for d in (value.shape or [])]
+        shape = getattr(field, "shape", None)
+        values = getattr(shape, "values", None)
+        compiled = [_static_dim(d) for d in values or []]
+        if values is None or None in compiled or compiled != expected:
+            got = "a shape known only at run time" if values is None or None in compiled else f"shape {compiled}"
+            raise BadInputError(
+                f"{source}: output '{value.name}' would have {got} in the compiled code, not {expected}: its shape "
+                "depends on input values (e.g. NonMaxSuppression's box count, Expand or Reshape to a run-time "
+                "shape); bitc artifacts have static output shapes"
+            )
 
 
 def _from_onnx(proto: onnx.ModelProto, model: ir.Model, source: str) -> Any:
@@ -59,6 +84,14 @@ def _identifier_inputs(proto: onnx.ModelProto) -> onnx.ModelProto:
     for value in proto.graph.output:  # an input passed straight through
         value.name = renames.get(value.name, value.name)
     return proto
+
+
+def _static_dim(dim: Any) -> int | None:
+    """A Relax shape dimension as an int (an IntImm or int), None when it is symbolic."""
+    if isinstance(dim, int):
+        return dim
+    value = getattr(dim, "value", None)
+    return int(value) if isinstance(value, int) else None
 
 
 def _fresh(name: str, taken: set[str]) -> str:

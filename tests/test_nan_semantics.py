@@ -197,3 +197,18 @@ def test_exact_values_of_the_edge_cases(op_outputs):
     assert ours["reduce_min"][4] == INF and np.isnan(ours["reduce_min"][0])
     assert np.isnan(ours["softmax"][0]).all() and np.isnan(ours["reduce_max_all"])
     np.testing.assert_array_equal(ours["relu"][6], np.maximum(x[6], 0))
+
+
+def test_clip_takes_bounds_given_as_python_numbers():
+    """The importer's HardSigmoid / Relu6 pass clip bounds the FFI hands over as Python ints: cast to the data's dtype."""
+    import tvm
+    from tvm import te
+
+    from bitc.codegen.nan_semantics import clip
+
+    data = te.placeholder((6,), "float32", name="x")
+    func = tvm.compile(te.create_prim_func([data, clip(data, 0, 1)]), target="llvm")
+    x = np.array([-2.0, 0.25, 0.5, 3.0, NAN, -INF], np.float32)
+    out = tvm.runtime.tensor(np.zeros(6, np.float32))
+    func(tvm.runtime.tensor(x), out)
+    np.testing.assert_array_equal(out.numpy(), [0.0, 0.25, 0.5, 1.0, NAN, 0.0])

@@ -136,11 +136,20 @@ def _is_one(dim: Any) -> bool:
     return isinstance(dim, int | tirx.IntImm) and int(dim) == 1
 
 
+def _as_dtype(bound: Any, dtype: str) -> Any:
+    """A clip bound in the data's dtype; the FFI hands constant bounds over as Python numbers."""
+    from tvm import tirx
+
+    if isinstance(bound, int | float):
+        return tirx.const(bound, dtype)
+    return bound if bound.dtype == dtype else tirx.Cast(dtype, bound)
+
+
 def clip(data: Any, low: Any, high: Any) -> Any:
     """`x < lo ? lo : (x > hi ? hi : x)`: NaN passes through, as in ONNX Clip."""
     from tvm import te, tirx
 
-    low, high = (tirx.Cast(data.dtype, bound) if bound.dtype != data.dtype else bound for bound in (low, high))
+    low, high = (_as_dtype(bound, data.dtype) for bound in (low, high))
 
     def element(*i: Any) -> Any:
         x = data(*i)

@@ -200,7 +200,7 @@ def test_exact_values_of_the_edge_cases(op_outputs):
 
 
 def test_clip_takes_bounds_given_as_python_numbers():
-    """The importer's HardSigmoid / Relu6 pass clip bounds the FFI hands over as Python ints: cast to the data's dtype."""
+    """HardSigmoid / Relu6 come with clip bounds the FFI hands over as Python ints: cast to the data dtype."""
     import tvm
     from tvm import te
 

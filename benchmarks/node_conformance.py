@@ -1,4 +1,8 @@
-"""Run onnx's backend node tests through bitc and classify each: PASS, WRONG, REFUSED or CRASH.
+"""Run onnx's backend node tests through `bitc.backend` and classify each: PASS, WRONG, REFUSED or CRASH.
+
+Each case is prepared and run the way onnx's BackendTest runner does (inputs in graph order, every data set);
+`--engine onnxruntime` runs the same cases through onnxruntime's backend for the side-by-side count, and
+`--strict` makes bitc compile one artifact that takes shape-like inputs at run time (see `bitc.backend`).
 
 PASS: every output matches onnx's expected data the way onnx's own backend runner compares them (count, shape,
 dtype, values within rtol/atol, NaN at the same places). REFUSED: bitc raised its own one-line error (compile or
@@ -6,6 +10,7 @@ run). WRONG: it ran and the numbers differ, the worst outcome. CRASH: any other 
 Each case runs in a forked child so a segfault or a hang is one CRASH, not the end of the run.
 
     python3 benchmarks/node_conformance.py --filter 'layer_norm|space_to_depth' --jobs 1 [-v]
+    python3 benchmarks/node_conformance.py --jobs 2 > bitc.txt; ... --engine onnxruntime > onnxruntime.txt
 """
 
 from __future__ import annotations
@@ -138,35 +143,34 @@ def _first_mismatch(out: np.ndarray, ref: np.ndarray) -> str:
     return f"{int(bad.sum())}/{out.size} elements, first at {at}: got {out[at]!r}, expected {ref[at]!r}"
 
 
-def run_case(case: Any, workdir: Path) -> Outcome:
-    """Compile the case's model for the CPU with the first data set's input shapes, run every data set."""
-    import bitc
+def run_case(case: Any, engine: str = "bitc", strict: bool = False) -> Outcome:
+    """Prepare the case's model with the engine's ONNX backend (`bitc.backend`, or onnxruntime's for the side
+    by side count) and run every data set, the way onnx's BackendTest runner does. `strict`: bitc compiles one
+    artifact that takes every input at run time (no per-value specialisation of shape-like inputs)."""
     from bitc.errors import BitcError
 
     start = time.perf_counter()
-    stem = case.name.replace("[const]", "_const")
-    path = workdir / f"{stem}.onnx"
-    onnx.save(case.model, path)
-    inputs, _ = case.data_sets[0]
-    shapes = {
-        value.name: list(np.shape(array))
-        for value, array in zip(case.model.graph.input, inputs, strict=True)
-        if isinstance(array, np.ndarray) and np.ndim(array) and not _static(value)
-    }
     stage = "compile"
     try:
-        artifact = workdir / f"{stem}.bitc"
-        bitc.compile(str(path), artifact, target="cpu", input_shapes=shapes or None)
+        if engine == "onnxruntime":
+            import onnxruntime.backend as backend
+
+            refusals: tuple[type[BaseException], ...] = (Exception,)
+            rep = backend.prepare(case.model, "CPU")
+        else:
+            import bitc.backend as backend
+
+            refusals = (BitcError,)
+            rep = backend.prepare(case.model, "CPU", specialize_shape_inputs=not strict)
         stage = "run"
-        model = bitc.load(artifact)
         for feeds, expected in case.data_sets:
-            result = model.run(dict(zip([v.name for v in case.model.graph.input], feeds, strict=True)))
-            actual = [result[value.name] for value in case.model.graph.output]
+            actual = list(rep.run(list(feeds)))
             diff = compare(expected, actual, case.rtol, case.atol)
             if diff:
                 return Outcome(case.name, "WRONG", diff, time.perf_counter() - start)
-    except BitcError as exc:
-        return Outcome(case.name, "REFUSED", f"{stage}: {type(exc).__name__}: {exc}", time.perf_counter() - start)
+    except refusals as exc:  # bitc's own one-line errors; any error onnxruntime raises for its count
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        return Outcome(case.name, "REFUSED", f"{stage}: {type(exc).__name__}: {detail}", time.perf_counter() - start)
     except Exception as exc:
         where = traceback.extract_tb(exc.__traceback__)[-1]
         detail = f"{stage}: {type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
@@ -174,24 +178,17 @@ def run_case(case: Any, workdir: Path) -> Outcome:
     return Outcome(case.name, "PASS", "", time.perf_counter() - start)
 
 
-def _static(value: onnx.ValueInfoProto) -> bool:
-    """Whether a graph input declares every dimension (only the others get their shape from the test data)."""
-    dims = value.type.tensor_type.shape.dim
-    return value.type.tensor_type.HasField("shape") and all(d.HasField("dim_value") for d in dims)
-
-
-def _child(case: Any, conn: Any) -> None:
-    with tempfile.TemporaryDirectory(prefix="bitc-node-") as tmp:
-        conn.send(run_case(case, Path(tmp)))
+def _child(case: Any, conn: Any, engine: str, strict: bool) -> None:
+    conn.send(run_case(case, engine, strict))
     conn.close()
 
 
-def run_isolated(case: Any, timeout: float) -> Outcome:
+def run_isolated(case: Any, timeout: float, engine: str = "bitc", strict: bool = False) -> Outcome:
     """`run_case` in a forked child: a signal or a hang becomes a CRASH outcome."""
     context = multiprocessing.get_context("fork")
     receive, send = context.Pipe(duplex=False)
     start = time.perf_counter()
-    process = context.Process(target=_child, args=(case, send), daemon=True)
+    process = context.Process(target=_child, args=(case, send, engine, strict), daemon=True)
     process.start()
     send.close()
     outcome = None
@@ -214,16 +211,18 @@ def run_isolated(case: Any, timeout: float) -> Outcome:
     return Outcome(case.name, "CRASH", reason, elapsed)
 
 
-def run_all(cases: Sequence[Any], jobs: int = 1, timeout: float = 300) -> Iterable[Outcome]:
+def run_all(
+    cases: Sequence[Any], jobs: int = 1, timeout: float = 300, engine: str = "bitc", strict: bool = False
+) -> Iterable[Outcome]:
     """Outcomes in completion order, `jobs` cases at a time."""
     if jobs <= 1:
         for case in cases:
-            yield run_isolated(case, timeout)
+            yield run_isolated(case, timeout, engine, strict)
         return
     from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(jobs) as pool:
-        yield from pool.map(lambda case: run_isolated(case, timeout), cases)
+        yield from pool.map(lambda case: run_isolated(case, timeout, engine, strict), cases)
 
 
 def print_totals(outcomes: Sequence[Outcome], ops: dict[str, str]) -> None:
@@ -260,15 +259,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--exclude", help="regular expression on the test name of cases to leave out")
     parser.add_argument("--jobs", type=int, default=1, help="cases compiled at once (default 1)")
     parser.add_argument("--timeout", type=float, default=300, help="seconds per case before it counts as CRASH")
+    parser.add_argument("--engine", choices=("bitc", "onnxruntime"), default="bitc", help="backend to run")
+    parser.add_argument(
+        "--strict",
+        action="store_true",
+        help="bitc: one artifact taking every input at run time (no per-value specialisation of shape-like "
+        "inputs), plus each case's variant with those inputs as initializers ('[const]')",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="print PASS lines too")
     args = parser.parse_args(argv)
     os.environ.setdefault("TVM_NUM_THREADS", "1")
-    warm_up()
-    cases = load_cases(args.filter, args.exclude)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    if args.engine == "bitc":
+        warm_up()
+    cases = load_cases(args.filter, args.exclude, constant_variants=args.strict)
     ops = {case.name: op_of(case) for case in cases}
     print(f"{len(cases)} cases", flush=True)
     outcomes = []
-    for outcome in run_all(cases, args.jobs, args.timeout):
+    for outcome in run_all(cases, args.jobs, args.timeout, args.engine, args.strict):
         outcomes.append(outcome)
         if args.verbose or outcome.status != "PASS":
             print(f"{outcome.status:<8} {outcome.name} ({outcome.seconds:.1f} s) {outcome.detail}", flush=True)

@@ -57,8 +57,10 @@ class BitcRep(BackendRep):
         self._specialized = _shape_like_inputs(model) if self._options.pop("specialize_shape_inputs", True) else set()
         self._compiled: dict[Key, bitc.Model] = {}
         self._count = 0
-        if not self._specialized and all(_static_shape(value) is not None for value in self._inputs):
-            self._compiled_for((tuple(_static_shape(value) for value in self._inputs),), {})
+        shapes = [_static_shape(value) for value in self._inputs]
+        non_tensor = any(not value.type.HasField("tensor_type") for value in self._inputs)
+        if non_tensor or (not self._specialized and None not in shapes):  # refusals surface in prepare
+            self._compiled_for((tuple(shape or () for shape in shapes),), {})
 
     @property
     def input_names(self) -> list[str]:

@@ -106,7 +106,17 @@ def _rounded(source: np.ndarray, rounding: str, size: int) -> np.ndarray:
     return np.clip(picked, 0, size - 1)
 
 
+def _string_constant(node: ir.Node) -> str | None:
+    """TVM's importer turns a string Constant into a zero: refuse rather than compute with it."""
+    value = node.attributes.get("value")
+    strings = value is not None and value.type == ir.AttributeType.TENSOR and value.value.dtype == ir.DataType.STRING
+    if strings or any(name in node.attributes for name in ("value_string", "value_strings")):
+        return "string constants have no tensor form in compiled code"
+    return None
+
+
 CHECKS: dict[str, Check] = {
+    "Constant": _string_constant,
     "Dropout": _random_dropout,
     "RoiAlign": _roi_align_max,
     "Resize": _resize,

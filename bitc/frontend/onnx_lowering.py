@@ -494,7 +494,33 @@ def _reduce_mean(b: Builder, x: ir.Value, axes: list[int]) -> ir.Value:
     return b.op("ReduceMean", x, axes=axes, keepdims=1)
 
 
+_CONSTANT_FORMS = {"value_float": np.float32, "value_floats": np.float32, "value_int": np.int64, "value_ints": np.int64}
+
+
+def _constant_without_tensor(node: ir.Node) -> bool:
+    return any(name in node.attributes for name in _CONSTANT_FORMS)
+
+
+def lower_constant_attributes(model: ir.Model) -> int:
+    """Rewrite the main graph's Constant(value_int(s)/value_float(s)) nodes; returns how many (the constant
+    folder writes Shape and Size results that way, after the frontend's rules ran)."""
+    opset = model.opset_imports.get("", 1)
+    nodes = [node for node in model.graph if node.op_type == "Constant" and _constant_without_tensor(node)]
+    for node in nodes:
+        _replace(model.graph, node, _lower_constant(Builder(model.graph, node, opset), node))
+    return len(nodes)
+
+
+def _lower_constant(b: Builder, node: ir.Node) -> list[ir.Value | None] | None:
+    """Constant(value_int(s)/value_float(s)) as Constant(value=tensor): the importer reads only `value` (the
+    folder writes Shape and Size results this way)."""
+    name, dtype = next((name, dtype) for name, dtype in _CONSTANT_FORMS.items() if name in node.attributes)
+    array = np.asarray(node.attributes[name].value, dtype=dtype)
+    return [b.op("Constant", value=ir.tensor(array))]
+
+
 RULES: dict[str, Rule] = {
+    "Constant": Rule(_constant_without_tensor, _lower_constant),
     "BatchNormalization": Rule(_training_mode, _lower_batchnorm_training),
     "ConvTranspose": Rule(_has_output_shape, _lower_conv_transpose),
     "Mod": Rule(_float_floor_mod, _lower_float_floor_mod),

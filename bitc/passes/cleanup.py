@@ -12,6 +12,7 @@ from onnxscript.optimizer._constant_folding import FoldConstantsPass
 from onnxscript.rewriter import RewritePass
 from onnxscript.rewriter.rules import common as rules
 
+from bitc.frontend import onnx_lowering
 from bitc.graph_edit import add_initializer
 from bitc.passes.registry import register
 
@@ -47,7 +48,8 @@ class FoldConstants(ir.passes.InPlacePass):
         if filled:  # the fills' shape constants are unused now
             common.RemoveUnusedNodesPass()(model)
         common.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0)(model)
-        return ir.passes.PassResult(model, result.modified or filled)
+        rewritten = onnx_lowering.lower_constant_attributes(model)  # constant outputs the lift leaves
+        return ir.passes.PassResult(model, result.modified or filled or bool(rewritten))
 
 
 def _materialize_constant_fills(model: ir.Model, limit: int) -> bool:

@@ -17,6 +17,9 @@ _spec.loader.exec_module(conformance)
 
 # Each was WRONG before its lowering in bitc.frontend.onnx_lowering.
 FIXED = [
+    "test_rotary_embedding_interleaved",  # context-dependent bodies built from typed, shaped inputs
+    "test_causal_conv_with_state_silu",
+    "test_sce_mean_weight_ii_log_prob",  # a body calling another context-dependent body (NLLLoss)
     "test_shape_example",  # the folder's Constant(value_ints), now a tensor Constant the importer reads
     "test_size",
     "test_isinf_positive",

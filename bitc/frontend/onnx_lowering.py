@@ -106,7 +106,17 @@ def expand_missing_ops(model: ir.Model, opset: int) -> int:
             break
         expanded += count
         _inline_expansions(model)
+        _infer_types(model)  # a nested function's context-dependent body is built from its inputs' types
     return expanded
+
+
+def _infer_types(model: ir.Model) -> None:
+    """Types and shapes for the values an inlined body introduced (best effort: a model ONNX's inference cannot
+    handle keeps what it has)."""
+    try:
+        common.ShapeInferencePass()(model)
+    except Exception:  # inference is an aid here; the importer reports real problems
+        return
 
 
 def importer_ops() -> set[str]:
@@ -181,7 +191,9 @@ def function_body(node: ir.Node, opset: int) -> onnx.FunctionProto | None:
     plain = [v for v in schema.function_opset_versions if v <= opset]
     dependent = [v for v in schema.context_dependent_function_opset_versions if v <= opset]
     if dependent and (not plain or max(dependent) >= max(plain)):
-        types = [ir.serde.serialize_type(v.type) if v is not None and v.type else onnx.TypeProto() for v in node.inputs]
+        inputs = node.inputs
+        # with shapes: bodies such as RotaryEmbedding's are built for the input's rank (empty without it)
+        types = [ir.serde.serialize_value(v).type if v is not None and v.type else onnx.TypeProto() for v in inputs]
         proto.ParseFromString(
             schema.get_context_dependent_function_with_opset_version(
                 max(dependent), node_proto.SerializeToString(), [t.SerializeToString() for t in types]

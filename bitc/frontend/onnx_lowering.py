@@ -500,10 +500,25 @@ def _lower_batchnorm_training(b: Builder, node: ir.Node) -> list[ir.Value | None
 
 
 def _reduce_mean(b: Builder, x: ir.Value, axes: list[int]) -> ir.Value:
-    """ReduceMean keeping dims, with the axes where this opset wants them (an input from opset 18 on)."""
+    return _reduce(b, "ReduceMean", x, axes)
+
+
+def _reduce(b: Builder, op_type: str, x: ir.Value, axes: list[int]) -> ir.Value:
+    """A reduction keeping dims, with the axes where this opset wants them (an input from opset 18 on)."""
     if b.opset >= 18:
-        return b.op("ReduceMean", x, b.const(axes, np.int64), keepdims=1)
-    return b.op("ReduceMean", x, axes=axes, keepdims=1)
+        return b.op(op_type, x, b.const(axes, np.int64), keepdims=1)
+    return b.op(op_type, x, axes=axes, keepdims=1)
+
+
+def _lower_lp_normalization(b: Builder, node: ir.Node) -> list[ir.Value | None] | None:
+    """x / ||x||_p along `axis` (p 1 or 2), and 0 where the norm is 0, as ONNX's reference and onnxruntime do."""
+    p = node.attributes.get_int("p", 2)
+    x = node.inputs[0]
+    if p not in (1, 2) or x is None or x.dtype is None:
+        return None
+    norm = _reduce(b, "ReduceL1" if p == 1 else "ReduceL2", x, [node.attributes.get_int("axis", -1)])
+    zero = b.const(np.zeros((), x.dtype.numpy()))
+    return [b.op("Where", b.op("Equal", norm, zero), zero, b.op("Div", x, norm))]
 
 
 _CONSTANT_FORMS = {"value_float": np.float32, "value_floats": np.float32, "value_int": np.int64, "value_ints": np.int64}
@@ -533,6 +548,7 @@ def _lower_constant(b: Builder, node: ir.Node) -> list[ir.Value | None] | None:
 
 RULES: dict[str, Rule] = {
     "Constant": Rule(_constant_without_tensor, _lower_constant),
+    "LpNormalization": Rule(_always, _lower_lp_normalization),
     "BatchNormalization": Rule(_training_mode, _lower_batchnorm_training),
     "ConvTranspose": Rule(_has_output_shape, _lower_conv_transpose),
     "Mod": Rule(_float_floor_mod, _lower_float_floor_mod),

@@ -31,6 +31,7 @@ def default_schedule_pass(num_cores: int, lanes: int) -> Any:
                 continue
             scheduled = (
                 binary_schedules.schedule(func, num_cores)
+                or _try(schedule_lanewise_reduction, func, num_cores, lanes)
                 or _try(schedule_anchor, func, num_cores, lanes)
                 or _try(schedule_elementwise, func, num_cores, lanes)
             )
@@ -127,6 +128,73 @@ def schedule_anchor(func: Any, num_cores: int, vector_lanes: int) -> Any | None:
         for loop in reduce:
             sch.unroll(loop)
     return sch.mod["main"]
+
+
+def schedule_lanewise_reduction(func: Any, num_cores: int, vector_lanes: int) -> Any | None:
+    """A lane-wise max / min (`nan_semantics.lanewise_reduce`): output rows in parallel; in each row a vector of
+    partial results stays in registers while the chunk loop runs (the lane loop innermost and vectorised), then
+    its lanes and the row's tail are reduced under the same row loop."""
+    from tvm.s_tir import Schedule
+
+    from bitc.codegen.nan_semantics import LANE_PARTIAL, LANE_TAIL
+
+    sch = Schedule(_module(func))
+    named = {sch.get(b).name_hint: b for b in _blocks(sch)}
+    partial = named.get(LANE_PARTIAL)
+    if partial is None:
+        return None
+    for producer in sch.get_producers(partial):
+        _try(sch.compute_inline, producer, ok=True)
+    (final,) = sch.get_consumers(partial)
+    row = _row_loop(sch, final)
+    if row is not None:
+        for block in (named.get(LANE_TAIL), partial):
+            if block is not None:
+                sch.compute_at(block, row, preserve_unit_loops=True)
+        for epilogue in sch.get_consumers(final):  # fused elementwise consumers of the result
+            _try(sch.reverse_compute_at, epilogue, row, ok=True)
+        if num_cores > 1 and int(sch.get(row).extent) >= 2:
+            sch.parallel(row)
+    first_reduce = _vectorize_lanes(sch, partial, vector_lanes)
+    init = sch.decompose_reduction(partial, first_reduce)
+    _vectorize_innermost(sch, init, vector_lanes)
+    return sch.mod["main"]
+
+
+def _row_loop(sch: Any, block: Any) -> Any | None:
+    """The block's spatial loops fused into one (None for a single output value)."""
+    from tvm import tirx
+
+    iter_vars = sch.get(block).iter_vars
+    loops = sch.get_loops(block)
+    spatial = [lp for lp, iv in zip(loops, iter_vars, strict=True) if iv.iter_type == tirx.IterVar.DataPar]
+    return sch.fuse(*spatial) if len(spatial) > 1 else spatial[0] if spatial else None
+
+
+def _vectorize_lanes(sch: Any, partial: Any, vector_lanes: int) -> Any:
+    """Reduction loops outside, the lane loop inside and vectorised; returns the outermost reduction loop."""
+    from tvm import tirx
+
+    kinds = [iv.iter_type for iv in sch.get(partial).iter_vars]
+    loops = sch.get_loops(partial)[-len(kinds) :]  # one per block variable, row dims included (unit after compute_at)
+    reduce = [lp for lp, kind in zip(loops, kinds, strict=True) if kind == tirx.IterVar.CommReduce]
+    lane = [lp for lp, kind in zip(loops, kinds, strict=True) if kind == tirx.IterVar.DataPar][-1]
+    sch.reorder(*reduce, lane)
+    _vectorize_loop(sch, lane, vector_lanes)
+    return reduce[0]
+
+
+def _vectorize_innermost(sch: Any, block: Any, vector_lanes: int) -> None:
+    _vectorize_loop(sch, sch.get_loops(block)[-1], vector_lanes)
+
+
+def _vectorize_loop(sch: Any, loop: Any, vector_lanes: int) -> None:
+    """Vectorise `loop`; one longer than a vector register as unrolled register-sized vectors."""
+    extent = int(sch.get(loop).extent)
+    if extent > vector_lanes and extent % vector_lanes == 0:
+        outer, loop = sch.split(loop, [None, vector_lanes])
+        sch.unroll(outer)
+    sch.vectorize(loop)
 
 
 def schedule_elementwise(func: Any, num_cores: int, lanes: int) -> Any | None:

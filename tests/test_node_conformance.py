@@ -17,6 +17,9 @@ _spec.loader.exec_module(conformance)
 
 # Each was WRONG before its lowering in bitc.frontend.onnx_lowering.
 FIXED = [
+    "test_pow_types_int64_float32",  # mixed-type Pow: exponent cast, integer bases raised in float64
+    "test_pow_types_float32_int32",
+    "test_rms_normalization_3d_axis0_epsilon",  # leading-axis RMSNormalization from its function body
     "test_l2normalization_axis_0",  # LpNormalization lowered, 0 where the norm is 0
     "test_l1normalization_axis_last",
     "test_rotary_embedding_interleaved",  # context-dependent bodies built from typed, shaped inputs

@@ -510,6 +510,31 @@ def _reduce(b: Builder, op_type: str, x: ir.Value, axes: list[int]) -> ir.Value:
     return b.op(op_type, x, axes=axes, keepdims=1)
 
 
+def _normalizes_more_than_last_axis(node: ir.Node) -> bool:
+    """TVM's rms_norm indexes its scale by the last axis only; a leading `axis` fails in its compute."""
+    x = node.inputs[0] if node.inputs else None
+    axis = node.attributes.get_int("axis", -1)
+    return x is None or x.shape is None or axis % len(x.shape) != len(x.shape) - 1
+
+
+def _mixed_type_pow(node: ir.Node) -> bool:
+    base, exponent = [*node.inputs, None, None][:2]
+    return base is not None and exponent is not None and base.dtype != exponent.dtype
+
+
+def _lower_mixed_type_pow(b: Builder, node: ir.Node) -> list[ir.Value | None] | None:
+    """Pow with an exponent of another type: a float base takes the exponent in its type; an integer base is
+    raised in float64 and truncated back, as ONNX's reference (numpy's power, then astype)."""
+    base, exponent = node.inputs[0], node.inputs[1]
+    if base.dtype is None or exponent.dtype is None:
+        return None
+    if base.dtype.is_floating_point():
+        return [b.op("Pow", base, b.op("Cast", exponent, to=base.dtype))]
+    wide = ir.DataType.DOUBLE
+    power = b.op("Pow", b.op("Cast", base, to=wide), b.op("Cast", exponent, to=wide))
+    return [b.op("Cast", power, to=base.dtype)]
+
+
 def _lower_lp_normalization(b: Builder, node: ir.Node) -> list[ir.Value | None] | None:
     """x / ||x||_p along `axis` (p 1 or 2), and 0 where the norm is 0, as ONNX's reference and onnxruntime do."""
     p = node.attributes.get_int("p", 2)
@@ -549,6 +574,8 @@ def _lower_constant(b: Builder, node: ir.Node) -> list[ir.Value | None] | None:
 RULES: dict[str, Rule] = {
     "Constant": Rule(_constant_without_tensor, _lower_constant),
     "LpNormalization": Rule(_always, _lower_lp_normalization),
+    "RMSNormalization": Rule(_normalizes_more_than_last_axis, lambda b, node: None),
+    "Pow": Rule(_mixed_type_pow, _lower_mixed_type_pow),
     "BatchNormalization": Rule(_training_mode, _lower_batchnorm_training),
     "ConvTranspose": Rule(_has_output_shape, _lower_conv_transpose),
     "Mod": Rule(_float_floor_mod, _lower_float_floor_mod),
@@ -561,4 +588,4 @@ RULES: dict[str, Rule] = {
     **{op: Rule(_empty_reduction, _lower_empty_reduction) for op in _REDUCE_IDENTITY},
 }
 # Ops whose rule is "expand to the ONNX function body" rather than a hand-written lowering.
-FUNCTION_EXPANSIONS = {"LayerNormalization"}
+FUNCTION_EXPANSIONS = {"LayerNormalization", "RMSNormalization"}

@@ -17,6 +17,8 @@ _spec.loader.exec_module(conformance)
 
 # Each was WRONG before its lowering in bitc.frontend.onnx_lowering.
 FIXED = [
+    "test_attention_4d_with_qk_matmul",  # a body for some outputs: the unused ones get placeholders
+    "test_attention_4d_expanded",  # lowered nodes of unnamed anchors get distinct names
     "test_pow_types_int64_float32",  # mixed-type Pow: exponent cast, integer bases raised in float64
     "test_pow_types_float32_int32",
     "test_rms_normalization_3d_axis0_epsilon",  # leading-axis RMSNormalization from its function body

@@ -37,20 +37,26 @@ class Rule:
 class Builder:
     """Adds nodes before `anchor` and constants as initializers, with names derived from the anchor's."""
 
-    def __init__(self, graph: ir.Graph, anchor: ir.Node, opset: int = 13) -> None:
+    def __init__(self, graph: ir.Graph, anchor: ir.Node, opset: int = 13, taken: set[str] | None = None) -> None:
         self.graph, self.anchor, self.opset = graph, anchor, opset
         self.prefix = f"{anchor.name or anchor.op_type}__lowered"
         self.count = 0
+        # names in use: unnamed anchors of one op type share a prefix, so each new name is checked against them
+        self.taken = taken if taken is not None else taken_names(graph)
 
     def op(self, op_type: str, *inputs: ir.Value | None, outputs: int = 1, **attributes: Any) -> Any:
         self.count += 1
+        while f"{self.prefix}_{self.count}" in self.taken:
+            self.count += 1
+        name = f"{self.prefix}_{self.count}"
+        self.taken.add(name)
         node = ir.Node(
             "",
             op_type,
             list(inputs),
             attributes=ir.convenience.convert_attributes(attributes),
             num_outputs=outputs,
-            name=f"{self.prefix}_{self.count}",
+            name=name,
             metadata_props={LOWERED: "1"},
         )
         for index, value in enumerate(node.outputs):
@@ -60,6 +66,11 @@ class Builder:
 
     def const(self, array: np.ndarray | Any, dtype: Any = None) -> ir.Value:
         return graph_edit.add_initializer(self.graph, np.asarray(array, dtype=dtype), f"{self.prefix}_const")
+
+
+def taken_names(graph: ir.Graph) -> set[str]:
+    """Node names of `graph` (Builder derives its node and value names from them)."""
+    return {node.name for node in graph if node.name}
 
 
 # Ops the importer knows by name but not in the ai.onnx form (it converts the com.microsoft Attention)
@@ -73,6 +84,7 @@ def lower_unsupported_forms(model: ir.Model) -> int:
     graph's nodes; returns how many nodes were rewritten."""
     opset = model.opset_imports.get("", 1)
     rewritten = expand_missing_ops(model, opset)
+    taken = taken_names(model.graph)
     for node in list(model.graph):
         rule = RULES.get(node.op_type) if node.domain in ("", "ai.onnx") else None
         if rule is None or not rule.applies(node):
@@ -80,7 +92,7 @@ def lower_unsupported_forms(model: ir.Model) -> int:
         if node.op_type in FUNCTION_EXPANSIONS:
             rewritten += expand_function(model, node, opset)
             continue
-        replacements = rule.lower(Builder(model.graph, node, opset), node)
+        replacements = rule.lower(Builder(model.graph, node, opset, taken), node)
         if replacements is not None:
             _replace(model.graph, node, replacements)
             rewritten += 1
@@ -207,6 +219,7 @@ def function_body(node: ir.Node, opset: int) -> onnx.FunctionProto | None:
         return None
     # a context-dependent body is written for the outputs the node has: it may not produce the others it lists
     del proto.output[len(node.outputs) :]
+    _stub_unused_outputs(proto, node)
     produced = {name for body_node in proto.node for name in body_node.output} | set(proto.input)
     if any(name not in produced for name in proto.output):
         return None
@@ -214,6 +227,15 @@ def function_body(node: ir.Node, opset: int) -> onnx.FunctionProto | None:
         if attribute.name not in node.attributes:
             node.attributes[attribute.name] = ir.serde.deserialize_attribute(attribute)
     return proto
+
+
+def _stub_unused_outputs(proto: onnx.FunctionProto, node: ir.Node) -> None:
+    """A body built for the outputs a node uses leaves the others unproduced; give each one a placeholder
+    constant so the inliner can map every position (nothing reads it, dead-code removal drops it)."""
+    produced = {name for body_node in proto.node for name in body_node.output} | set(proto.input)
+    for index, name in enumerate(proto.output):
+        if name not in produced and not node.outputs[index].name and not node.outputs[index].uses():
+            proto.node.append(onnx.helper.make_node("Constant", [], [name], value_float=0.0))
 
 
 def _restamp_opset(proto: onnx.FunctionProto, opset: int) -> bool:
@@ -535,6 +557,17 @@ def _lower_mixed_type_pow(b: Builder, node: ir.Node) -> list[ir.Value | None] | 
     return [b.op("Cast", power, to=base.dtype)]
 
 
+def _typed_cast_like(node: ir.Node) -> bool:
+    return len(node.inputs) > 1 and node.inputs[1] is not None and node.inputs[1].dtype is not None
+
+
+def _lower_cast_like(b: Builder, node: ir.Node) -> list[ir.Value | None] | None:
+    """CastLike as the Cast it means: TVM's importer returns a constant input uncast (a float32 zero stayed
+    float32 beside float16 data in the Attention body and failed to compile)."""
+    attributes = {"saturate": node.attributes.get_int("saturate", 1)} if b.opset >= 19 else {}
+    return [b.op("Cast", node.inputs[0], to=node.inputs[1].dtype, **attributes)]
+
+
 def _lower_lp_normalization(b: Builder, node: ir.Node) -> list[ir.Value | None] | None:
     """x / ||x||_p along `axis` (p 1 or 2), and 0 where the norm is 0, as ONNX's reference and onnxruntime do."""
     p = node.attributes.get_int("p", 2)
@@ -558,8 +591,9 @@ def lower_constant_attributes(model: ir.Model) -> int:
     folder writes Shape and Size results that way, after the frontend's rules ran)."""
     opset = model.opset_imports.get("", 1)
     nodes = [node for node in model.graph if node.op_type == "Constant" and _constant_without_tensor(node)]
+    taken = taken_names(model.graph)
     for node in nodes:
-        _replace(model.graph, node, _lower_constant(Builder(model.graph, node, opset), node))
+        _replace(model.graph, node, _lower_constant(Builder(model.graph, node, opset, taken), node))
     return len(nodes)
 
 
@@ -576,6 +610,7 @@ RULES: dict[str, Rule] = {
     "LpNormalization": Rule(_always, _lower_lp_normalization),
     "RMSNormalization": Rule(_normalizes_more_than_last_axis, lambda b, node: None),
     "Pow": Rule(_mixed_type_pow, _lower_mixed_type_pow),
+    "CastLike": Rule(_typed_cast_like, _lower_cast_like),
     "BatchNormalization": Rule(_training_mode, _lower_batchnorm_training),
     "ConvTranspose": Rule(_has_output_shape, _lower_conv_transpose),
     "Mod": Rule(_float_floor_mod, _lower_float_floor_mod),

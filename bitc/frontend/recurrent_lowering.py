@@ -287,10 +287,13 @@ def _lstm_step(e: Emitter, spec: Recurrence, w: Weights, acts: list[Activation],
     if p_o is not None:
         o_pre = e.op("Add", o_pre, e.op("Mul", p_o, c_new))
     o = e.activate(f, o_pre, spec.clip)
+    # h(Ct) is not clipped: clip bounds the gates' inputs (onnxruntime likewise)
     return e.op("Mul", o, e.activate(act_h, c_new, None)), c_new
 
 
-def _gru_step(e: Emitter, spec: Recurrence, w: Weights, acts: list[Activation], xw: ir.Value, h: ir.Value | None):
+def _gru_step(
+    e: Emitter, spec: Recurrence, w: Weights, acts: list[Activation], xw: ir.Value, h: ir.Value | None
+) -> ir.Value:
     """One GRU step: z, r, then the candidate with r applied before (default) or after Rh (linear_before_reset)."""
     f, g = acts
     n = spec.hidden
@@ -308,7 +311,10 @@ def _gru_step(e: Emitter, spec: Recurrence, w: Weights, acts: list[Activation], 
     return kept if h is None else e.op("Add", kept, e.op("Mul", z, h))
 
 
-def _rnn_step(e: Emitter, spec: Recurrence, w: Weights, acts: list[Activation], xw: ir.Value, h: ir.Value | None):
+def _rnn_step(
+    e: Emitter, spec: Recurrence, w: Weights, acts: list[Activation], xw: ir.Value, h: ir.Value | None
+) -> ir.Value:
+    """One RNN step: f(X·Wᵀ + H·Rᵀ + B)."""
     return e.activate(acts[0], e.add(xw, e.matmul(h, w.recurrence_t)), spec.clip)
 
 

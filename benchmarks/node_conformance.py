@@ -71,6 +71,7 @@ def load_cases(pattern: str | None = None, exclude: str | None = None, constant_
 CONSTANT_INPUTS = {
     "shape", "scales", "sizes", "roi", "axes", "max_output_boxes_per_class", "iou_threshold", "score_threshold",
     "repeats", "pads", "k", "starts", "ends", "steps", "split", "depth", "ratio", "training_mode", "new_shape",
+    "sequence_lens",
 }  # fmt: skip
 
 

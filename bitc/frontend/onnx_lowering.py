@@ -18,6 +18,7 @@ import onnx_ir as ir
 import onnx_ir.passes.common as common
 
 from bitc import graph_edit
+from bitc.frontend.recurrent_lowering import RECURRENT_LOWERINGS
 
 EXPAND_DOMAIN = "bitc.expand"
 # Marks the nodes a rule emitted: already in the form the importer gets right, even where the rule's condition
@@ -35,13 +36,20 @@ class Rule:
 
 
 class Builder:
-    """Adds nodes before `anchor` and constants as initializers, with names derived from the anchor's."""
+    """Adds nodes before `anchor` and constants as initializers, with names derived from the anchor's. `taken`
+    holds the prefixes (and node names) already in use: unnamed nodes of one op type would otherwise share one
+    prefix, and their lowerings' values one name each."""
 
     def __init__(self, graph: ir.Graph, anchor: ir.Node, opset: int = 13, taken: set[str] | None = None) -> None:
         self.graph, self.anchor, self.opset = graph, anchor, opset
-        self.prefix = f"{anchor.name or anchor.op_type}__lowered"
+        base = f"{anchor.name or anchor.op_type}__lowered"
+        self.prefix, number = base, 1
+        while taken is not None and self.prefix in taken:
+            number += 1
+            self.prefix = f"{base}{number}"
+        if taken is not None:
+            taken.add(self.prefix)
         self.count = 0
-        # names in use: unnamed anchors of one op type share a prefix, so each new name is checked against them
         self.taken = taken if taken is not None else taken_names(graph)
 
     def op(self, op_type: str, *inputs: ir.Value | None, outputs: int = 1, **attributes: Any) -> Any:
@@ -621,6 +629,7 @@ RULES: dict[str, Rule] = {
     "DepthToSpace": Rule(_always, _lower_depth_to_space),
     "Dropout": Rule(_identity_dropout, _lower_dropout),
     **{op: Rule(_empty_reduction, _lower_empty_reduction) for op in _REDUCE_IDENTITY},
+    **{op: Rule(_always, lower) for op, lower in RECURRENT_LOWERINGS.items()},
 }
 # Ops whose rule is "expand to the ONNX function body" rather than a hand-written lowering.
 FUNCTION_EXPANSIONS = {"LayerNormalization", "RMSNormalization"}

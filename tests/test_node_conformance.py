@@ -17,6 +17,7 @@ _spec.loader.exec_module(conformance)
 
 # Each was WRONG before its lowering in bitc.frontend.onnx_lowering.
 FIXED = [
+    "test_reduce_log_sum_exp_keepdims_random",  # float64: dlight's GEMV rule asserted; now it declines
     "test_attention_4d_with_qk_matmul",  # a body for some outputs: the unused ones get placeholders
     "test_attention_4d_expanded",  # lowered nodes of unnamed anchors get distinct names
     "test_pow_types_int64_float32",  # mixed-type Pow: exponent cast, integer bases raised in float64

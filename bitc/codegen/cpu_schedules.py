@@ -51,9 +51,24 @@ def default_schedule_pass(num_cores: int, lanes: int) -> Any:
             mod[gvar] = func
         return mod
 
-    return tvm.transform.Sequential(
-        [schedule_functions, dlight.ApplyDefaultSchedule(dlight.cpu.GEMV(), dlight.cpu.Reduction()), parallelize]
-    )
+    rules = [_declining_on_error(rule) for rule in (dlight.cpu.GEMV(), dlight.cpu.Reduction())]
+    return tvm.transform.Sequential([schedule_functions, dlight.ApplyDefaultSchedule(*rules), parallelize])
+
+
+def _declining_on_error(rule: Any) -> Any:
+    """`rule` as one that declines (None) a function it fails on: dlight's GEMV analysis asserts on some
+    reductions (ReduceLogSumExp in float64), which would fail the whole compile instead of leaving that one
+    function to the next rule or to plain loops."""
+    from tvm.s_tir import dlight
+
+    class Declining(dlight.ScheduleRule):
+        def apply(self, func: Any, target: Any, tunable: bool) -> Any:
+            try:
+                return rule.apply(func, target, tunable)
+            except Exception:  # a rule's own analysis failing means it does not apply
+                return None
+
+    return Declining()
 
 
 def schedule_anchor(func: Any, num_cores: int, vector_lanes: int) -> Any | None:

@@ -165,7 +165,8 @@ def run_case(case: Any, engine: str = "bitc", strict: bool = False) -> Outcome:
             rep = backend.prepare(case.model, "CPU", specialize_shape_inputs=not strict)
         stage = "run"
         for feeds, expected in case.data_sets:
-            actual = list(rep.run(list(feeds)))
+            feeds, expected = [_array(v) for v in feeds], [_array(v) for v in expected]
+            actual = list(rep.run(feeds))
             diff = compare(expected, actual, case.rtol, case.atol)
             if diff:
                 return Outcome(case.name, "WRONG", diff, time.perf_counter() - start)
@@ -177,6 +178,11 @@ def run_case(case: Any, engine: str = "bitc", strict: bool = False) -> Outcome:
         detail = f"{stage}: {type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
         return Outcome(case.name, "CRASH", f"{detail} [{Path(where.filename).name}:{where.lineno}]")
     return Outcome(case.name, "PASS", "", time.perf_counter() - start)
+
+
+def _array(value: Any) -> Any:
+    """Test data as onnx's runner hands it over: TensorProtos (used for the exotic dtypes) as numpy arrays."""
+    return onnx.numpy_helper.to_array(value) if isinstance(value, onnx.TensorProto) else value
 
 
 def _child(case: Any, conn: Any, engine: str, strict: bool) -> None:

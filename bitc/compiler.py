@@ -21,7 +21,7 @@ from bitc.atomic import check_output_path, process_temp_dir
 from bitc.codegen import tuning
 from bitc.codegen.build import build
 from bitc.codegen.target import parse_target
-from bitc.errors import BadInputError, CompileError
+from bitc.errors import BadInputError
 from bitc.frontend import from_torch, load_onnx, normalize
 from bitc.frontend.index_ranges import input_index_ranges
 from bitc.layers import layer_table, summarize_layers
@@ -210,8 +210,6 @@ def _check_io_types(model: ir.Model) -> None:
                 )
             if value.dtype is not None:
                 _io_dtype(value, role)
-            if value.shape is not None and 0 in value.shape:
-                _io_shape(value, role, list(value.shape))
 
 
 def _is_tensor_type(type_: ir.TypeProtocol) -> bool:
@@ -227,6 +225,9 @@ def _type_kind(type_: ir.TypeProtocol) -> str:
     )
 
 
+_IO_DTYPES = {"bool", "float16", "float32", "float64", *(f"{s}int{b}" for s in ("", "u") for b in (8, 16, 32, 64))}
+
+
 def _io_dtype(value: ir.Value, role: str) -> np.dtype:
     """The numpy dtype of an input or output: bool, integer or IEEE float (bfloat16, float8, int4, strings and
     complex numbers have no kernels, and numpy alone cannot even load them from the artifact)."""
@@ -234,19 +235,13 @@ def _io_dtype(value: ir.Value, role: str) -> np.dtype:
         dtype = np.dtype(value.dtype.numpy())
     except Exception:
         dtype = np.dtype(object)
-    if dtype.kind not in "biuf" or not dtype.isbuiltin:
+    if dtype.name not in _IO_DTYPES:
         name = value.dtype.name.lower() if value.dtype is not None else "unknown"
         raise BadInputError(
             f"{role} '{value.name}' has dtype {name}: bitc artifacts take and return only bool, integer and "
             "float16/32/64 tensors; cast it in the model"
         )
     return dtype
-
-
-def _io_shape(value: ir.Value, role: str, shape: list[int]) -> list[int]:
-    if 0 in shape:
-        raise CompileError(f"{role} '{value.name}' has shape {shape} with no elements: bitc cannot build it")
-    return shape
 
 
 def _input_specs(model: ir.Model) -> list[dict[str, Any]]:
@@ -262,7 +257,7 @@ def _input_specs(model: ir.Model) -> list[dict[str, Any]]:
 def _spec(value: ir.Value, role: str) -> dict[str, Any]:
     if value.dtype is None or value.shape is None:
         raise BadInputError(f"value '{value.name}' has no inferred type or shape")
-    shape = _io_shape(value, role, [int(d) for d in static_shape(value)])
+    shape = [int(d) for d in static_shape(value)]  # a 0 is fine: empty tensors are passed without a copy
     return {"name": value.name, "shape": shape, "dtype": _io_dtype(value, role).name}
 
 

@@ -87,9 +87,20 @@ def from_onnx_checked(proto: Any, opset: int | None, source: str = "model") -> A
                 names.append((sym, op_name, str(attrs.get("tvm_custom", {}).get("name", ""))))
             return sym
 
-    importer = NamingImporter(None, "float32", keep_params_in_input=False, sanitize=True)
+    importer = NamingImporter(_empty_input_shapes(proto), "float32", keep_params_in_input=False, sanitize=True)
     mod = importer.from_onnx(proto.graph, opset if opset is not None else _model_opset(proto))
     return add_index_checks(mod, {call: (op, name) for call, op, name in names}, source)
+
+
+def _empty_input_shapes(proto: Any) -> dict[str, list[int]]:
+    """Static shapes of the inputs with a 0 dimension: the importer reads a 0 in the file as 'unknown' and would
+    make it a symbolic dimension (and every shape after it run-time)."""
+    shapes = {}
+    for value in proto.graph.input:
+        dims = value.type.tensor_type.shape.dim if value.type.HasField("tensor_type") else []
+        if dims and all(d.HasField("dim_value") for d in dims) and any(d.dim_value == 0 for d in dims):
+            shapes[value.name] = [int(d.dim_value) for d in dims]
+    return shapes
 
 
 def _model_opset(proto: Any) -> int:

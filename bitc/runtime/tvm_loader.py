@@ -150,6 +150,11 @@ def gpu_compute_capability() -> int:
 
 def device_tensor(array: Any, device_type: int) -> Any:
     """A TVM tensor on the device holding a copy of `array` (a zero-copy view on the CPU)."""
+    if array.size == 0:  # nothing to copy; numpy's strides for an empty array are not the compact ones TVM checks
+        tvm_ffi = ffi()
+        return tvm_ffi.get_global_func("runtime.TVMTensorAllocWithScope")(
+            array.shape, str(array.dtype), tvm_ffi.Device(device_type, 0), None
+        )
     host = ffi().from_dlpack(array)
     return host if device_type == DL_CPU else copy_to(host, device_type)
 
@@ -158,6 +163,8 @@ def host_array(tensor: Any) -> Any:
     """A fresh numpy array with the contents of a TVM tensor on any device."""
     import numpy as np
 
+    if 0 in tuple(tensor.shape):
+        return np.empty(tuple(int(d) for d in tensor.shape), np.dtype(str(tensor.dtype)))
     on_host = tensor if tensor.device.dlpack_device_type() == DL_CPU else copy_to(tensor, DL_CPU)
     return np.from_dlpack(on_host).copy()
 

@@ -95,8 +95,7 @@ def compile(
     stage("loading")
     start = time.perf_counter()
     ir_model, source, source_sha = _load(model, input_shapes, example_inputs)
-    for value in ir_model.graph.inputs:
-        static_shape(value)
+    _check_static_inputs(ir_model)
     _check_io_types(ir_model)
     timings["frontend"] = time.perf_counter() - start
 
@@ -198,6 +197,17 @@ def _output_path(output: str | os.PathLike | None, model: Any) -> Path:
     check_output_path(path, source)
     process_temp_dir()
     return path
+
+
+def _check_static_inputs(model: ir.Model) -> None:
+    """Every input with a dynamic dimension named in one message, with the flag that fixes each."""
+    dynamic = [v for v in model.graph.inputs if v.shape is None or not all(isinstance(d, int) for d in v.shape)]
+    if len(dynamic) == 1:
+        static_shape(dynamic[0])
+    if dynamic:
+        names = ", ".join(f"'{v.name}' {v.shape}" for v in dynamic)
+        flags = " ".join(f"--input-shape {v.name}=d0,d1,..." for v in dynamic)
+        raise BadInputError(f"{len(dynamic)} inputs have dynamic shapes: {names}; fix them with {flags}")
 
 
 def _check_io_types(model: ir.Model) -> None:

@@ -214,3 +214,17 @@ def test_single_row_matmul_streams_reblocked_weights_and_matches_onnxruntime(tmp
         result = bitc.compile(path, tmp_path / f"gemv{rows}.bitc")
         got = bitc.load(result.path)(x)
         np.testing.assert_allclose(got, run_onnxruntime(path, {"x": x})[0], rtol=1e-4, atol=1e-4)
+
+
+def test_every_dynamic_input_is_named_in_one_message(tmp_path):
+    from onnx import TensorProto, helper, save
+
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["a", "b"], ["c"])],
+        "g",
+        [helper.make_tensor_value_info(name, TensorProto.FLOAT, ["n", 3]) for name in ("a", "b")],
+        [helper.make_tensor_value_info("c", TensorProto.FLOAT, ["n", 3])],
+    )
+    save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "m.onnx")
+    with pytest.raises(BadInputError, match=r"2 inputs .*'a'.*'b'.*--input-shape a=.*--input-shape b="):
+        bitc.compile(tmp_path / "m.onnx", tmp_path / "m.bitc")

@@ -221,7 +221,7 @@ def schedule_elementwise(func: Any, num_cores: int, lanes: int) -> Any | None:
     blocks = _blocks(sch)
     if not blocks or any(iv.iter_type != tirx.IterVar.DataPar for b in blocks for iv in sch.get(b).iter_vars):
         return None
-    for block in blocks[:-1]:
+    for block in _inlined_producers(sch, blocks):
         _try(sch.compute_inline, block, ok=True)
     for block in _blocks(sch):
         loops = sch.get_loops(block)
@@ -236,6 +236,47 @@ def schedule_elementwise(func: Any, num_cores: int, lanes: int) -> Any | None:
                 chunks, _ = sch.split(outer, [num_cores, None])
                 sch.parallel(chunks)
     return sch.mod["main"]
+
+
+_MAX_COPIES = 16
+
+
+def _inlined_producers(sch: Any, blocks: list[Any]) -> list[Any]:
+    """All blocks but the last, less those whose expression inlining would copy more than `_MAX_COPIES` times.
+
+    A NaN-keeping ReLU (`x < 0 ? 0 : x`) reads its input twice, so inlining a chain of k of them copies the first
+    producer 2^k times, and TVM's simplifier (each select branch simplified under its condition) then takes time
+    exponential in k: 7 ReLUs in one fused function took 13 s, a 20,000-node Add/Mul/ReLU chain never finished.
+    Such a block is computed into its buffer instead; below the bound every block is inlined, as before."""
+    nodes = [sch.get(block) for block in blocks]
+    index_of = {node.writes[0].source: i for i, node in enumerate(nodes) if len(node.writes) == 1}
+    reads = [_load_counts(node.body, index_of) for node in nodes]
+    copies = [1] * len(nodes)  # how often each block's expression appears once its consumers are inlined
+    inlined = []
+    for i in reversed(range(len(nodes) - 1)):
+        total = sum(copies[j] * reads[j].get(i, 0) for j in range(i + 1, len(nodes)))
+        if total <= _MAX_COPIES:
+            copies[i] = max(total, 1)
+            inlined.append(blocks[i])
+    return inlined[::-1]
+
+
+def _load_counts(stmt: Any, index_of: dict[Any, int]) -> dict[int, int]:
+    """How many times `stmt` (one block's store, before inlining: small) loads each block's buffer."""
+    from tvm.ir.expr import TensorLoad
+
+    counts: dict[int, int] = {}
+    stack = [stmt]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, TensorLoad) and (i := index_of.get(node.source)) is not None:
+            counts[i] = counts.get(i, 0) + 1
+        for name in ("a", "b", "condition", "true_value", "false_value", "value", "args", "body", "indices"):
+            child = getattr(node, name, None)
+            if child is None:
+                continue
+            stack.extend(child if isinstance(child, list | tuple) or type(child).__name__ == "Array" else [child])
+    return counts
 
 
 def parallelize_outer_loops(func: Any, num_cores: int) -> Any | None:

@@ -24,6 +24,7 @@ from bitc.codegen.target import parse_target
 from bitc.errors import BadInputError
 from bitc.frontend import from_torch, load_onnx, normalize
 from bitc.frontend.index_ranges import input_index_ranges
+from bitc.frontend.narrow_types import IO_METADATA_KEY as NARROW_IO_KEY
 from bitc.layers import layer_table, summarize_layers
 from bitc.passes import (
     PassRecord,
@@ -135,7 +136,7 @@ def compile(
         "entry": "main",
         "source": {"name": source, "sha256": source_sha},
         "inputs": _input_specs(ir_model),
-        "outputs": [_spec(v, "output") for v in ir_model.graph.outputs],
+        "outputs": [_spec(v, "output", _narrow_io(ir_model)) for v in ir_model.graph.outputs],
         "target": build_target.to_manifest(),
         "versions": _versions(ir_model),
         "passes": [r.to_json(timing=False) for r in records],
@@ -257,18 +258,27 @@ def _io_dtype(value: ir.Value, role: str) -> np.dtype:
 def _input_specs(model: ir.Model) -> list[dict[str, Any]]:
     """The inputs' specs; an input that indexes a tensor carries its valid range, checked by the runtime."""
     ranges = input_index_ranges(model)
-    specs = [_spec(v, "input") for v in model.graph.inputs]
+    specs = [_spec(v, "input", _narrow_io(model)) for v in model.graph.inputs]
     for spec in specs:
         if spec["name"] in ranges:
             spec["index_range"] = ranges[spec["name"]]
     return specs
 
 
-def _spec(value: ir.Value, role: str) -> dict[str, Any]:
+def _spec(value: ir.Value, role: str, narrow: Mapping[str, str]) -> dict[str, Any]:
+    """name, shape, dtype; a narrow dtype (bfloat16, float8, int4...) also names its carrier in the code."""
     if value.dtype is None or value.shape is None:
         raise BadInputError(f"value '{value.name}' has no inferred type or shape")
     shape = [int(d) for d in static_shape(value)]  # a 0 is fine: empty tensors are passed without a copy
-    return {"name": value.name, "shape": shape, "dtype": _io_dtype(value, role).name}
+    spec = {"name": value.name, "shape": shape, "dtype": _io_dtype(value, role).name}
+    if value.name in narrow:
+        spec["carrier"], spec["dtype"] = spec["dtype"], narrow[value.name]
+    return spec
+
+
+def _narrow_io(model: ir.Model) -> dict[str, str]:
+    """Inputs and outputs of a narrow type, by name (`bitc.frontend.narrow_types` records them)."""
+    return json.loads(model.metadata_props.get(NARROW_IO_KEY, "{}"))
 
 
 def _parameter_count(model: ir.Model) -> int:

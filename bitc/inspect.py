@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import collections
+import json
 import math
 import zipfile
 from pathlib import Path
 from typing import Any
 
 from bitc.errors import BadInputError, first_line
+from bitc.frontend.narrow_types import IO_METADATA_KEY as NARROW_IO_KEY
 from bitc.layers import layer_table, summarize_layers
 
 
@@ -141,14 +143,15 @@ def inspect_onnx(path: Path) -> dict[str, Any]:
     params = sum(int(v.const_value.size) for v in model.graph.initializers.values() if v.const_value is not None)
     param_bytes = sum(int(v.const_value.nbytes) for v in model.graph.initializers.values() if v.const_value)
     layers = layer_table(model)
+    narrow = json.loads(model.metadata_props.get(NARROW_IO_KEY, "{}"))  # the file's dtypes, not their carriers
     return {
         "kind": "onnx",
         "path": str(path),
         "size_bytes": path.stat().st_size,
         "producer": f"{model.producer_name or ''} {model.producer_version or ''}".strip(),
         "opsets": dict(model.opset_imports),
-        "inputs": [_value(v) for v in model.graph.inputs],
-        "outputs": [_value(v) for v in model.graph.outputs],
+        "inputs": [_value(v, narrow) for v in model.graph.inputs],
+        "outputs": [_value(v, narrow) for v in model.graph.outputs],
         "nodes": len(model.graph),
         "ops": dict(ops.most_common()),
         "parameters": params,
@@ -159,7 +162,8 @@ def inspect_onnx(path: Path) -> dict[str, Any]:
     }
 
 
-def _value(value: Any) -> dict[str, Any]:
+def _value(value: Any, narrow: dict[str, str]) -> dict[str, Any]:
     shape = [d if isinstance(d, int) else str(d) for d in value.shape] if value.shape is not None else None
     dtype = value.dtype.numpy().name if value.dtype is not None else None
+    dtype = narrow.get(value.name, dtype)
     return {"name": value.name, "shape": shape, "dtype": dtype}

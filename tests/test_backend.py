@@ -16,7 +16,7 @@ import bitc.backend
 from bitc.errors import BitcError
 
 # Node tests covering the op families bitc compiles (elementwise, broadcasting, conv, pooling, normalization,
-# reductions, shape ops, gather, matmul, softmax, casts), each a few hundred ms to compile.
+# reductions, shape ops, gather, matmul, softmax, casts incl. narrow types), each a few hundred ms to compile.
 FAST_SUBSET = (
     "abs|add_bcast|argmax_default_axis_example|averagepool_2d_pads|batchnorm_epsilon|cast_FLOAT_to_DOUBLE|"
     "clip_default_min|concat_2d_axis_0|conv_with_strides_padding|cumsum_1d|depthtospace_crd_mode_example|"
@@ -24,7 +24,9 @@ FAST_SUBSET = (
     "globalaveragepool|hardsigmoid_default|layer_normalization_2d_axis0|leakyrelu_default|matmul_3d|"
     "maxpool_2d_ceil|mod_mixed_sign_int32|pow_bcast_array|reduce_sum_keepdims_example|relu|reshape_reordered_all_dims|"
     "resize_upsample_scales_nearest|slice_neg_steps|softmax_axis_1|spacetodepth_example|split_equal_parts_1d_opset18|"
-    "tile_precomputed|transpose_all_permutations_0|where_example"
+    "tile_precomputed|transpose_all_permutations_0|where_example|"
+    "cast_FLOAT_to_FLOAT8E4M3FN|cast_BFLOAT16_to_FLOAT|cast_FLOAT_to_INT4|dequantizelinear_e4m3fn|"
+    "quantizelinear_blocked_asymmetric"
 )
 
 

@@ -11,11 +11,12 @@ import onnx_ir as ir
 
 from bitc import ops
 from bitc.codegen import binary_kernels as kernels
-from bitc.codegen import float_gemv, kv_kernels
+from bitc.codegen import float_gemv, kv_kernels, narrow_kernels
 from bitc.codegen import lowbit_kernels as lowbit
 from bitc.codegen.relax_rewrite import rewrite_calls
 from bitc.errors import CompileError
 from bitc.ops.kv_attention import FIXED_INPUTS
+from bitc.ops.round_to_format import FORMATS
 from bitc.runtime.kv_cache import STATE_NAMES
 
 
@@ -82,6 +83,29 @@ def _bitpack(bb: Any, node: ir.Node, args: list[Any], target: KernelTarget) -> A
         return kernels.bitpack(x, thresholds)
 
     return bb.emit_te(compute, x, primfunc_name_hint="bitc_bitpack", **_attrs("bitpack"))
+
+
+def _round_to_format(bb: Any, node: ir.Node, args: list[Any], target: KernelTarget) -> Any:
+    return bb.emit_te(round_to_format_compute(node), args[0], primfunc_name_hint="bitc_round_to_format")
+
+
+def round_to_format_compute(node: ir.Node) -> Callable[[Any], Any]:
+    """compute(x) of a RoundToFormat node (an elementwise kernel the default schedules handle on any target)."""
+    attrs = ops.get("RoundToFormat").attrs(node)
+    fmt, saturate = FORMATS[attrs["format"]], bool(attrs["saturate"])
+    return lambda x: narrow_kernels.round_to_format(x, fmt, saturate)
+
+
+def _reinterpret(bb: Any, node: ir.Node, args: list[Any], target: KernelTarget) -> Any:
+    return bb.emit_te(reinterpret_compute(node), args[0], primfunc_name_hint="bitc_reinterpret")
+
+
+def reinterpret_compute(node: ir.Node) -> Callable[[Any], Any]:
+    """compute(x) of a Reinterpret node: each element's bits as the target type."""
+    from tvm import te, tirx
+
+    dtype = ir.DataType(ops.get("Reinterpret").attrs(node)["to"]).numpy().name
+    return lambda x: te.compute(x.shape, lambda *i: tirx.reinterpret(dtype, x(*i)), name="reinterpret")
 
 
 def to_blocked(x: Any, block: int) -> Any:
@@ -302,6 +326,8 @@ _EMITTERS = {
     "PackedMaxPool": _packed_max_pool,
     "LowBitMatMul": _lowbit_matmul,
     "KVAttention": _kv_attention,
+    "RoundToFormat": _round_to_format,
+    "Reinterpret": _reinterpret,
 }
 
 

@@ -22,7 +22,9 @@ from bitc.codegen.bitc_relax import (
     conv_parts,
     dense_compute,
     epilogue_constants,
+    reinterpret_compute,
     relax_const,
+    round_to_format_compute,
 )
 from bitc.codegen.cuda_te import TeKernel, elementwise_schedule, popcount_schedule
 from bitc.errors import CompileError
@@ -117,6 +119,14 @@ def _binary_conv(node: ir.Node) -> TeKernel:
     )
 
 
+def _round_to_format(node: ir.Node) -> TeKernel:
+    return TeKernel("round_to_format", round_to_format_compute(node), [], ["x"], elementwise_schedule)
+
+
+def _reinterpret(node: ir.Node) -> TeKernel:
+    return TeKernel("reinterpret", reinterpret_compute(node), [], ["x"], elementwise_schedule)
+
+
 def _binary_dense(node: ir.Node) -> TeKernel:
     epilogue = epilogue_constants(node)
     return TeKernel(
@@ -160,4 +170,6 @@ _KERNELS: dict[str, Callable[[ir.Node], TeKernel]] = {
     "BinaryDense": _binary_dense,
     "PackedMaxPool": _packed_max_pool,
     "LowBitMatMul": _lowbit_matmul,
+    "RoundToFormat": _round_to_format,
+    "Reinterpret": _reinterpret,
 }

@@ -15,7 +15,7 @@ import onnx_ir.passes.common as common
 
 from bitc import ops
 from bitc.errors import BadInputError, first_line
-from bitc.frontend import onnx_lowering, qonnx
+from bitc.frontend import narrow_types, onnx_lowering, qonnx
 
 # Oldest opset we accept at all, and the one older models are upgraded to (the TVM importer's best-covered range).
 MIN_OPSET = 7
@@ -48,6 +48,8 @@ def normalize(model: ir.Model, *, source: str, input_shapes: Mapping[str, Sequen
         infer_bitc_shapes(model, source=source)
     if onnx_lowering.lower_unsupported_forms(model):
         infer_shapes(model, source=source)
+    if narrow_types.emulate_narrow_types(model, source):
+        infer_bitc_shapes(model, source=source)
     _check_tensor_sizes(model, source)
     return model
 
@@ -173,8 +175,6 @@ def _checked_opset(model: ir.Model, source: str) -> ir.Model:
     version = model.opset_imports.get("", model.opset_imports.get("ai.onnx"))
     if version is None:
         raise BadInputError(f"{source}: the model imports no version of the default ONNX opset")
-    if version < MIN_OPSET:
-        raise BadInputError(f"{source}: opset {version} is older than the oldest supported ({MIN_OPSET})")
     if version > MAX_OPSET:
         raise BadInputError(f"{source}: opset {version} is newer than this onnx package supports ({MAX_OPSET})")
     if version >= UPGRADE_TO_OPSET:
@@ -182,6 +182,11 @@ def _checked_opset(model: ir.Model, source: str) -> ir.Model:
     try:
         upgraded = ir.from_proto(onnx.version_converter.convert_version(ir.to_proto(model), UPGRADE_TO_OPSET))
     except Exception:
+        if version < MIN_OPSET:  # the importer cannot read these: upgrading is the only way in
+            raise BadInputError(
+                f"{source}: opset {version} is older than the oldest supported ({MIN_OPSET}) and onnx's version "
+                "converter could not upgrade it"
+            ) from None
         return model  # the importer still handles the old opset; upgrading is best effort
     base_dir = _external_data_dir(model)
     if base_dir:  # the round trip through protobuf forgets where external data lives

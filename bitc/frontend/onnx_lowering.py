@@ -18,7 +18,9 @@ import onnx_ir as ir
 import onnx_ir.passes.common as common
 
 from bitc import graph_edit
+from bitc.frontend.integer_lowering import INTEGER_LOWERINGS
 from bitc.frontend.recurrent_lowering import RECURRENT_LOWERINGS
+from bitc.frontend.tensor_lowering import BOOLEAN_REDUCTIONS, TENSOR_LOWERINGS, boolean_reduction
 
 EXPAND_DOMAIN = "bitc.expand"
 # Marks the nodes a rule emitted: already in the form the importer gets right, even where the rule's condition
@@ -90,8 +92,12 @@ MAX_EXPANSION_DEPTH = 4
 def lower_unsupported_forms(model: ir.Model) -> int:
     """Expand the ops the importer lacks into their ONNX function bodies, then apply every rule to the main
     graph's nodes; returns how many nodes were rewritten."""
+    from bitc.frontend.control_flow import unroll_scans
+
     opset = model.opset_imports.get("", 1)
     rewritten = expand_missing_ops(model, opset)
+    if unrolled := unroll_scans(model):  # the bodies may call ops that need expanding too
+        rewritten += unrolled + expand_missing_ops(model, opset)
     taken = taken_names(model.graph)
     for node in list(model.graph):
         rule = RULES.get(node.op_type) if node.domain in ("", "ai.onnx") else None
@@ -430,6 +436,14 @@ def _lower_empty_reduction(b: Builder, node: ir.Node) -> list[ir.Value | None] |
     return [b.op("Identity", b.const(np.full(shape, fill, dtype=dtype)))]
 
 
+def _empty_or_boolean(node: ir.Node) -> bool:
+    return boolean_reduction[0](node) or _empty_reduction(node)
+
+
+def _lower_empty_or_boolean_reduction(b: Builder, node: ir.Node) -> list[ir.Value | None] | None:
+    return boolean_reduction[1](b, node) if boolean_reduction[0](node) else _lower_empty_reduction(b, node)
+
+
 def _has_output_shape(node: ir.Node) -> bool:
     return "output_shape" in node.attributes
 
@@ -630,6 +644,9 @@ RULES: dict[str, Rule] = {
     "Dropout": Rule(_identity_dropout, _lower_dropout),
     **{op: Rule(_empty_reduction, _lower_empty_reduction) for op in _REDUCE_IDENTITY},
     **{op: Rule(_always, lower) for op, lower in RECURRENT_LOWERINGS.items()},
+    **{op: Rule(_always, lower) for op, lower in INTEGER_LOWERINGS.items()},
+    **{op: Rule(*rule) for op, rule in TENSOR_LOWERINGS.items()},
+    **{op: Rule(_empty_or_boolean, _lower_empty_or_boolean_reduction) for op in BOOLEAN_REDUCTIONS},
 }
 # Ops whose rule is "expand to the ONNX function body" rather than a hand-written lowering.
 FUNCTION_EXPANSIONS = {"LayerNormalization", "RMSNormalization"}

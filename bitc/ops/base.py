@@ -98,4 +98,6 @@ def _import_ops() -> None:
         kv_attention,
         lowbit_matmul,
         packed_pool,
+        reinterpret,
+        round_to_format,
     )

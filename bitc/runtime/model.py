@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from bitc.errors import BadInputError, BitcError, first_line
-from bitc.runtime import tvm_loader
+from bitc.runtime import narrow_dtypes, tvm_loader
 from bitc.runtime.artifact import LIBRARY_NAME, read_artifact
 from bitc.runtime.hostcpu import host_arch, host_cpu_flags
 from bitc.runtime.kv_cache import KVCacheLayout
@@ -48,6 +48,17 @@ class TensorSpec:
     shape: tuple[int, ...]
     dtype: str
     index_range: IndexRange | None = None
+    carrier: str | None = None  # a narrow dtype's (bfloat16, float8, int4...) type inside the compiled code
+
+    @property
+    def compiled_dtype(self) -> np.dtype:
+        """The dtype the compiled code takes or returns."""
+        return np.dtype(self.carrier or self.dtype)
+
+    @property
+    def numpy_dtype(self) -> np.dtype:
+        """The dtype callers pass or get back."""
+        return narrow_dtypes.numpy_dtype(self.dtype) if self.carrier else np.dtype(self.dtype)
 
     @classmethod
     def from_json(cls, entry: Mapping[str, Any]) -> TensorSpec:
@@ -60,7 +71,10 @@ class TensorSpec:
         if not isinstance(shape, list) or not all(type(d) is int for d in shape):
             raise ValueError(f"shape of '{name[:80]}' must be a list of integers, got {str(shape)[:80]}")
         index_range = IndexRange.from_json(entry["index_range"]) if "index_range" in entry else None
-        return cls(name, tuple(shape), dtype, index_range)
+        carrier = entry.get("carrier")
+        if carrier is not None and narrow_dtypes.CARRIERS.get(dtype) != carrier:
+            raise ValueError(f"'{name[:80]}': no narrow dtype {str(dtype)[:40]} carried as {str(carrier)[:40]}")
+        return cls(name, tuple(shape), dtype, index_range, carrier)
 
     def __str__(self) -> str:
         return f"{self.name}: {self.dtype}[{', '.join(map(str, self.shape))}]"
@@ -194,9 +208,9 @@ class Model:
         """Inputs of the right names, shapes and dtypes (normal floats, small non-negative integers)."""
         rng = np.random.default_rng(seed)
         try:
-            return {spec.name: random_array(rng, spec.shape, spec.dtype) for spec in self.inputs}
+            return {spec.name: _random_input(rng, spec) for spec in self.inputs}
         except MemoryError:
-            sizes = [math.prod(spec.shape) * np.dtype(spec.dtype).itemsize for spec in self.inputs]
+            sizes = [math.prod(spec.shape) * spec.compiled_dtype.itemsize for spec in self.inputs]
             raise BadInputError(f"{self.path}: not enough memory for random inputs of {sum(sizes):,} bytes") from None
 
     def _names(self) -> list[str]:
@@ -222,11 +236,13 @@ class Model:
             )
         outputs = {spec.name: tvm_loader.host_array(v) for spec, v in zip(self.outputs, values, strict=True)}
         for spec, value in zip(self.outputs, outputs.values(), strict=True):
-            if value.shape != spec.shape or value.dtype != np.dtype(spec.dtype):
+            if value.shape != spec.shape or value.dtype != spec.compiled_dtype:
                 raise BadInputError(
                     f"{self.path}: the artifact's manifest does not match its library (output '{spec.name}' is "
-                    f"{value.dtype}{list(value.shape)}, the manifest says {spec.dtype}{list(spec.shape)})"
+                    f"{value.dtype}{list(value.shape)}, the manifest says {spec.compiled_dtype}{list(spec.shape)})"
                 )
+            if spec.carrier:
+                outputs[spec.name] = narrow_dtypes.from_carrier(value, spec.dtype)
         return outputs
 
 
@@ -236,7 +252,7 @@ def _specs(path: Any, manifest: Mapping[str, Any], key: str) -> list[TensorSpec]
         if not isinstance(manifest[key], list):
             raise TypeError(f"not a list but {type(manifest[key]).__name__}")
         specs = [TensorSpec.from_json(entry) for entry in manifest[key]]
-        dtypes = [np.dtype(spec.dtype) for spec in specs]
+        dtypes = [spec.compiled_dtype for spec in specs]
     except (KeyError, TypeError, ValueError) as exc:
         reason = f"{type(exc).__name__}: {first_line(exc)}"
         raise BadInputError(f"{path}: manifest '{key}' is malformed ({reason})") from None
@@ -296,18 +312,23 @@ def random_array(rng: np.random.Generator, shape: tuple[int, ...], dtype: Any) -
     return rng.integers(0, 2, shape).astype(dtype)
 
 
+def _random_input(rng: np.random.Generator, spec: TensorSpec) -> np.ndarray:
+    array = random_array(rng, spec.shape, spec.compiled_dtype)
+    return narrow_dtypes.from_carrier(array, spec.dtype) if spec.carrier else array
+
+
 def _checked(spec: TensorSpec, value: Any) -> np.ndarray:
     try:
         array = np.asarray(value)
     except (ValueError, TypeError) as exc:  # ragged nested lists, objects without an array form
         raise BadInputError(f"input '{spec.name}': not an array ({first_line(exc)})") from None
-    if array.dtype != np.dtype(spec.dtype):
+    if array.dtype != spec.numpy_dtype:
         raise BadInputError(f"input '{spec.name}': dtype {array.dtype}, expected {spec.dtype}")
     if array.shape != spec.shape:
         raise BadInputError(f"input '{spec.name}': shape {list(array.shape)}, expected {list(spec.shape)}")
     if spec.index_range is not None:
         _check_index_range(spec, array, spec.index_range)
-    return array
+    return narrow_dtypes.to_carrier(array, spec.carrier) if spec.carrier else array
 
 
 def _check_index_range(spec: TensorSpec, array: np.ndarray, valid: IndexRange) -> None:

@@ -33,7 +33,8 @@ SHAPE_OPERANDS = {
     "Resize": {1, 2, 3}, "Slice": {1, 2, 3, 4}, "Pad": {1, 2, 3}, "Split": {1}, "Squeeze": {1}, "Unsqueeze": {1},
     "ReduceSum": {1}, "ReduceMean": {1}, "ReduceMax": {1}, "ReduceMin": {1}, "ReduceProd": {1}, "ReduceL1": {1},
     "ReduceL2": {1}, "ReduceLogSum": {1}, "ReduceLogSumExp": {1}, "ReduceSumSquare": {1}, "CumSum": {1}, "CumProd": {1},
-    "TopK": {1}, "OneHot": {1}, "Trilu": {1}, "CenterCropPad": {1, 2}, "Dropout": {1, 2}, "Col2Im": {1, 2},
+    "TopK": {1}, "OneHot": {1}, "Trilu": {1}, "Loop": {0, 1}, "CenterCropPad": {1, 2}, "Dropout": {1, 2},
+    "Col2Im": {1, 2},
     "NonMaxSuppression": {2, 3, 4}, "DFT": {1, 2}, "STFT": {1, 3}, "BlackmanWindow": {0}, "HannWindow": {0},
     "HammingWindow": {0}, "MelWeightMatrix": {0, 1, 2, 3, 4},
 }  # fmt: skip

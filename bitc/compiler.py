@@ -217,7 +217,7 @@ def _check_io_types(model: ir.Model) -> None:
         for value in values:
             if value.type is not None and not _is_tensor_type(value.type):
                 raise BadInputError(
-                    f"{role} '{value.name}' is a {_type_kind(value.type)}: bitc artifacts take and return only tensors"
+                    f"{role} '{value.name}' is {_type_kind(value.type)}: bitc artifacts take and return only tensors"
                 )
             if value.dtype is not None:
                 _io_dtype(value, role)
@@ -231,9 +231,8 @@ def _is_tensor_type(type_: ir.TypeProtocol) -> bool:
 
 
 def _type_kind(type_: ir.TypeProtocol) -> str:
-    return {"SequenceType": "sequence", "OptionalType": "optional value", "SparseTensorType": "sparse tensor"}.get(
-        type(type_).__name__, type(type_).__name__
-    )
+    kinds = {"SequenceType": "a sequence", "OptionalType": "an optional value", "SparseTensorType": "a sparse tensor"}
+    return kinds.get(type(type_).__name__, f"a {type(type_).__name__}")
 
 
 _IO_DTYPES = {"bool", "float16", "float32", "float64", *(f"{s}int{b}" for s in ("", "u") for b in (8, 16, 32, 64))}

@@ -185,6 +185,20 @@ def print_inspect(info: dict[str, Any], verbose: bool = False) -> None:
     _out.print(table)
     if info.get("layers"):
         _print_layers(info["layers"], info["summary"], verbose)
+    _print_readiness(info)
+
+
+def _print_readiness(info: dict[str, Any]) -> None:
+    """What `bitc compile` will ask for or refuse: dynamic inputs (with the flag) and unsupported nodes."""
+    dynamic = info.get("dynamic_inputs") or []
+    if dynamic:
+        flags = " ".join(f"--input-shape {v['name']}=..." for v in dynamic)
+        shapes = ", ".join(f"{v['name']} {v['shape']}" for v in dynamic)
+        _print(f"dynamic inputs: {shapes}; compile with {flags}")
+    for entry in info.get("unsupported") or []:
+        _print(f"unsupported: {entry['op']} (domain {entry['domain']}, node '{entry['node']}'): {entry['reason']}")
+    if not dynamic and not info.get("unsupported"):
+        _print("static input shapes; every op has a lowering")
 
 
 def _target_line(target: dict[str, Any]) -> str:

@@ -159,7 +159,39 @@ def inspect_onnx(path: Path) -> dict[str, Any]:
         "ir_version": model.ir_version,
         "summary": summarize_layers(layers),
         "layers": layers,
+        "dynamic_inputs": _dynamic_inputs(model),
+        "unsupported": unsupported_nodes(model),
     }
+
+
+def _dynamic_inputs(model: Any) -> list[dict[str, Any]]:
+    """Inputs with a dimension that is not a number: each needs --input-shape to compile."""
+    return [
+        _value(v, {}) for v in model.graph.inputs if v.shape is None or not all(isinstance(d, int) for d in v.shape)
+    ]
+
+
+def unsupported_nodes(model: Any, limit: int = 50) -> list[dict[str, str]]:
+    """Nodes `bitc compile` would refuse after its lowerings (op, domain, node, why), at most `limit`: what a
+    user sees before compiling instead of one error at a time."""
+    from bitc import ops
+    from bitc.codegen.onnx_support import unsupported_reason
+    from bitc.frontend.onnx_lowering import importer_ops
+
+    known = importer_ops()
+    found = []
+    for node in model.graph.all_nodes():
+        standard = node.domain in ("", "ai.onnx")
+        if ops.is_bitc(node):
+            continue
+        if not standard or (known and node.op_type not in known):
+            reason = "no lowering: neither TVM's ONNX importer nor an ONNX function body covers this op"
+        elif (reason := unsupported_reason(node)) is None:
+            continue
+        found.append({"op": node.op_type, "domain": node.domain or "ai.onnx", "node": node.name, "reason": reason})
+        if len(found) == limit:
+            break
+    return found
 
 
 def _value(value: Any, narrow: dict[str, str]) -> dict[str, Any]:

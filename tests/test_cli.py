@@ -151,3 +151,24 @@ def test_prune_and_reorder_flags_shrink_the_model_and_report_it(workdir):
     report = next(p for p in json.loads(out.stdout)["passes"] if p["name"] == "prune")["details"]
     assert report["after"]["params"] < report["before"]["params"]
     assert bitc("run", "pruned.bitc", "--random", cwd=workdir).returncode == 0
+
+
+def test_inspect_onnx_names_dynamic_inputs_and_unsupported_ops_before_compiling(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Det", ["x"], ["y"], name="determinant"), helper.make_node("Relu", ["z"], ["w"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, 3]),
+         helper.make_tensor_value_info("z", TensorProto.FLOAT, [2, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n"]),
+         helper.make_tensor_value_info("w", TensorProto.FLOAT, [2, 4])],
+    )  # fmt: skip
+    path = tmp_path / "det.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    result = bitc("inspect", str(path))
+    assert result.returncode == 0, result.stderr
+    out = " ".join(result.stdout.split())
+    assert "dynamic inputs: x ['n', 3, 3]; compile with --input-shape x=..." in out
+    assert "unsupported: Det (domain ai.onnx, node 'determinant')" in out

@@ -87,3 +87,69 @@ def test_a_scan_longer_than_the_unroll_bound_is_left_for_the_refusal(tmp_path, m
     onnx.save(_scan_model(0, 0, 0, 0), path)
     with pytest.raises(bitc.errors.BadInputError, match="unsupported op Scan"):
         bitc.compile(str(path), tmp_path / "scan.bitc")
+
+
+def _loop_model(trips: int, stop_early: bool) -> onnx.ModelProto:
+    """acc' = acc · 0.5 + x[i]; with `stop_early` the body's condition is sum(acc') < 4 (data-dependent), else
+    it passes its input through and each step's acc' is also a scan output."""
+    body_nodes = [
+        helper.make_node("Unsqueeze", ["i", "zero_axis"], ["i1"]),
+        helper.make_node("Gather", ["x", "i1"], ["x_i"], axis=0),
+        helper.make_node("Mul", ["acc_in", "half"], ["halved"]),
+        helper.make_node("Add", ["halved", "x_i"], ["acc_out"]),
+    ]
+    outputs = [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+               helper.make_tensor_value_info("acc_out", F, [1, 3])]  # fmt: skip
+    if stop_early:
+        body_nodes += [
+            helper.make_node("ReduceSum", ["acc_out"], ["total"], keepdims=0),
+            helper.make_node("Less", ["total", "four"], ["cond_out"]),
+        ]
+    else:
+        body_nodes += [
+            helper.make_node("Identity", ["cond_in"], ["cond_out"]),
+            helper.make_node("Identity", ["acc_out"], ["step"]),
+        ]
+        outputs.append(helper.make_tensor_value_info("step", F, [1, 3]))
+    body = helper.make_graph(
+        body_nodes,
+        "body",
+        [helper.make_tensor_value_info("i", TensorProto.INT64, []),
+         helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("acc_in", F, [1, 3])],
+        outputs,
+    )  # fmt: skip
+    loop_outputs = ["final"] if stop_early else ["final", "steps"]
+    graph_outputs = [helper.make_tensor_value_info("final", F, [1, 3])]
+    if not stop_early:
+        graph_outputs.append(helper.make_tensor_value_info("steps", F, [trips, 1, 3]))
+    graph = helper.make_graph(
+        [helper.make_node("Loop", ["trips", "cond", "acc"], loop_outputs, body=body)],
+        "loop",
+        [helper.make_tensor_value_info("acc", F, [1, 3]), helper.make_tensor_value_info("x", F, [trips, 3])],
+        graph_outputs,
+        initializer=[
+            helper.make_tensor("trips", TensorProto.INT64, [], [trips]),
+            helper.make_tensor("cond", TensorProto.BOOL, [], [True]),
+            helper.make_tensor("zero_axis", TensorProto.INT64, [1], [0]),
+            helper.make_tensor("half", F, [], [0.5]),
+            helper.make_tensor("four", F, [], [4.0]),
+        ],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 16)])
+
+
+@pytest.mark.parametrize("stop_early", [False, True])
+def test_unrolled_loop_matches_onnxruntime(tmp_path, stop_early: bool) -> None:
+    model = _loop_model(6, stop_early)
+    path = tmp_path / "loop.onnx"
+    onnx.save(model, path)
+    compiled = bitc.load(bitc.compile(str(path), tmp_path / "loop.bitc").path)
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(1)
+    for scale in (0.1, 1.0, 3.0):  # the early stop comes at different steps
+        feeds = {"acc": rng.standard_normal((1, 3)).astype(np.float32),
+                 "x": (rng.random((6, 3)) * scale).astype(np.float32)}  # fmt: skip
+        got = compiled.run(feeds)
+        for name, expected in zip([o.name for o in model.graph.output], session.run(None, feeds), strict=True):
+            np.testing.assert_allclose(got[name], expected, rtol=1e-6, atol=1e-6, err_msg=f"{name} x{scale}")

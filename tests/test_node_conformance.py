@@ -83,6 +83,7 @@ FIXED = [
     "test_quantizelinear_blocked_asymmetric",
     # Scan unrolled (bitc.frontend.control_flow), also inside LinearAttention's function body
     "test_scan9_sum",
+    "test_loop11",  # trip count and condition specialised by the backend, then unrolled
     "test_linear_attention_gated_delta",
     # bitc.frontend.tensor_lowering and integer_lowering
     "test_onehot_negative_indices",
@@ -97,6 +98,9 @@ FIXED = [
     "test_convinteger_with_padding",
     "test_qlinearconv",
     "test_qlinearmatmul_3D_int8_float16",
+    "test_flexattention_gqa",  # ai.onnx.preview ops from their (context-dependent) function bodies
+    "test_attention_4d_gqa_causal_nonpad_decode_fp16",  # float16 softmax came back float32
+    "test_celu_float16",  # the importer's Elu adds a float32 constant to float16 data
 ]
 
 # Each was WRONG (or a crash) and has no exact lowering: refused at compile time in one line naming the node.
@@ -115,6 +119,7 @@ REFUSED = [
     "test_resize_downsample_sizes_linear_antialias[const]",
     "test_lstm_with_peepholes",  # sequence_lens is a run-time input: which steps count is unknown when compiling
     "test_einsum_batch_matmul_bfloat16",  # float32 would round differently from bfloat16 arithmetic
+    "test_flexattention_score_mod",  # a graph attribute: its function body cannot take it
 ]
 
 

@@ -86,9 +86,12 @@ def _legalize_softmax(bb: Any, call: Any) -> Any:
 
 
 def softmax(data: Any, axis: int) -> Any:
-    """max-subtracted softmax along `axis` with the polynomial exp (the same stages as topi.nn.softmax)."""
-    from tvm import topi
+    """max-subtracted softmax along `axis` with the polynomial exp (the same stages as topi.nn.softmax). float16
+    is computed in float32 and rounded once, as onnxruntime does (its exp and sum in float16 were 1 ulp off)."""
+    from tvm import tirx, topi
 
+    if str(data.dtype) == "float16":
+        return topi.cast(softmax(topi.cast(data, "float32"), axis), "float16")
     axis %= len(data.shape)
     if axis == len(data.shape) - 1:
         largest = _lanewise_max(data)
@@ -97,7 +100,8 @@ def softmax(data: Any, axis: int) -> Any:
     # x - max <= 0 (a NaN or +inf in the row makes it all NaN, as in onnxruntime): exp cannot overflow
     exps = exp(topi.subtract(data, largest), can_overflow=False)
     # one division per row, then multiplies (a vector division per element costs more than the exp)
-    return topi.multiply(exps, topi.divide(1.0, topi.sum(exps, axis=axis, keepdims=True)))
+    one = tirx.const(1.0, data.dtype)
+    return topi.multiply(exps, topi.divide(one, topi.sum(exps, axis=axis, keepdims=True)))
 
 
 def _lanewise_max(data: Any, lanes: int = 16, max_chunks: int = 32) -> Any:

@@ -1,12 +1,14 @@
-"""Scan unrolled into the main graph: TVM's importer has no Scan, and with a static sequence length the loop is
+"""Scan and Loop unrolled into the main graph: TVM's importer has neither, and with a static length the loop is
 the body's nodes repeated once per step, in order.
 
 Each step slices the scan inputs (Gather of one index removes the scan axis), copies the body's nodes with its
 inputs bound to the current state and slices (values the body reads from the enclosing graph stay shared), and
 the per-step scan outputs are stacked along their axes at the end. The result computes exactly what the Scan
 computes, one op at a time in the same order. Opset 8's batched form (no sequence_lens) is unrolled per batch
-entry too. Bodies with subgraphs of their own and unrolls beyond MAX_UNROLLED_NODES are left alone (refused
-later by name).
+entry too. A Loop with a constant trip count unrolls the same way: where its condition can turn false, each
+step's states are kept only while every condition so far held (Where), which is what stopping does; such a Loop
+with scan outputs (their length would depend on data) is left alone. Bodies with subgraphs of their own and
+unrolls beyond MAX_UNROLLED_NODES are left alone too (refused later by name).
 """
 
 from __future__ import annotations
@@ -24,15 +26,16 @@ MAX_UNROLLED_NODES = 50_000
 
 
 def unroll_scans(model: ir.Model) -> int:
-    """Unroll every Scan of the main graph whose lengths are static (nested Scans too, outermost first)."""
+    """Unroll every Scan and Loop of the main graph whose lengths are static (nested ones too, outermost first)."""
     opset = model.opset_imports.get("", 1)
     unrolled = 0
     for _ in range(8):  # nesting depth
-        scans = [n for n in model.graph if n.op_type == "Scan" and n.domain in ("", "ai.onnx")]
+        loops = [n for n in model.graph if n.op_type in ("Scan", "Loop") and n.domain in ("", "ai.onnx")]
         taken = taken_names(model.graph)
         count = 0
-        for node in scans:
-            replacements = _lower_scan(Builder(model.graph, node, opset, taken), node, opset)
+        for node in loops:
+            lower = _lower_scan if node.op_type == "Scan" else _lower_loop
+            replacements = lower(Builder(model.graph, node, opset, taken), node, opset)
             if replacements is not None:
                 _replace(model.graph, node, replacements)
                 count += 1
@@ -126,6 +129,64 @@ class _Loop:
             for k, values in enumerate(produced)
         ]
         return [*states, *stacked]
+
+
+def _lower_loop(b: Builder, node: ir.Node, opset: int) -> list[ir.Value | None] | None:
+    """Loop(M, cond, v...) with a constant M (and cond absent or a constant), unrolled M times."""
+    body_attr = node.attributes.get("body")
+    if body_attr is None or len(node.inputs) < 2:
+        return None
+    body = body_attr.as_graph()
+    if any(isinstance(a.value, ir.Graph) for n in body for a in n.attributes.values()):
+        return None
+    trips, condition = _scalar(node.inputs[0]), _scalar(node.inputs[1])
+    states = list(node.inputs[2:])
+    if trips is None or (node.inputs[1] is not None and condition is None) or any(v is None for v in states):
+        return None
+    steps = int(trips) if condition is None or bool(condition) else 0
+    scan_count = len(body.outputs) - 1 - len(states)
+    if len(body.inputs) != 2 + len(states) or scan_count < 0 or steps * len(body) > MAX_UNROLLED_NODES:
+        return None
+    always = _passes_condition_through(body)
+    if steps == 0:
+        return None if scan_count else [*states]  # nothing runs: the states come out as they went in
+    if not always and scan_count:
+        return None
+    running = b.const(np.array(True))
+    produced: list[list[ir.Value]] = [[] for _ in range(scan_count)]
+    for step in range(steps):
+        outputs = _inline_body(b, body, [b.const(np.array(step, np.int64)), running, *states])
+        updated = outputs[1 : 1 + len(states)]
+        if always:
+            states = updated
+        else:
+            states = [b.op("Where", running, new, old) for new, old in zip(updated, states, strict=True)]
+            running = b.op("And", running, outputs[0])
+        for k, value in enumerate(outputs[1 + len(states) :]):
+            produced[k].append(value)
+    return [*states, *(_stack(b, values, 0) for values in produced)]
+
+
+def _scalar(value: ir.Value | None) -> np.generic | None:
+    if value is None or value.const_value is None or value.const_value.size != 1:
+        return None
+    return value.const_value.numpy().reshape(-1)[0]
+
+
+def _passes_condition_through(body: ir.Graph) -> bool:
+    """The body's condition output is its condition input (through Identity nodes) or a constant true."""
+    value = body.outputs[0]
+    while value is not body.inputs[1]:
+        producer = value.producer()
+        if producer is None:
+            return value.const_value is not None and bool(value.const_value.numpy().reshape(-1)[0])
+        if producer.op_type == "Constant":
+            tensor = producer.attributes.get("value")
+            return tensor is not None and bool(tensor.as_tensor().numpy().reshape(-1)[0])
+        if producer.op_type != "Identity":
+            return False
+        value = producer.inputs[0]
+    return True
 
 
 def _stack(b: Builder, values: list[ir.Value], axis: int) -> ir.Value:

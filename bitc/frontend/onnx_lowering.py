@@ -85,6 +85,8 @@ def taken_names(graph: ir.Graph) -> set[str]:
 
 # Ops the importer knows by name but not in the ai.onnx form (it converts the com.microsoft Attention)
 ALWAYS_EXPAND = {"Attention"}
+# Domains of ops ONNX defines only as functions (TVM's importer reads none of them).
+PREVIEW_DOMAINS = {"ai.onnx.preview"}
 # Function bodies may call ops that are functions again (a few levels in practice); bounded against cycles.
 MAX_EXPANSION_DEPTH = 4
 
@@ -125,9 +127,14 @@ def expand_missing_ops(model: ir.Model, opset: int) -> int:
         missing = [
             node
             for node in model.graph
-            if node.domain in ("", "ai.onnx") and (node.op_type not in known or node.op_type in ALWAYS_EXPAND)
+            if (node.domain in ("", "ai.onnx") and (node.op_type not in known or node.op_type in ALWAYS_EXPAND))
+            or node.domain in PREVIEW_DOMAINS
         ]
-        count = sum(expand_function(model, node, opset) for node in missing if _has_function(node.op_type, opset))
+        count = sum(
+            expand_function(model, node, opset)
+            for node in missing
+            if _has_function(node.op_type, _domain_version(model, node.domain, opset), node.domain)
+        )
         if not count:
             break
         expanded += count
@@ -152,9 +159,14 @@ def importer_ops() -> set[str]:
     return set(supported_ops())
 
 
-def _has_function(op_type: str, opset: int) -> bool:
+def _domain_version(model: ir.Model, domain: str, opset: int) -> int:
+    """The version of `domain` the model imports (the default opset's for the default domain)."""
+    return opset if domain in ("", "ai.onnx") else model.opset_imports.get(domain, 1)
+
+
+def _has_function(op_type: str, opset: int, domain: str = "") -> bool:
     try:
-        schema = onnx.defs.get_schema(op_type, opset, "")
+        schema = onnx.defs.get_schema(op_type, opset, "" if domain == "ai.onnx" else domain)
     except onnx.defs.SchemaError:
         return False
     versions = [*schema.function_opset_versions, *schema.context_dependent_function_opset_versions]
@@ -191,7 +203,7 @@ def expand_function(model: ir.Model, node: ir.Node, opset: int) -> int:
     onnx-ir's inliner at the end of `lower_unsupported_forms`. Returns 1, or 0 when the schema has no body."""
     if any(attr.type in (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS) for attr in node.attributes.values()):
         return 0  # onnx-ir's inliner cannot pass a graph attribute (SequenceMap's body) into a function
-    proto = function_body(node, opset)
+    proto = function_body(node, opset, _domain_version(model, node.domain, opset))
     if proto is None:
         return 0
     proto.domain, proto.name = EXPAND_DOMAIN, f"{node.op_type}_{id(node)}"
@@ -205,17 +217,19 @@ def expand_function(model: ir.Model, node: ir.Node, opset: int) -> int:
     return 1
 
 
-def function_body(node: ir.Node, opset: int) -> onnx.FunctionProto | None:
-    """The FunctionProto ONNX defines `node`'s op by, at the newest function version <= `opset`, with the node's
-    omitted attributes given their defaults (the body refers to them by name)."""
-    schema = onnx.defs.get_schema(node.op_type, opset, "")
+def function_body(node: ir.Node, opset: int, domain_version: int | None = None) -> onnx.FunctionProto | None:
+    """The FunctionProto ONNX defines `node`'s op by, at the newest function version <= its domain's version
+    (`domain_version`, default `opset`), with the node's omitted attributes given their defaults (the body refers
+    to them by name). The body is stamped with the model's default `opset`."""
+    version = opset if domain_version is None else domain_version
+    schema = onnx.defs.get_schema(node.op_type, version, "" if node.domain == "ai.onnx" else node.domain)
     node_proto = ir.serde.serialize_node(node)
     for name, attribute in schema.attributes.items():
         if name not in node.attributes and attribute.default_value.name:
             node_proto.attribute.append(attribute.default_value)
     proto = onnx.FunctionProto()
-    plain = [v for v in schema.function_opset_versions if v <= opset]
-    dependent = [v for v in schema.context_dependent_function_opset_versions if v <= opset]
+    plain = [v for v in schema.function_opset_versions if v <= version]
+    dependent = [v for v in schema.context_dependent_function_opset_versions if v <= version]
     if dependent and (not plain or max(dependent) >= max(plain)):
         inputs = node.inputs
         # with shapes: bodies such as RotaryEmbedding's are built for the input's rank (empty without it)

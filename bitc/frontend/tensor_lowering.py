@@ -1,5 +1,6 @@
-"""Standard ops TVM's importer lacks or refuses in these forms, rewritten as plain ONNX ops with the same values:
-OneHot with run-time values, EyeLike with a dtype, Swish, CumProd, and ReduceMax/ReduceMin over booleans."""
+"""Standard ops TVM's importer lacks or gets wrong in these forms, rewritten as plain ONNX ops with the same
+values: OneHot with run-time values, EyeLike with a dtype, Swish, CumProd, BitCast, Elu in float16/float64, and
+ReduceMax/ReduceMin over booleans."""
 
 from __future__ import annotations
 
@@ -61,6 +62,19 @@ def _lower_swish(b: Builder, node: ir.Node) -> Lowered:
         return None
     alpha = b.const(np.array(node.attributes.get_float("alpha", 1.0), x.dtype.numpy()))
     return [b.op("Mul", x, b.op("Sigmoid", b.op("Mul", alpha, x)))]
+
+
+def _not_float32(node: ir.Node) -> bool:
+    return node.inputs[0] is not None and node.inputs[0].dtype not in (None, ir.DataType.FLOAT)
+
+
+def _lower_elu(b: Builder, node: ir.Node) -> Lowered:
+    """x where x > 0, else alpha · (exp(x) - 1), in x's dtype (the importer's Elu mixes in a float32 constant)."""
+    x = node.inputs[0]
+    dtype = x.dtype.numpy()
+    alpha = b.const(np.array(node.attributes.get_float("alpha", 1.0), dtype))
+    negative = b.op("Mul", alpha, b.op("Sub", b.op("Exp", x), b.const(np.array(1, dtype))))
+    return [b.op("Where", b.op("Greater", x, b.const(np.array(0, dtype))), x, negative)]
 
 
 def _lower_cumprod(b: Builder, node: ir.Node) -> Lowered:
@@ -153,6 +167,7 @@ TENSOR_LOWERINGS: dict[str, tuple[Callable[[ir.Node], bool], Callable[[Builder, 
     "Swish": (_always, _lower_swish),
     "CumProd": (_always, _lower_cumprod),
     "BitCast": (_always, _lower_bitcast),
+    "Elu": (_not_float32, _lower_elu),
 }
 BOOLEAN_REDUCTIONS = ("ReduceMax", "ReduceMin")
 boolean_reduction = (_boolean_reduction, _lower_boolean_reduction)

@@ -12,6 +12,7 @@ from onnxscript.optimizer._constant_folding import FoldConstantsPass
 from onnxscript.rewriter import RewritePass
 from onnxscript.rewriter.rules import common as rules
 
+from bitc import graph_edit
 from bitc.frontend import onnx_lowering
 from bitc.graph_edit import add_initializer
 from bitc.passes.registry import register
@@ -45,7 +46,12 @@ class FoldConstants(ir.passes.InPlacePass):
         with _quiet("onnxscript.optimizer"):
             result = folder(model)
         filled = _materialize_constant_fills(model, self.output_size_limit)
-        if filled:  # the fills' shape constants are unused now
+        if filled:  # the fills' shape constants are unused now, and what reads a fill may fold now
+            common.RemoveUnusedNodesPass()(model)
+            with _quiet("onnxscript.optimizer"):
+                folder(model)
+        if _materialize_known_outputs(model):
+            filled = True
             common.RemoveUnusedNodesPass()(model)
         common.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0)(model)
         rewritten = onnx_lowering.lower_constant_attributes(model)  # constant outputs the lift leaves
@@ -79,6 +85,29 @@ def _materialize_constant_fills(model: ir.Model, limit: int) -> bool:
         model.graph.remove(node, safe=True)
         changed = True
     return changed
+
+
+def _materialize_known_outputs(model: ir.Model) -> bool:
+    """Nodes whose every output the folder computed (it sets const_value but may keep the node, e.g. a Cast of
+    a constant) → initializers. TVM's importer returns a Cast's constant input uncast, so such a node would
+    compile to the wrong dtype."""
+    changed = False
+    for node in list(model.graph):
+        outputs = list(node.outputs)
+        if node.domain not in ("", "ai.onnx") or not outputs or any(v.const_value is None for v in outputs):
+            continue
+        if node.op_type in _NONDETERMINISTIC:
+            continue
+        for output in outputs:
+            constant = add_initializer(model.graph, output.const_value.numpy(), f"{output.name}__folded")
+            graph_edit.replace_output(model.graph, output, constant)
+        changed = True
+    return changed
+
+
+_NONDETERMINISTIC = {
+    "RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli",
+}  # fmt: skip
 
 
 @register("simplify", exact=True)

@@ -119,7 +119,11 @@ def _corpus(tmp: Path) -> dict[str, tuple[onnx.ModelProto | bytes, bool, str]]:
             "Name: mystery OpType: NoSuchOp",
         ),
         "custom_domain_not_imported": (model(CUSTOM_OP), True, "No opset import for domain 'acme' ==> Context: Bad "),
-        "opset_too_old": (model(opsets=(("", 5),)), False, "opset 5 is older than the oldest supported (7)"),
+        "opset_too_old": (
+            model([helper.make_node("Pad", ["x"], ["y"], name="pad", paddings=[0, 0, 1, 1])], opsets=(("", 1),)),
+            False,
+            "opset 1 is older than the oldest supported (7) and onnx's version converter could not upgrade it",
+        ),
         "opset_too_new": (model(opsets=(("", 99),)), True, "opset 99 is newer than this onnx package supports"),
         "opset_zero": (model(opsets=(("", 0),)), True, "No Op registered for Relu with domain_version of 0"),
         "no_default_opset": (model(CUSTOM_OP, opsets=(("acme", 1),)), False, "imports no version of the default"),

@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from bitc.frontend.onnx_lowering import Builder
 
 Lowered = list[ir.Value | None] | None
-# CumProd is unrolled into one multiply per position (the reference's order): longer axes are refused.
+# CumProd is unrolled into one multiply per position: longer axes are left for the refusal.
 MAX_CUMPROD_LENGTH = 1024
 
 
@@ -78,7 +78,8 @@ def _lower_elu(b: Builder, node: ir.Node) -> Lowered:
 
 
 def _lower_cumprod(b: Builder, node: ir.Node) -> Lowered:
-    """Running products along the axis, one multiply per position in order (as numpy's cumprod)."""
+    """Running products along the axis, one multiply per position in numpy's order (LLVM's reassociation inside
+    a fused kernel can still change the rounding, as for every float kernel)."""
     x, axis_value = node.inputs[0], node.inputs[1]
     shape = _static_shape(x)
     if shape is None or axis_value.const_value is None or x.dtype is None:
@@ -145,6 +146,88 @@ def bitc_node(b: Builder, op_type: str, *inputs: ir.Value, **attributes: object)
     return node.outputs[0]
 
 
+def _constant_int(value: ir.Value | None) -> int | None:
+    if value is None or value.const_value is None:
+        return None
+    return int(np.asarray(value.const_value.numpy()).reshape(-1)[0])
+
+
+def _lower_dft(b: Builder, node: ir.Node) -> Lowered:
+    """The DFT as products with constant cosine and sine matrices along the signal axis, in float64 and rounded
+    to the signal's dtype once (as onnx's reference, a float64 FFT): O(n²) work instead of an FFT's O(n log n),
+    for the lengths models use. Covers forward,
+    inverse, one-sided (rfft) and one-sided inverse (irfft, the half spectrum's conjugate symmetry as numpy's
+    irfft uses it), and dft_length padding or truncating the signal."""
+    x = node.inputs[0]
+    shape = _static_shape(x)
+    if shape is None or x.dtype is None or shape[-1] not in (1, 2):
+        return None
+    rank, new_opset = len(shape), b.opset >= 20
+    axis = _constant_int(node.inputs[2]) if new_opset and len(node.inputs) > 2 and node.inputs[2] else None
+    if axis is None and new_opset and len(node.inputs) > 2 and node.inputs[2] is not None:
+        return None  # a run-time axis
+    if axis is None:
+        axis = -2 if new_opset else node.attributes.get_int("axis", 1)
+    axis %= rank
+    length_input = node.inputs[1] if len(node.inputs) > 1 else None
+    length = _constant_int(length_input)
+    if (length_input is not None and length is None) or axis == rank - 1:
+        return None
+    inverse, onesided = node.attributes.get_int("inverse", 0), node.attributes.get_int("onesided", 0)
+    size = shape[axis]
+    if length is None:
+        length = 2 * (size - 1) if inverse and onesided else size
+    if length <= 0:
+        return None
+    compute = np.float64
+    order = [d for d in range(rank - 1) if d != axis] + [axis, rank - 1]
+    moved = b.op("Cast", b.op("Transpose", x, perm=order), to=ir.DataType.from_numpy(np.dtype(compute)))
+    real = b.op("Gather", moved, b.const(np.array(0, np.int64)), axis=-1)
+    imag = b.op("Gather", moved, b.const(np.array(1, np.int64)), axis=-1) if shape[-1] == 2 else None
+    if inverse and onesided:
+        rows, columns = min(size, length // 2 + 1), length
+    else:
+        rows, columns = min(size, length), (length // 2 + 1 if onesided else length)
+    if rows < size:
+        ends = b.const(np.array([rows], np.int64))
+        start, axes = b.const(np.array([0], np.int64)), b.const(np.array([-1], np.int64))
+        real = b.op("Slice", real, start, ends, axes)
+        imag = b.op("Slice", imag, start, ends, axes) if imag is not None else None
+    angle = 2 * np.pi * (np.outer(np.arange(rows), np.arange(columns)) % length) / length
+    cos, sin = np.cos(angle), np.sin(angle)
+    if inverse and onesided:
+        weights = np.full(rows, 2.0)
+        weights[0] = 1.0
+        if length % 2 == 0 and rows > length // 2:
+            weights[length // 2] = 1.0
+        cos, sin = cos * weights[:, None] / length, sin * weights[:, None] / length
+    elif inverse:
+        cos, sin = cos / length, sin / length
+    cos_m, sin_m = b.const(cos.astype(compute)), b.const(sin.astype(compute))
+    sign = -1.0 if inverse else 1.0
+
+    def product(value: ir.Value | None, matrix: ir.Value) -> ir.Value | None:
+        return b.op("MatMul", value, matrix) if value is not None else None
+
+    def combine(first: ir.Value | None, second: ir.Value | None, subtract: bool) -> ir.Value:
+        if second is None:
+            return first
+        if first is None:
+            return b.op("Neg", second) if subtract else second
+        return b.op("Sub" if subtract else "Add", first, second)
+
+    # forward: re = Σ re·cos + im·sin, im = Σ im·cos - re·sin; inverse: the signs of the sine terms flip
+    out_real = combine(product(real, cos_m), product(imag, sin_m), subtract=sign < 0)
+    parts = [out_real]
+    if not (inverse and onesided):
+        parts.append(combine(product(imag, cos_m), product(real, sin_m), subtract=sign > 0))
+    last = b.const(np.array([-1], np.int64))
+    stacked = [b.op("Unsqueeze", part, last) for part in parts]
+    result = stacked[0] if len(stacked) == 1 else b.op("Concat", *stacked, axis=-1)
+    result = b.op("Transpose", result, perm=[order.index(d) for d in range(rank)])
+    return [b.op("Cast", result, to=x.dtype)]
+
+
 def _boolean_reduction(node: ir.Node) -> bool:
     return node.inputs[0] is not None and node.inputs[0].dtype == ir.DataType.BOOL
 
@@ -168,6 +251,7 @@ TENSOR_LOWERINGS: dict[str, tuple[Callable[[ir.Node], bool], Callable[[Builder, 
     "CumProd": (_always, _lower_cumprod),
     "BitCast": (_always, _lower_bitcast),
     "Elu": (_not_float32, _lower_elu),
+    "DFT": (_always, _lower_dft),
 }
 BOOLEAN_REDUCTIONS = ("ReduceMax", "ReduceMin")
 boolean_reduction = (_boolean_reduction, _lower_boolean_reduction)

@@ -228,6 +228,45 @@ def _lower_dft(b: Builder, node: ir.Node) -> Lowered:
     return [b.op("Cast", result, to=x.dtype)]
 
 
+def _lower_col2im(b: Builder, node: ir.Node) -> Lowered:
+    """Col2Im as a ScatterElements(add) of every column entry onto its image position, with constant indices
+    (entries that land in the padding go to one extra slot, cut off after)."""
+    x = node.inputs[0]
+    shape = _static_shape(x)
+    image_value, block_value = node.inputs[1], node.inputs[2]
+    if shape is None or len(shape) != 3 or x.dtype is None or image_value.const_value is None:
+        return None
+    if block_value.const_value is None:
+        return None
+    image = [int(v) for v in image_value.const_value.numpy().reshape(-1)]
+    block = [int(v) for v in block_value.const_value.numpy().reshape(-1)]
+    rank = len(image)
+    dilations = list(node.attributes.get_ints("dilations", [1] * rank))
+    strides = list(node.attributes.get_ints("strides", [1] * rank))
+    pads = list(node.attributes.get_ints("pads", [0] * 2 * rank))
+    kernel = int(np.prod(block))
+    counts = [(image[d] + pads[d] + pads[d + rank] - dilations[d] * (block[d] - 1) - 1) // strides[d] + 1
+              for d in range(rank)]  # fmt: skip
+    batch, channels_kernel, blocks = shape
+    if channels_kernel % kernel or blocks != int(np.prod(counts)) or min(counts) < 1:
+        return None
+    channels, pixels = channels_kernel // kernel, int(np.prod(image))
+    offsets = np.indices(block).reshape(rank, -1, 1)  # [rank, K, 1]
+    starts = np.indices(counts).reshape(rank, 1, -1)  # [rank, 1, L]
+    position = np.array(starts) * np.array(strides).reshape(rank, 1, 1)
+    position = position - np.array(pads[:rank]).reshape(rank, 1, 1) + offsets * np.array(dilations).reshape(rank, 1, 1)
+    inside = np.all((position >= 0) & (position < np.array(image).reshape(rank, 1, 1)), axis=0)
+    flat = np.ravel_multi_index(tuple(np.clip(position, 0, np.array(image).reshape(rank, 1, 1) - 1)), image)
+    targets = np.where(inside, flat, pixels).reshape(1, 1, kernel * blocks).astype(np.int64)
+    updates = b.op("Reshape", x, b.const(np.array([batch, channels, kernel * blocks], np.int64)))
+    indices = b.op("Expand", b.const(targets), b.const(np.array([batch, channels, kernel * blocks], np.int64)))
+    zeros = b.const(np.zeros((batch, channels, pixels + 1), x.dtype.numpy()))
+    summed = b.op("ScatterElements", zeros, indices, updates, axis=2, reduction="add")
+    image_part = b.op("Slice", summed, b.const(np.array([0], np.int64)), b.const(np.array([pixels], np.int64)),
+                      b.const(np.array([2], np.int64)))  # fmt: skip
+    return [b.op("Reshape", image_part, b.const(np.array([batch, channels, *image], np.int64)))]
+
+
 def _boolean_reduction(node: ir.Node) -> bool:
     return node.inputs[0] is not None and node.inputs[0].dtype == ir.DataType.BOOL
 
@@ -252,6 +291,7 @@ TENSOR_LOWERINGS: dict[str, tuple[Callable[[ir.Node], bool], Callable[[Builder, 
     "BitCast": (_always, _lower_bitcast),
     "Elu": (_not_float32, _lower_elu),
     "DFT": (_always, _lower_dft),
+    "Col2Im": (_always, _lower_col2im),
 }
 BOOLEAN_REDUCTIONS = ("ReduceMax", "ReduceMin")
 boolean_reduction = (_boolean_reduction, _lower_boolean_reduction)

@@ -94,10 +94,19 @@ def _tiny_model(opset: int, nodes=None, inputs=None, output_shape=(2, 3)) -> onn
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
 
 
-def test_unsupported_opset_is_refused(tmp_path):
+def test_opset_older_than_7_is_upgraded_or_refused(tmp_path):
+    """The importer reads opset 7 on: older models compile only through onnx's version converter."""
     onnx.save(_tiny_model(5), tmp_path / "old.onnx")
-    with pytest.raises(BadInputError, match="opset 5 is older"):
-        load_onnx(tmp_path / "old.onnx", check=False)
+    assert load_onnx(tmp_path / "old.onnx", check=False).opset_imports[""] == 13
+    graph = helper.make_graph(
+        [helper.make_node("Pad", ["x"], ["y"], paddings=[0, 0, 1, 1])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 2])],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 1)]), tmp_path / "pad.onnx")
+    with pytest.raises(BadInputError, match="opset 1 is older than the oldest supported"):
+        load_onnx(tmp_path / "pad.onnx", check=False)
 
 
 def test_old_opset_is_upgraded(tmp_path):

@@ -455,7 +455,10 @@ def _empty_or_boolean(node: ir.Node) -> bool:
 
 
 def _lower_empty_or_boolean_reduction(b: Builder, node: ir.Node) -> list[ir.Value | None] | None:
-    return boolean_reduction[1](b, node) if boolean_reduction[0](node) else _lower_empty_reduction(b, node)
+    """An empty reduction is its identity (booleans too); a boolean one otherwise runs over bytes."""
+    if _empty_reduction(node):
+        return _lower_empty_reduction(b, node)
+    return boolean_reduction[1](b, node)
 
 
 def _has_output_shape(node: ir.Node) -> bool:

@@ -384,3 +384,23 @@ def test_cli_compiles_for_cuda_and_names_a_bad_arch_in_one_line(tmp_path):
     bad = cli("compile", str(tmp_path / "m.onnx"), "-o", str(tmp_path / "bad.bitc"), "--target", "cuda:sm_61")
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "sm_61" in bad.stderr
     assert not (tmp_path / "bad.bitc").exists()
+
+
+@needs_nvcc
+def test_narrow_type_and_bitcast_kernels_build_for_cuda(tmp_path):
+    """bitc.RoundToFormat (a Cast to float8) and bitc.Reinterpret (BitCast) get their elementwise GPU kernels."""
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Cast", ["x"], ["q"], to=TensorProto.FLOAT8E4M3FN),
+         helper.make_node("BitCast", ["x"], ["bits"], to=TensorProto.INT32)],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 64])],
+        [helper.make_tensor_value_info("q", TensorProto.FLOAT8E4M3FN, [4, 64]),
+         helper.make_tensor_value_info("bits", TensorProto.INT32, [4, 64])],
+    )  # fmt: skip
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 26)]), tmp_path / "m.onnx")
+    result = bitc.compile(tmp_path / "m.onnx", tmp_path / "m.bitc", target="cuda")
+    ptx = _ptx(result.path)
+    assert "round_to_format" in ptx and "reinterpret" in ptx
+    assert result.manifest["outputs"][0]["dtype"] == "float8_e4m3fn"

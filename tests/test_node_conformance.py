@@ -83,6 +83,7 @@ FIXED = [
     "test_quantizelinear_blocked_asymmetric",
     # Scan unrolled (bitc.frontend.control_flow), also inside LinearAttention's function body
     "test_scan9_sum",
+    "test_scan_sum",  # Scan-8 kept at opset 8 (the converter would drop its batch axis from the inputs)
     "test_loop11",  # trip count and condition specialised by the backend, then unrolled
     "test_linear_attention_gated_delta",
     # bitc.frontend.tensor_lowering and integer_lowering

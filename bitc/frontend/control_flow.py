@@ -190,8 +190,11 @@ def _passes_condition_through(body: ir.Graph) -> bool:
 
 
 def _stack(b: Builder, values: list[ir.Value], axis: int) -> ir.Value:
-    axes = b.const(np.array([axis], np.int64))
-    parts = [b.op("Unsqueeze", v, axes) for v in values]
+    if b.opset < 13:  # Unsqueeze took its axes as an attribute then
+        parts = [b.op("Unsqueeze", v, axes=[axis]) for v in values]
+    else:
+        axes = b.const(np.array([axis], np.int64))
+        parts = [b.op("Unsqueeze", v, axes) for v in values]
     return parts[0] if len(parts) == 1 else b.op("Concat", *parts, axis=axis)
 
 

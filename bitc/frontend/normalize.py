@@ -188,10 +188,22 @@ def _checked_opset(model: ir.Model, source: str) -> ir.Model:
                 "converter could not upgrade it"
             ) from None
         return model  # the importer still handles the old opset; upgrading is best effort
+    if _interface(upgraded) != _interface(model):  # the Scan-8 adapter drops the batch axis of the graph's inputs
+        if version < MIN_OPSET:
+            raise BadInputError(
+                f"{source}: opset {version} is older than the oldest supported ({MIN_OPSET}) and onnx's version "
+                "converter changes the model's input or output shapes"
+            )
+        return model
     base_dir = _external_data_dir(model)
     if base_dir:  # the round trip through protobuf forgets where external data lives
         ir.external_data.set_base_dir(upgraded.graph, base_dir)
     return upgraded
+
+
+def _interface(model: ir.Model) -> list[tuple[str, str]]:
+    """Names, types and shapes of the graph's inputs and outputs: what an upgrade must not change."""
+    return [(str(v.name), str(v.type), str(v.shape)) for v in [*model.graph.inputs, *model.graph.outputs]]
 
 
 def _external_data_dir(model: ir.Model) -> str | os.PathLike | None:

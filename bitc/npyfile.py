@@ -74,7 +74,8 @@ def check_npy_header(handle: IO[bytes], size: int, name: str) -> tuple[tuple[int
             raise ValueError(f"unsupported .npy format version {version}")
     except (ValueError, OSError, EOFError, SyntaxError) as exc:
         raise BadInputError(f"{name}: not a readable .npy array ({first_line(exc)})") from None
-    if dtype.kind not in "biufc" or dtype.hasobject or dtype.fields is not None:
+    raw = dtype.kind == "V" and dtype.subdtype is None  # ml_dtypes arrays (bfloat16, float8...) as np.save writes them
+    if (dtype.kind not in "biufc" and not raw) or dtype.hasobject or dtype.fields is not None:
         raise BadInputError(f"{name}: dtype {dtype} is not a numeric array")
     needed = math.prod(int(d) for d in shape) * dtype.itemsize
     available = size - handle.tell()
@@ -89,9 +90,17 @@ def save_npy(file: str | os.PathLike, array: Any) -> None:
     """np.save through a temp file: a full disk or an interrupt leaves no truncated or empty .npy."""
     try:
         with atomic_output(file) as handle:
-            np.save(handle, np.asarray(array), allow_pickle=False)
+            np.save(handle, _portable(np.asarray(array)), allow_pickle=False)
     except OSError as exc:
         raise BitcError(f"{file}: cannot write ({exc.strerror or first_line(exc)})") from None
+
+
+def _portable(array: np.ndarray) -> np.ndarray:
+    """ml_dtypes arrays (bfloat16, float8, int4...) as raw bytes: numpy writes some of their descriptors as
+    '<f1', which no numpy can read back; the bytes load anywhere and `load_npy` readers view them again."""
+    from bitc.runtime.narrow_dtypes import CARRIERS
+
+    return array.view(f"V{array.dtype.itemsize}") if array.dtype.name in CARRIERS else array
 
 
 def _regular_file_size(path: Path) -> int:

@@ -196,3 +196,38 @@ def test_a_manifest_with_a_wrong_carrier_is_refused(tmp_path) -> None:
             target.writestr(item, data)
     with pytest.raises(BadInputError, match="no narrow dtype bfloat16 carried as float64"):
         bitc.load(forged)
+
+
+def test_narrow_outputs_saved_by_bitc_run_feed_back_as_inputs(tmp_path) -> None:
+    """np.save stores an ml_dtypes array as raw bytes (void dtype): `bitc run --input` reads those back."""
+    import subprocess
+    import sys
+
+    graph = helper.make_graph(
+        [helper.make_node("Cast", ["x"], ["y"], to=TensorProto.FLOAT8E5M2)],
+        "save",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT8E5M2, [2, 3])],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)]), tmp_path / "save.onnx")
+    back = helper.make_graph(
+        [helper.make_node("Cast", ["y"], ["z"], to=TensorProto.FLOAT)],
+        "load",
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT8E5M2, [2, 3])],
+        [helper.make_tensor_value_info("z", TensorProto.FLOAT, [2, 3])],
+    )
+    onnx.save(helper.make_model(back, opset_imports=[helper.make_opsetid("", 21)]), tmp_path / "load.onnx")
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "bitc", *args], capture_output=True, text=True, cwd=tmp_path)
+
+    x = np.array([[0.1, -2.0, 300.0], [1e-6, 7.0, -0.3]], np.float32)
+    np.save(tmp_path / "x.npy", x)
+    for name in ("save", "load"):
+        assert cli("compile", f"{name}.onnx", "-o", f"{name}.bitc").returncode == 0
+    assert cli("run", "save.bitc", "--input", "x=x.npy", "--output-dir", "out").returncode == 0
+    done = cli("run", "load.bitc", "--input", "y=out/y.npy", "--output-dir", "back")
+    assert done.returncode == 0, done.stderr
+    np.testing.assert_array_equal(
+        np.load(tmp_path / "back" / "z.npy"), x.astype(ml_dtypes.float8_e5m2).astype(np.float32)
+    )

@@ -322,6 +322,8 @@ def _checked(spec: TensorSpec, value: Any) -> np.ndarray:
         array = np.asarray(value)
     except (ValueError, TypeError) as exc:  # ragged nested lists, objects without an array form
         raise BadInputError(f"input '{spec.name}': not an array ({first_line(exc)})") from None
+    if spec.carrier and array.dtype.kind == "V" and array.dtype.itemsize == spec.numpy_dtype.itemsize:
+        array = array.view(spec.numpy_dtype)  # how np.save / np.load store an ml_dtypes array
     if array.dtype != spec.numpy_dtype:
         raise BadInputError(f"input '{spec.name}': dtype {array.dtype}, expected {spec.dtype}")
     if array.shape != spec.shape:

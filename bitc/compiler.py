@@ -24,7 +24,7 @@ from bitc.codegen.target import parse_target
 from bitc.errors import BadInputError
 from bitc.frontend import from_torch, load_onnx, normalize
 from bitc.frontend.index_ranges import input_index_ranges
-from bitc.frontend.narrow_types import IO_METADATA_KEY as NARROW_IO_KEY
+from bitc.frontend.narrow_types import narrow_io
 from bitc.layers import layer_table, summarize_layers
 from bitc.passes import (
     PassRecord,
@@ -136,7 +136,7 @@ def compile(
         "entry": "main",
         "source": {"name": source, "sha256": source_sha},
         "inputs": _input_specs(ir_model),
-        "outputs": [_spec(v, "output", _narrow_io(ir_model)) for v in ir_model.graph.outputs],
+        "outputs": _output_specs(ir_model),
         "target": build_target.to_manifest(),
         "versions": _versions(ir_model),
         "passes": [r.to_json(timing=False) for r in records],
@@ -202,7 +202,7 @@ def _output_path(output: str | os.PathLike | None, model: Any) -> Path:
 
 def _check_static_inputs(model: ir.Model) -> None:
     """Every input with a dynamic dimension named in one message, with the flag that fixes each."""
-    dynamic = [v for v in model.graph.inputs if v.shape is None or not all(isinstance(d, int) for d in v.shape)]
+    dynamic = [v for v in model.graph.inputs if v.shape is None or not v.shape.is_static()]
     if len(dynamic) == 1:
         static_shape(dynamic[0])
     if dynamic:
@@ -256,12 +256,17 @@ def _io_dtype(value: ir.Value, role: str) -> np.dtype:
 
 def _input_specs(model: ir.Model) -> list[dict[str, Any]]:
     """The inputs' specs; an input that indexes a tensor carries its valid range, checked by the runtime."""
-    ranges = input_index_ranges(model)
-    specs = [_spec(v, "input", _narrow_io(model)) for v in model.graph.inputs]
+    ranges, narrow = input_index_ranges(model), narrow_io(model)
+    specs = [_spec(v, "input", narrow) for v in model.graph.inputs]
     for spec in specs:
         if spec["name"] in ranges:
             spec["index_range"] = ranges[spec["name"]]
     return specs
+
+
+def _output_specs(model: ir.Model) -> list[dict[str, Any]]:
+    narrow = narrow_io(model)
+    return [_spec(v, "output", narrow) for v in model.graph.outputs]
 
 
 def _spec(value: ir.Value, role: str, narrow: Mapping[str, str]) -> dict[str, Any]:
@@ -273,11 +278,6 @@ def _spec(value: ir.Value, role: str, narrow: Mapping[str, str]) -> dict[str, An
     if value.name in narrow:
         spec["carrier"], spec["dtype"] = spec["dtype"], narrow[value.name]
     return spec
-
-
-def _narrow_io(model: ir.Model) -> dict[str, str]:
-    """Inputs and outputs of a narrow type, by name (`bitc.frontend.narrow_types` records them)."""
-    return json.loads(model.metadata_props.get(NARROW_IO_KEY, "{}"))
 
 
 def _parameter_count(model: ir.Model) -> int:

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import collections
-import json
 import math
 import zipfile
 from pathlib import Path
 from typing import Any
 
 from bitc.errors import BadInputError, first_line
-from bitc.frontend.narrow_types import IO_METADATA_KEY as NARROW_IO_KEY
+from bitc.frontend.narrow_types import narrow_io
 from bitc.layers import layer_table, summarize_layers
 
 
@@ -143,7 +142,7 @@ def inspect_onnx(path: Path) -> dict[str, Any]:
     params = sum(int(v.const_value.size) for v in model.graph.initializers.values() if v.const_value is not None)
     param_bytes = sum(int(v.const_value.nbytes) for v in model.graph.initializers.values() if v.const_value)
     layers = layer_table(model)
-    narrow = json.loads(model.metadata_props.get(NARROW_IO_KEY, "{}"))  # the file's dtypes, not their carriers
+    narrow = narrow_io(model)  # the file's dtypes, not their carriers
     return {
         "kind": "onnx",
         "path": str(path),
@@ -166,9 +165,7 @@ def inspect_onnx(path: Path) -> dict[str, Any]:
 
 def _dynamic_inputs(model: Any) -> list[dict[str, Any]]:
     """Inputs with a dimension that is not a number: each needs --input-shape to compile."""
-    return [
-        _value(v, {}) for v in model.graph.inputs if v.shape is None or not all(isinstance(d, int) for d in v.shape)
-    ]
+    return [_value(v, {}) for v in model.graph.inputs if v.shape is None or not v.shape.is_static()]
 
 
 def unsupported_nodes(model: Any, limit: int = 50) -> list[dict[str, str]]:

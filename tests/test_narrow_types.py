@@ -175,15 +175,20 @@ def test_arithmetic_in_a_narrow_type_is_refused_naming_the_node(tmp_path) -> Non
     assert not (tmp_path / "add.bitc").exists()
 
 
-def test_a_manifest_with_a_wrong_carrier_is_refused(tmp_path) -> None:
+def _save_cast(path, source: int, target: int, shape: list[int], opset: int) -> None:
+    """A model `y = Cast(x)` from `source` to `target` ONNX types, saved at `path`."""
     graph = helper.make_graph(
-        [helper.make_node("Cast", ["x"], ["y"], to=TensorProto.BFLOAT16)],
-        "carrier",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])],
-        [helper.make_tensor_value_info("y", TensorProto.BFLOAT16, [4])],
+        [helper.make_node("Cast", ["x"], ["y"], to=target)],
+        "cast",
+        [helper.make_tensor_value_info("x", source, shape)],
+        [helper.make_tensor_value_info("y", target, shape)],
     )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)]), path)
+
+
+def test_a_manifest_with_a_wrong_carrier_is_refused(tmp_path) -> None:
     path = tmp_path / "cast.onnx"
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 23)]), path)
+    _save_cast(path, TensorProto.FLOAT, TensorProto.BFLOAT16, [4], 23)
     artifact = bitc.compile(str(path), tmp_path / "cast.bitc").path
     forged = tmp_path / "forged.bitc"
     with zipfile.ZipFile(artifact) as source, zipfile.ZipFile(forged, "w") as target:
@@ -203,20 +208,8 @@ def test_narrow_outputs_saved_by_bitc_run_feed_back_as_inputs(tmp_path) -> None:
     import subprocess
     import sys
 
-    graph = helper.make_graph(
-        [helper.make_node("Cast", ["x"], ["y"], to=TensorProto.FLOAT8E5M2)],
-        "save",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT8E5M2, [2, 3])],
-    )
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)]), tmp_path / "save.onnx")
-    back = helper.make_graph(
-        [helper.make_node("Cast", ["y"], ["z"], to=TensorProto.FLOAT)],
-        "load",
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT8E5M2, [2, 3])],
-        [helper.make_tensor_value_info("z", TensorProto.FLOAT, [2, 3])],
-    )
-    onnx.save(helper.make_model(back, opset_imports=[helper.make_opsetid("", 21)]), tmp_path / "load.onnx")
+    _save_cast(tmp_path / "save.onnx", TensorProto.FLOAT, TensorProto.FLOAT8E5M2, [2, 3], 21)
+    _save_cast(tmp_path / "load.onnx", TensorProto.FLOAT8E5M2, TensorProto.FLOAT, [2, 3], 21)
 
     def cli(*args: str) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "-m", "bitc", *args], capture_output=True, text=True, cwd=tmp_path)
@@ -226,8 +219,8 @@ def test_narrow_outputs_saved_by_bitc_run_feed_back_as_inputs(tmp_path) -> None:
     for name in ("save", "load"):
         assert cli("compile", f"{name}.onnx", "-o", f"{name}.bitc").returncode == 0
     assert cli("run", "save.bitc", "--input", "x=x.npy", "--output-dir", "out").returncode == 0
-    done = cli("run", "load.bitc", "--input", "y=out/y.npy", "--output-dir", "back")
+    done = cli("run", "load.bitc", "--input", "x=out/y.npy", "--output-dir", "back")
     assert done.returncode == 0, done.stderr
     np.testing.assert_array_equal(
-        np.load(tmp_path / "back" / "z.npy"), x.astype(ml_dtypes.float8_e5m2).astype(np.float32)
+        np.load(tmp_path / "back" / "y.npy"), x.astype(ml_dtypes.float8_e5m2).astype(np.float32)
     )

@@ -20,6 +20,7 @@ import numpy as np
 import onnx_ir as ir
 
 from bitc.frontend.onnx_lowering import Builder, _replace, taken_names
+from bitc.frontend.tensor_lowering import constant_int
 
 # Nodes one Scan may unroll to: beyond this the graph (and its compile time) grows without bound.
 MAX_UNROLLED_NODES = 50_000
@@ -139,11 +140,11 @@ def _lower_loop(b: Builder, node: ir.Node, opset: int) -> list[ir.Value | None] 
     body = body_attr.as_graph()
     if any(isinstance(a.value, ir.Graph) for n in body for a in n.attributes.values()):
         return None
-    trips, condition = _scalar(node.inputs[0]), _scalar(node.inputs[1])
+    trips, condition = constant_int(node.inputs[0]), constant_int(node.inputs[1])
     states = list(node.inputs[2:])
     if trips is None or (node.inputs[1] is not None and condition is None) or any(v is None for v in states):
         return None
-    steps = int(trips) if condition is None or bool(condition) else 0
+    steps = trips if condition is None or condition else 0
     scan_count = len(body.outputs) - 1 - len(states)
     if len(body.inputs) != 2 + len(states) or scan_count < 0 or steps * len(body) > MAX_UNROLLED_NODES:
         return None
@@ -165,12 +166,6 @@ def _lower_loop(b: Builder, node: ir.Node, opset: int) -> list[ir.Value | None] 
         for k, value in enumerate(outputs[1 + len(states) :]):
             produced[k].append(value)
     return [*states, *(_stack(b, values, 0) for values in produced)]
-
-
-def _scalar(value: ir.Value | None) -> np.generic | None:
-    if value is None or value.const_value is None or value.const_value.size != 1:
-        return None
-    return value.const_value.numpy().reshape(-1)[0]
 
 
 def _passes_condition_through(body: ir.Graph) -> bool:
@@ -204,17 +199,13 @@ def _inline_body(b: Builder, body: ir.Graph, arguments: list[ir.Value]) -> list[
     for initializer in body.initializers.values():
         bound[initializer] = b.const(initializer.const_value.numpy())
     for node in body:
-        b.count += 1
-        while f"{b.prefix}_{b.count}" in b.taken:
-            b.count += 1
-        b.taken.add(f"{b.prefix}_{b.count}")
         copy = ir.Node(
             node.domain,
             node.op_type,
             [bound.get(v, v) if v is not None else None for v in node.inputs],
             attributes=[ir.Attr(a.name, a.type, a.value) for a in node.attributes.values()],
             num_outputs=len(node.outputs),
-            name=f"{b.prefix}_{b.count}",
+            name=b.fresh_name(),
             overload=node.overload,
         )
         for old, new in zip(node.outputs, copy.outputs, strict=True):

@@ -21,28 +21,13 @@ import json
 import numpy as np
 import onnx_ir as ir
 
-from bitc import graph_edit, ops
+from bitc import graph_edit
 from bitc.errors import BadInputError
 from bitc.frontend.onnx_lowering import Builder, taken_names
 from bitc.ops.round_to_format import FORMATS, RoundToFormat
+from bitc.runtime.narrow_dtypes import CARRIERS
 
 IO_METADATA_KEY = "bitc.narrow_io"
-
-FLOAT_FORMATS: dict[ir.DataType, str] = {
-    ir.DataType.BFLOAT16: "bfloat16",
-    ir.DataType.FLOAT8E4M3FN: "float8_e4m3fn",
-    ir.DataType.FLOAT8E4M3FNUZ: "float8_e4m3fnuz",
-    ir.DataType.FLOAT8E5M2: "float8_e5m2",
-    ir.DataType.FLOAT8E5M2FNUZ: "float8_e5m2fnuz",
-    ir.DataType.FLOAT4E2M1: "float4_e2m1fn",
-}
-# narrow integer type → (bits, signed, carrier, ml_dtypes name)
-INT_FORMATS: dict[ir.DataType, tuple[int, bool, ir.DataType, str]] = {
-    ir.DataType.INT4: (4, True, ir.DataType.INT8, "int4"),
-    ir.DataType.UINT4: (4, False, ir.DataType.UINT8, "uint4"),
-    ir.DataType.INT2: (2, True, ir.DataType.INT8, "int2"),
-    ir.DataType.UINT2: (2, False, ir.DataType.UINT8, "uint2"),
-}
 
 # Ops whose outputs are values (or shapes, indices, booleans) of their inputs: exact on carriers.
 MOVES_VALUES = {
@@ -53,17 +38,26 @@ MOVES_VALUES = {
 }  # fmt: skip
 
 
+# Every ONNX type the runtime carries (bitc.runtime.narrow_dtypes names them by their numpy names).
+NARROW_TYPES = frozenset(d for d in ir.DataType if d != ir.DataType.UNDEFINED and d.numpy().name in CARRIERS)
+
+
+def narrow_io(model: ir.Model) -> dict[str, str]:
+    """The model's inputs and outputs of a narrow type, by name: their numpy dtype names (not the carriers')."""
+    return json.loads(model.metadata_props.get(IO_METADATA_KEY, "{}"))
+
+
 def is_narrow(dtype: ir.DataType | None) -> bool:
-    return dtype in FLOAT_FORMATS or dtype in INT_FORMATS
+    return dtype in NARROW_TYPES
 
 
 def carrier(dtype: ir.DataType) -> ir.DataType:
-    return INT_FORMATS[dtype][2] if dtype in INT_FORMATS else ir.DataType.FLOAT
+    return ir.DataType.from_numpy(np.dtype(CARRIERS[dtype.numpy().name]))
 
 
-def numpy_name(dtype: ir.DataType) -> str:
-    """The dtype's name in numpy (ml_dtypes) and in manifests."""
-    return FLOAT_FORMATS[dtype] if dtype in FLOAT_FORMATS else INT_FORMATS[dtype][3]
+def float_format(dtype: ir.DataType | None) -> str | None:
+    """The RoundToFormat format of a narrow float type (its numpy name), else None."""
+    return dtype.numpy().name if is_narrow(dtype) and dtype.is_floating_point() else None
 
 
 def emulate_narrow_types(model: ir.Model, source: str) -> bool:
@@ -72,7 +66,7 @@ def emulate_narrow_types(model: ir.Model, source: str) -> bool:
     values = [*graph.inputs, *graph.initializers.values(), *(v for node in graph for v in node.outputs)]
     if not any(is_narrow(v.dtype) for v in values) and not any(_needs_rewrite(node) for node in graph):
         return False
-    io = {v.name: numpy_name(v.dtype) for v in [*graph.inputs, *graph.outputs] if is_narrow(v.dtype)}
+    io = {v.name: v.dtype.numpy().name for v in [*graph.inputs, *graph.outputs] if is_narrow(v.dtype)}
     taken = taken_names(graph)
     for node in list(graph):
         _rewrite(graph, node, source, taken)
@@ -83,8 +77,6 @@ def emulate_narrow_types(model: ir.Model, source: str) -> bool:
     for value in [*graph.inputs, *graph.initializers.values(), *(v for node in graph for v in node.outputs)]:
         if is_narrow(value.dtype):
             value.dtype = carrier(value.dtype)
-    if any(ops.is_bitc(node) for node in graph):
-        model.opset_imports.setdefault(ops.DOMAIN, ops.DOMAIN_VERSION)
     if io:
         model.metadata_props[IO_METADATA_KEY] = json.dumps(io)
     return True
@@ -115,7 +107,7 @@ def _rewrite(graph: ir.Graph, node: ir.Node, source: str, taken: set[str]) -> No
         replacement = _quantize(Builder(graph, node, taken=taken), node, where)
     elif standard and node.op_type == "DequantizeLinear" and (is_narrow(node.inputs[0].dtype) or _blocked(node)):
         replacement = _dequantize(Builder(graph, node, taken=taken), node, where)
-    elif not narrow or (node.domain == "" and node.op_type in MOVES_VALUES) or node.op_type == "Cast":
+    elif not narrow or (standard and node.op_type in MOVES_VALUES) or node.op_type == "Cast":
         if any(isinstance(a.value, ir.Graph) for a in node.attributes.values()) and narrow:
             raise BadInputError(f"{where} has a subgraph over {narrow[0].name.lower()} values: not supported")
         return  # Cast from a narrow type reads the carrier, which holds the exact value
@@ -135,30 +127,23 @@ def _blocked(node: ir.Node) -> bool:
     return node.attributes.get_int("block_size", 0) > 0
 
 
-def _integer_range(dtype: ir.DataType) -> tuple[int, int, ir.DataType] | None:
-    """(lowest, highest, carrier) of an integer type, narrow or not; None for other types."""
-    if dtype in INT_FORMATS:
-        bits, signed, carrier_type, _ = INT_FORMATS[dtype]
-        low, high = (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if signed else (0, (1 << bits) - 1)
-        return low, high, carrier_type
-    if dtype is not None and dtype.is_integer():
-        info = np.iinfo(dtype.numpy())
-        return int(info.min), int(info.max), dtype
-    return None
+def _integer_range(dtype: ir.DataType | None) -> tuple[int, int] | None:
+    """(lowest, highest) of an integer type, narrow or not; None for other types."""
+    if dtype is None or not dtype.is_integer():
+        return None
+    bits = dtype.bitwidth
+    return (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if dtype.is_signed() else (0, (1 << bits) - 1)
 
 
 def _cast_to(b: Builder, node: ir.Node, where: str) -> ir.Value:
     target, x = _target(node), node.inputs[0]
     if x.dtype in (ir.DataType.INT64, ir.DataType.UINT64):
         raise BadInputError(f"{where}: casting 64-bit integers to {target.name.lower()} is not supported")
-    if target in INT_FORMATS and x.dtype is not None and x.dtype.is_floating_point():
+    if target.is_integer() and x.dtype is not None and x.dtype.is_floating_point():
         return _float_to_narrow_int(b, x, target)
-    if target in INT_FORMATS:
+    if target.is_integer():
         return _wrap(b, b.op("Cast", x, to=ir.DataType.INT32), target)
-    saturate = node.attributes.get_int("saturate", 1)
-    if target not in FLOAT_FORMATS:
-        raise BadInputError(f"{where}: casting to {target.name.lower()} is not supported")
-    return _round(b, _as_float(b, x), FLOAT_FORMATS[target], saturate)
+    return _round(b, _as_float(b, x), float_format(target), node.attributes.get_int("saturate", 1))
 
 
 def _typed(value: ir.Value, dtype: ir.DataType | None, shape: ir.Shape | None) -> ir.Value:
@@ -179,50 +164,38 @@ def _round(b: Builder, x: ir.Value, fmt: str, saturate: int) -> ir.Value:
     if x.const_value is not None:
         (array,) = RoundToFormat.reference(x.const_value.numpy(), format=fmt, saturate=saturate)
         return b.const(array)
-    if x.shape is None or not all(isinstance(d, int) for d in x.shape):
+    if x.shape is None or not x.shape.is_static():
         raise BadInputError(f"node '{b.anchor.name}' ({b.anchor.op_type}): rounding to {fmt} needs a static shape")
-    b.count += 1
-    node = ir.Node(
-        ops.DOMAIN,
-        "RoundToFormat",
-        [x],
-        attributes=ir.convenience.convert_attributes({"format": fmt, "saturate": int(saturate)}),
-        name=f"{b.prefix}_round{b.count}",
-    )
-    node.outputs[0].name = f"{node.name}_out0"
-    node.outputs[0].dtype, node.outputs[0].shape = ir.DataType.FLOAT, x.shape
-    b.graph.insert_before(b.anchor, node)
-    return node.outputs[0]
+    return b.bitc_op("RoundToFormat", x, format=fmt, saturate=int(saturate))
 
 
 def _float_to_narrow_int(b: Builder, x: ir.Value, target: ir.DataType) -> ir.Value:
     """Truncation toward zero; a value outside the type's range (and NaN) becomes 0, as onnx's reference
     (ml_dtypes) gives: ONNX leaves it undefined, and 0 keeps it defined without ever casting an out-of-range float."""
-    bits, signed, carrier_type, _ = INT_FORMATS[target]
-    low, high = (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if signed else (0, (1 << bits) - 1)
+    low, high = _integer_range(target)
     x = _as_float(b, x)
     dtype = x.dtype.numpy()
     above = b.op("Greater", x, b.const(np.array(low - 1, dtype)))
     inside = b.op("And", above, b.op("Less", x, b.const(np.array(high + 1, dtype))))
-    return b.op("Cast", b.op("Where", inside, x, b.const(np.array(0, dtype))), to=carrier_type)
+    return b.op("Cast", b.op("Where", inside, x, b.const(np.array(0, dtype))), to=carrier(target))
 
 
 def _wrap(b: Builder, x: ir.Value, target: ir.DataType) -> ir.Value:
     """int32 → the narrow integer type's low bits, two's complement when signed (ONNX Cast between integers)."""
-    bits, signed, carrier_type, _ = INT_FORMATS[target]
+    bits = target.bitwidth
     mask = b.const(np.array((1 << bits) - 1, np.int32))
-    if signed:
+    if target.is_signed():
         half = b.const(np.array(1 << (bits - 1), np.int32))
         x = b.op("Sub", b.op("BitwiseAnd", b.op("Add", x, half), mask), half)
     else:
         x = b.op("BitwiseAnd", x, mask)
-    return b.op("Cast", x, to=carrier_type)
+    return b.op("Cast", x, to=carrier(target))
 
 
 def _broadcast(b: Builder, param: ir.Value, node: ir.Node, where: str) -> ir.Value:
     """A scale or zero point shaped to broadcast against the data: scalar, per-axis or per-block."""
     x = node.inputs[0]
-    if param.shape is None or x.shape is None or not all(isinstance(d, int) for d in (*param.shape, *x.shape)):
+    if param.shape is None or x.shape is None or not (param.shape.is_static() and x.shape.is_static()):
         raise BadInputError(f"{where}: scale and zero point need static shapes")
     shape, rank = [int(d) for d in param.shape], len(x.shape)
     if int(np.prod(shape)) == 1:
@@ -245,19 +218,18 @@ def _quantize(b: Builder, node: ir.Node, where: str) -> ir.Value:
     zero_point = node.inputs[2] if len(node.inputs) > 2 else None
     target = node.outputs[0].dtype
     scaled = _typed(b.op("Div", x, _broadcast(b, scale, node, where)), x.dtype, x.shape)
-    if x.dtype in FLOAT_FORMATS:  # the quotient is a value of x's type, as in onnx's reference
-        scaled = _round(b, scaled, FLOAT_FORMATS[x.dtype], 0)
+    if float_format(x.dtype):  # the quotient is a value of x's type, as in onnx's reference
+        scaled = _round(b, scaled, float_format(x.dtype), 0)
     if (integer := _integer_range(target)) is not None:
-        low, high, carrier_type = integer
+        low, high = integer
         levels = b.op("Cast", b.op("Round", scaled), to=ir.DataType.FLOAT)
         if zero_point is not None:
             levels = b.op("Add", levels, b.op("Cast", _broadcast(b, zero_point, node, where), to=ir.DataType.FLOAT))
         clamped = b.op("Min", b.op("Max", levels, b.const(np.float32(low))), b.const(np.float32(high)))
-        return b.op("Cast", clamped, to=carrier_type)
-    if target not in FLOAT_FORMATS:
+        return b.op("Cast", clamped, to=carrier(target) if is_narrow(target) else target)
+    if (fmt := float_format(target)) is None:
         name = target.name.lower() if target else "an unknown type"
         raise BadInputError(f"{where}: quantizing to {name} is not supported")
-    fmt = FLOAT_FORMATS[target]
     scaled = _as_float(b, scaled)
     if zero_point is not None and not FORMATS[fmt].saturable:  # float4 adds its zero point; float8's must be 0
         zero = b.op("Cast", _broadcast(b, zero_point, node, where), to=scaled.dtype)
@@ -278,6 +250,6 @@ def _dequantize(b: Builder, node: ir.Node, where: str) -> ir.Value:
         scale_f = b.op("Cast", scale_f, to=ir.DataType.FLOAT)
     y = _typed(b.op("Mul", values, scale_f), ir.DataType.FLOAT, x.shape)
     out = node.outputs[0].dtype or ir.DataType.FLOAT
-    if out in FLOAT_FORMATS:
-        return _round(b, y, FLOAT_FORMATS[out], 0)
+    if float_format(out):
+        return _round(b, y, float_format(out), 0)
     return y if out == ir.DataType.FLOAT else b.op("Cast", y, to=out)

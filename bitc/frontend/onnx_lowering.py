@@ -17,7 +17,7 @@ import onnx
 import onnx_ir as ir
 import onnx_ir.passes.common as common
 
-from bitc import graph_edit
+from bitc import graph_edit, ops
 from bitc.frontend.integer_lowering import INTEGER_LOWERINGS
 from bitc.frontend.recurrent_lowering import RECURRENT_LOWERINGS
 from bitc.frontend.tensor_lowering import BOOLEAN_REDUCTIONS, TENSOR_LOWERINGS, boolean_reduction
@@ -54,25 +54,46 @@ class Builder:
         self.count = 0
         self.taken = taken if taken is not None else taken_names(graph)
 
-    def op(self, op_type: str, *inputs: ir.Value | None, outputs: int = 1, **attributes: Any) -> Any:
+    def fresh_name(self) -> str:
+        """The next node name under this builder's prefix that nothing in the graph uses."""
         self.count += 1
         while f"{self.prefix}_{self.count}" in self.taken:
             self.count += 1
         name = f"{self.prefix}_{self.count}"
         self.taken.add(name)
+        return name
+
+    def op(self, op_type: str, *inputs: ir.Value | None, outputs: int = 1, **attributes: Any) -> Any:
         node = ir.Node(
             "",
             op_type,
             list(inputs),
             attributes=ir.convenience.convert_attributes(attributes),
             num_outputs=outputs,
-            name=name,
+            name=self.fresh_name(),
             metadata_props={LOWERED: "1"},
         )
         for index, value in enumerate(node.outputs):
             value.name = f"{node.name}_out{index}"
         self.graph.insert_before(self.anchor, node)
         return node.outputs[0] if outputs == 1 else list(node.outputs)
+
+    def bitc_op(self, op_type: str, *inputs: ir.Value, **attributes: Any) -> ir.Value:
+        """A node of bitc's own domain (its one output typed by the op's rule when the inputs' shapes are
+        static); the graph imports the domain."""
+        node = ir.Node(
+            ops.DOMAIN,
+            op_type,
+            list(inputs),
+            attributes=ir.convenience.convert_attributes(attributes),
+            name=self.fresh_name(),
+        )
+        node.outputs[0].name = f"{node.name}_out0"
+        if all(v.shape is not None and v.shape.is_static() for v in inputs):
+            ops.infer_shapes(node)
+        self.graph.insert_before(self.anchor, node)
+        self.graph.opset_imports.setdefault(ops.DOMAIN, ops.DOMAIN_VERSION)
+        return node.outputs[0]
 
     def const(self, array: np.ndarray | Any, dtype: Any = None) -> ir.Value:
         return graph_edit.add_initializer(self.graph, np.asarray(array, dtype=dtype), f"{self.prefix}_const")

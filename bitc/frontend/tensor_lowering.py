@@ -20,9 +20,16 @@ MAX_CUMPROD_LENGTH = 1024
 
 
 def _static_shape(value: ir.Value | None) -> list[int] | None:
-    if value is None or value.shape is None or not all(isinstance(d, int) for d in value.shape):
+    if value is None or value.shape is None or not value.shape.is_static():
         return None
     return [int(d) for d in value.shape]
+
+
+def constant_int(value: ir.Value | None) -> int | None:
+    """The integer a one-element constant holds (a scalar attribute given as an input), else None."""
+    if value is None or value.const_value is None or value.const_value.size != 1:
+        return None
+    return int(value.const_value.numpy().reshape(-1)[0])
 
 
 def _lower_one_hot(b: Builder, node: ir.Node) -> Lowered:
@@ -30,9 +37,9 @@ def _lower_one_hot(b: Builder, node: ir.Node) -> Lowered:
     values[0]; an index outside [-depth, depth) matches no position, as in onnx's reference."""
     indices, depth, values = node.inputs[:3]
     rank = len(indices.shape) if indices.shape is not None else None
-    if depth.const_value is None or rank is None:
+    count = constant_int(depth)
+    if count is None or rank is None:
         return None
-    count = int(np.asarray(depth.const_value.numpy()).reshape(-1)[0])
     axis = node.attributes.get_int("axis", -1) % (rank + 1)
     index = b.op("Cast", indices, to=ir.DataType.INT64)
     size = b.const(np.array(count, np.int64))
@@ -81,10 +88,10 @@ def _lower_cumprod(b: Builder, node: ir.Node) -> Lowered:
     """Running products along the axis, one multiply per position in numpy's order (LLVM's reassociation inside
     a fused kernel can still change the rounding, as for every float kernel)."""
     x, axis_value = node.inputs[0], node.inputs[1]
-    shape = _static_shape(x)
-    if shape is None or axis_value.const_value is None or x.dtype is None:
+    shape, axis = _static_shape(x), constant_int(axis_value)
+    if shape is None or axis is None or x.dtype is None:
         return None
-    axis = int(np.asarray(axis_value.const_value.numpy()).reshape(-1)[0]) % len(shape)
+    axis %= len(shape)
     length = shape[axis]
     if length == 0 or length > MAX_CUMPROD_LENGTH:
         return None
@@ -118,7 +125,7 @@ def _lower_bitcast(b: Builder, node: ir.Node) -> Lowered:
         return [b.op("Cast", x, to=target)]
     if any(is_exotic(t) for t in (x.dtype, target)):
         return None
-    return [bitc_node(b, "Reinterpret", x, to=int(target))]
+    return [b.bitc_op("Reinterpret", x, to=int(target))]
 
 
 def is_exotic(dtype: ir.DataType) -> bool:
@@ -126,51 +133,24 @@ def is_exotic(dtype: ir.DataType) -> bool:
     return dtype.numpy().kind not in "biuf" or dtype.numpy().itemsize * 8 != dtype.bitwidth
 
 
-def bitc_node(b: Builder, op_type: str, *inputs: ir.Value, **attributes: object) -> ir.Value:
-    """A bitc-domain node before the anchor, its output typed by the op's own rule."""
-    from bitc import ops
-
-    b.count += 1
-    node = ir.Node(
-        ops.DOMAIN,
-        op_type,
-        list(inputs),
-        attributes=ir.convenience.convert_attributes(attributes),
-        name=f"{b.prefix}_{op_type.lower()}{b.count}",
-    )
-    node.outputs[0].name = f"{node.name}_out0"
-    if all(v.shape is not None and all(isinstance(d, int) for d in v.shape) for v in inputs):
-        ops.infer_shapes(node)
-    b.graph.insert_before(b.anchor, node)
-    b.graph.opset_imports.setdefault(ops.DOMAIN, ops.DOMAIN_VERSION)
-    return node.outputs[0]
-
-
-def _constant_int(value: ir.Value | None) -> int | None:
-    if value is None or value.const_value is None:
-        return None
-    return int(np.asarray(value.const_value.numpy()).reshape(-1)[0])
-
-
 def _lower_dft(b: Builder, node: ir.Node) -> Lowered:
     """The DFT as products with constant cosine and sine matrices along the signal axis, in float64 and rounded
     to the signal's dtype once (as onnx's reference, a float64 FFT): O(n²) work instead of an FFT's O(n log n),
-    for the lengths models use. Covers forward,
-    inverse, one-sided (rfft) and one-sided inverse (irfft, the half spectrum's conjugate symmetry as numpy's
-    irfft uses it), and dft_length padding or truncating the signal."""
+    for the lengths models use. Covers forward, inverse, one-sided (rfft) and one-sided inverse (irfft, the half
+    spectrum's conjugate symmetry as numpy's irfft uses it), and dft_length padding or truncating the signal."""
     x = node.inputs[0]
     shape = _static_shape(x)
     if shape is None or x.dtype is None or shape[-1] not in (1, 2):
         return None
     rank, new_opset = len(shape), b.opset >= 20
-    axis = _constant_int(node.inputs[2]) if new_opset and len(node.inputs) > 2 and node.inputs[2] else None
+    axis = constant_int(node.inputs[2]) if new_opset and len(node.inputs) > 2 and node.inputs[2] else None
     if axis is None and new_opset and len(node.inputs) > 2 and node.inputs[2] is not None:
         return None  # a run-time axis
     if axis is None:
         axis = -2 if new_opset else node.attributes.get_int("axis", 1)
     axis %= rank
     length_input = node.inputs[1] if len(node.inputs) > 1 else None
-    length = _constant_int(length_input)
+    length = constant_int(length_input)
     if (length_input is not None and length is None) or axis == rank - 1:
         return None
     inverse, onesided = node.attributes.get_int("inverse", 0), node.attributes.get_int("onesided", 0)
@@ -179,9 +159,8 @@ def _lower_dft(b: Builder, node: ir.Node) -> Lowered:
         length = 2 * (size - 1) if inverse and onesided else size
     if length <= 0:
         return None
-    compute = np.float64
     order = [d for d in range(rank - 1) if d != axis] + [axis, rank - 1]
-    moved = b.op("Cast", b.op("Transpose", x, perm=order), to=ir.DataType.from_numpy(np.dtype(compute)))
+    moved = b.op("Cast", b.op("Transpose", x, perm=order), to=ir.DataType.DOUBLE)
     real = b.op("Gather", moved, b.const(np.array(0, np.int64)), axis=-1)
     imag = b.op("Gather", moved, b.const(np.array(1, np.int64)), axis=-1) if shape[-1] == 2 else None
     if inverse and onesided:
@@ -203,8 +182,7 @@ def _lower_dft(b: Builder, node: ir.Node) -> Lowered:
         cos, sin = cos * weights[:, None] / length, sin * weights[:, None] / length
     elif inverse:
         cos, sin = cos / length, sin / length
-    cos_m, sin_m = b.const(cos.astype(compute)), b.const(sin.astype(compute))
-    sign = -1.0 if inverse else 1.0
+    cos_m, sin_m = b.const(cos), b.const(sin)  # float64
 
     def product(value: ir.Value | None, matrix: ir.Value) -> ir.Value | None:
         return b.op("MatMul", value, matrix) if value is not None else None
@@ -217,10 +195,10 @@ def _lower_dft(b: Builder, node: ir.Node) -> Lowered:
         return b.op("Sub" if subtract else "Add", first, second)
 
     # forward: re = Σ re·cos + im·sin, im = Σ im·cos - re·sin; inverse: the signs of the sine terms flip
-    out_real = combine(product(real, cos_m), product(imag, sin_m), subtract=sign < 0)
+    out_real = combine(product(real, cos_m), product(imag, sin_m), subtract=bool(inverse))
     parts = [out_real]
     if not (inverse and onesided):
-        parts.append(combine(product(imag, cos_m), product(real, sin_m), subtract=sign > 0))
+        parts.append(combine(product(imag, cos_m), product(real, sin_m), subtract=not inverse))
     last = b.const(np.array([-1], np.int64))
     stacked = [b.op("Unsqueeze", part, last) for part in parts]
     result = stacked[0] if len(stacked) == 1 else b.op("Concat", *stacked, axis=-1)

@@ -58,7 +58,7 @@ class TensorSpec:
     @property
     def numpy_dtype(self) -> np.dtype:
         """The dtype callers pass or get back."""
-        return narrow_dtypes.numpy_dtype(self.dtype) if self.carrier else np.dtype(self.dtype)
+        return narrow_dtypes.numpy_dtype(self.dtype)
 
     @classmethod
     def from_json(cls, entry: Mapping[str, Any]) -> TensorSpec:

@@ -35,8 +35,10 @@ import bitc
 from bitc.bench import bench_artifact
 from bitc.frontend import load_onnx, normalize
 from bitc.passes import DEFAULT_PIPELINE
-from bitc.zoo.bnn import bireal_net18, sign
-from bitc.zoo.export import export_onnx
+
+sys.path.append(str(Path(__file__).resolve().parents[1]))  # bitc_zoo: the repository's reference models
+from bitc_zoo.bnn import bireal_net18, sign
+from bitc_zoo.export import export_onnx
 
 console = Console(width=200)
 
@@ -50,7 +52,7 @@ def _export_bireal(folder: Path) -> dict[str, Path]:
 
 
 def _export_cnv(name: str, folder: Path) -> dict[str, Path]:
-    from bitc.zoo import qonnx_models
+    from bitc_zoo import qonnx_models
 
     model, example = qonnx_models.bnn_pynq(name)
     qonnx = qonnx_models.export_qonnx(model, example, folder / f"{name}.onnx")

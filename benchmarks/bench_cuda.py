@@ -30,6 +30,7 @@ import bitc
 from bitc.codegen.target import local_gpu_arch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+sys.path.append(str(Path(__file__).resolve().parents[1]))  # bitc_zoo: the repository's reference models
 from binary_models import binary_dense_model, lowbit_matmul_model
 
 console = Console(width=200)
@@ -118,8 +119,8 @@ def kernels(folder: Path, arch: str, runs: int, build_only: bool) -> None:
 
 def bireal(folder: Path, arch: str, runs: int, build_only: bool) -> None:
     from bitc.bench import onnxruntime_session
-    from bitc.zoo.bnn import bireal_net18
-    from bitc.zoo.export import export_onnx
+    from bitc_zoo.bnn import bireal_net18
+    from bitc_zoo.export import export_onnx
 
     table = Table("batch", "bitc GPU ms", "torch fp16 ms", "onnxruntime fp32 ms", "× torch", "× ort", "max |Δ| vs CPU")
     for batch in BIREAL_BATCHES:

@@ -22,8 +22,10 @@ from rich.table import Table
 
 import bitc
 from bitc.bench import bench_artifact, onnxruntime_session
-from bitc.zoo import cnn, real
-from bitc.zoo.export import export_onnx
+
+sys.path.append(str(Path(__file__).resolve().parents[1]))  # bitc_zoo: the repository's reference models
+from bitc_zoo import cnn, real
+from bitc_zoo.export import export_onnx
 
 
 def export(name: str, folder: Path) -> tuple[Path, dict[str, np.ndarray]]:

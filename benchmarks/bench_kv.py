@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import multiprocessing
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -35,13 +36,17 @@ from rich.console import Console
 from rich.table import Table
 
 import bitc
-from bitc.bench import onnxruntime_session, time_calls
+from bitc.bench import onnxruntime_session
+from bitc.frontend import decoder_export
 from bitc.passes.kv_compress import KVCompress
 from bitc.passes.lowbit_linear import LowBitLinear
 from bitc.runtime.artifact import read_manifest
 from bitc.runtime.kv_cache import KVCacheLayout
-from bitc.zoo import smollm2
-from bitc.zoo.text import next_token_nll, pydoc_text
+from bitc.runtime.timing import time_calls
+
+sys.path.append(str(Path(__file__).resolve().parents[1]))  # bitc_zoo: the repository's reference models
+from bitc_zoo import smollm2
+from bitc_zoo.text import next_token_nll, pydoc_text
 
 console = Console(width=200)
 
@@ -102,8 +107,8 @@ def quality(tokens: int) -> None:
     texts = {"BBC News": smollm2.bbc_tokens(tokens), "pydoc": smollm2.encode(pydoc_text(), tokens)}
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        source = smollm2.export_decoder_onnx(folder / "decoder.onnx", tokens).path
-        logits_model = smollm2.export_logits_onnx(folder / "logits.onnx", tokens).path
+        source = bitc.export_decoder_onnx(folder / "decoder.onnx", tokens).path
+        logits_model = decoder_export.export_logits_onnx(folder / "logits.onnx", tokens).path
         ort = onnxruntime_session(logits_model)
         rows = {}
         for text, ids in texts.items():
@@ -149,7 +154,7 @@ def greedy(tokens: int) -> None:
     """Only the greedy comparison (the float cache and the GREEDY variants)."""
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        source = smollm2.export_decoder_onnx(folder / "decoder.onnx", tokens).path
+        source = bitc.export_decoder_onnx(folder / "decoder.onnx", tokens).path
         paths = {name: compile_decoder(source, folder / f"{i}.bitc", QUALITY[name]) for i, name in
                  enumerate(("float cache", *GREEDY))}  # fmt: skip
         reference = paths.pop("float cache")
@@ -209,7 +214,7 @@ def decode(contexts: list[int], threads: int, runs: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         for context in contexts:
-            source = smollm2.export_decoder_onnx(folder / f"decoder{context}.onnx", context).path
+            source = bitc.export_decoder_onnx(folder / f"decoder{context}.onnx", context).path
             rate = {"onnxruntime fp32": 1 / _ort_step(source, context, threads, runs)}
             for index, (name, (kv, lowbit)) in enumerate(DECODE.items()):
                 path = compile_decoder(source, folder / f"{context}_{index}.bitc", kv, lowbit)

@@ -21,6 +21,7 @@ onnxruntime fp32 on the fp32 export.
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -36,6 +37,8 @@ import bitc
 from bitc.bench import bench_artifact, measure_in_subprocess
 from bitc.ops.lowbit_matmul import float_twin
 from bitc.passes.lowbit_linear import LowBitLinear
+
+sys.path.append(str(Path(__file__).resolve().parents[1]))  # bitc_zoo: the repository's reference models
 
 console = Console(width=200)
 
@@ -126,8 +129,8 @@ def _convert(source: Path, options: dict, calibration: dict, keep_last: bool) ->
 def _minilm(folder: Path, batch: int) -> Path:
     import torch
 
-    from bitc.zoo import real
-    from bitc.zoo.export import export_onnx
+    from bitc_zoo import real
+    from bitc_zoo.export import export_onnx
 
     tokens = real.minilm_tokenize(real.SAMPLE_SENTENCES[:1] * batch, MINILM_SEQ)
     example = (torch.from_numpy(tokens["input_ids"]), torch.from_numpy(tokens["attention_mask"]))
@@ -139,7 +142,7 @@ def _minilm(folder: Path, batch: int) -> Path:
 
 def minilm_quality(folder: Path) -> list[dict]:
     """Cosine to fp32 embeddings and nearest-neighbour agreement on real BBC sentences, compiled by bitc."""
-    from bitc.zoo import real, text
+    from bitc_zoo import real, text
 
     sentences, labels = text.sentences(256)
     evaluation = sentences[:64]
@@ -177,7 +180,7 @@ SMOLLM_WINDOW = 256
 
 def _smollm_tokens() -> dict[str, np.ndarray]:
     """Evaluation text (BBC News, pydoc topics) and calibration text (other BBC articles), as token ids."""
-    from bitc.zoo import smollm2, text
+    from bitc_zoo import smollm2, text
 
     articles = text.bbc_articles()
     calibration = smollm2.encode("\n\n".join(article for _, article in articles[-64:]))
@@ -193,9 +196,10 @@ def smollm_quality(folder: Path, compiled_check: str = "2-plane") -> list[dict]:
     the dequantized graph; the `compiled_check` format also runs compiled by bitc on the first windows."""
     import onnxruntime as ort
 
-    from bitc.zoo import smollm2, text
+    from bitc.frontend.decoder_export import export_logits_onnx
+    from bitc_zoo import text
 
-    source = smollm2.export_logits_onnx(folder / "smollm2.onnx", SMOLLM_WINDOW).path
+    source = export_logits_onnx(folder / "smollm2.onnx", SMOLLM_WINDOW).path
     tokens = _smollm_tokens()
     rows = []
     for name, options in QUALITY_FORMATS.items():
@@ -221,7 +225,7 @@ def smollm_quality(folder: Path, compiled_check: str = "2-plane") -> list[dict]:
 
 def _compiled_smollm(folder: Path, model: ir.Model, reference_fn, ids: np.ndarray) -> dict:
     """bitc's compiled low-bit model vs onnxruntime on its dequantized twin: logits and perplexity agree."""
-    from bitc.zoo import text
+    from bitc_zoo import text
 
     ir.save(model, folder / "smollm2_lowbit.onnx")
     start = time.perf_counter()
@@ -246,11 +250,9 @@ def decode(threads: list[int], runs: int) -> None:
     """Tokens/s of one SmolLM2 decode step (KV cache of DECODE_CONTEXT slots): onnxruntime fp32 vs bitc fp32 vs
     bitc with 2-plane Linear weights (vocabulary head float, and also 2-plane). Weights fitted without
     calibration here: speed does not depend on the fit."""
-    from bitc.zoo import smollm2
-
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        source = smollm2.export_decoder_onnx(folder / "decoder.onnx", DECODE_CONTEXT).path
+        source = bitc.export_decoder_onnx(folder / "decoder.onnx", DECODE_CONTEXT).path
         variants = {"bitc fp32": None, "bitc 2-plane": {"keep_last": True}, "bitc 2-plane + head": {"keep_last": False}}
         artifacts = {}
         for name, options in variants.items():

@@ -30,8 +30,10 @@ from bitc.frontend import load_onnx, normalize
 from bitc.layers import layer_table, summarize_layers
 from bitc.passes import run_pipeline
 from bitc.passes.verify import run_onnxruntime
-from bitc.zoo import cnn
-from bitc.zoo.export import export_onnx
+
+sys.path.append(str(Path(__file__).resolve().parents[1]))  # bitc_zoo: the repository's reference models
+from bitc_zoo import cnn
+from bitc_zoo.export import export_onnx
 
 console = Console(width=200)
 CLEAN = ["fold_constants", "simplify", "eliminate_identity", "fold_batchnorm", "cse", "remove_unused"]

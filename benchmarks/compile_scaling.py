@@ -84,19 +84,22 @@ def _timed(name: str, sink: dict[str, float], function: Callable) -> Callable:
 
 
 def _install_build_timers(sink: dict[str, float]) -> None:
-    """Wrap the build's steps (module-level names in bitc.codegen.build) and time every TVM pass they run."""
+    """Wrap the build's steps (module-level names in bitc.codegen.cpu.build and bitc.codegen.build) and time every
+    TVM pass they run."""
     import tvm
 
-    from bitc.codegen import build, tuning
+    from bitc.codegen import build
+    from bitc.codegen.cpu import build as cpu_build
+    from bitc.codegen.cpu import tuning
 
-    for name in ("to_relax", "export_library"):
-        setattr(build, name, _timed(f"build.{name}", sink, getattr(build, name)))
-    build.lower_to_fused_tir = _timed(
-        "build.lower_to_fused_tir", sink, _with_pass_timer(build.lower_to_fused_tir, sink)
+    cpu_build.to_relax = _timed("build.to_relax", sink, cpu_build.to_relax)
+    build.export_library = _timed("build.export_library", sink, build.export_library)
+    cpu_build.lower_to_fused_tir = _timed(
+        "build.lower_to_fused_tir", sink, _with_pass_timer(cpu_build.lower_to_fused_tir, sink)
     )
-    build.tuning = type("tuning", (), {"apply": staticmethod(_timed("build.tuning.apply", sink, tuning.apply))})
-    schedule = build.default_schedule_pass
-    build.default_schedule_pass = lambda *a, **k: _timed("build.default_schedule", sink, schedule(*a, **k))
+    cpu_build.tuning = type("tuning", (), {"apply": staticmethod(_timed("build.tuning.apply", sink, tuning.apply))})
+    schedule = cpu_build.default_schedule_pass
+    cpu_build.default_schedule_pass = lambda *a, **k: _timed("build.default_schedule", sink, schedule(*a, **k))
     tvm.compile = _timed("build.tvm.compile", sink, tvm.compile)  # build imports tvm in the function
 
 

@@ -12,12 +12,12 @@ import os
 import statistics
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from bitc.errors import BadInputError, BitcError
 from bitc.runtime.hostcpu import physical_cores
+from bitc.runtime.timing import time_calls
 
 
 def summarize(latencies: Sequence[float]) -> dict[str, float]:
@@ -28,17 +28,6 @@ def summarize(latencies: Sequence[float]) -> dict[str, float]:
         "min_ms": ordered[0] * 1e3,
         "mean_ms": statistics.fmean(ordered) * 1e3,
     }
-
-
-def time_calls(call: Callable[[], Any], *, runs: int, warmup: int) -> list[float]:
-    for _ in range(warmup):
-        call()
-    latencies = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        call()
-        latencies.append(time.perf_counter() - start)
-    return latencies
 
 
 def bench_artifact(

@@ -19,7 +19,9 @@ from bitc.errors import BadInputError, BitcError, first_line
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = _parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # the pass flags come from the pass registry, which imports every pass (~1 s): only `compile` pays for it
+    parser = _parser(pass_flags=argv[:1] == ["compile"])
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
@@ -57,7 +59,7 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"bitc: error: {message} (see '{self.prog} --help')\n")
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(pass_flags: bool = True) -> argparse.ArgumentParser:
     parser = _Parser(prog="bitc", description="Ahead-of-time compiler for binarized and low-bit neural networks.")
     parser.add_argument("--version", action="version", version=f"bitc {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -72,41 +74,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--passes", help="comma-separated pass pipeline (default: the standard clean-ups); see 'passes'")
     p.add_argument("--input-shape", action="append", default=[], metavar="NAME=D0,D1,...", help="fix input shapes")
-    p.add_argument(
-        "--binarize",
-        action="store_true",
-        help="binarize a float model (post-training): all Conv/Gemm/MatMul but the first and last, sign activations",
-    )
-    p.add_argument("--binarize-planes", type=int, metavar="K", help="weight planes W ≈ Σ αᵢ·Bᵢ, 1-4 (default 1)")
-    p.add_argument("--binarize-exclude", metavar="NODE,...", help="layers to keep in float")
-    p.add_argument("--binarize-layers", metavar="NODE,...", help="binarize exactly these layers")
-    p.add_argument("--binarize-weights-only", action="store_true", help="keep activations in float")
-    p.add_argument(
-        "--lowbit-weights",
-        metavar="K|ternary",
-        help="low-bit Linear (MatMul/Gemm) weights, float activations: K binary planes (1-4) or ternary",
-    )
-    p.add_argument("--lowbit-group-size", type=int, metavar="N", help="inputs per scale (multiple of 32; 0 = per row)")
-    p.add_argument("--lowbit-salient", type=float, metavar="SHARE", help="input columns per layer kept in float (0-1)")
-    p.add_argument("--lowbit-exclude", metavar="NODE,...", help="Linear layers to keep in float")
-    p.add_argument(
-        "--calibration",
-        metavar="FILE.npz",
-        help="calibration inputs (arrays named like the model inputs) for --lowbit-*",
-    )
-    p.add_argument(
-        "--kv-bits",
-        metavar="B|float",
-        help="compress a decoder's KV cache to B bits (1, 2, 4, 8; KIVI) or keep it float, runtime-owned either way",
-    )
-    p.add_argument("--kv-residual", type=int, metavar="R", help="newest tokens kept in float (default 128)")
-    p.add_argument("--kv-group", type=int, metavar="G", help="tokens per key scale (a multiple of 32/bits; default 32)")
-    p.add_argument("--kv-value-group", type=int, metavar="C", help="channels per value scale (default: the head)")
-    p.add_argument("--kv-key-bits", type=int, metavar="B", help="key bits, overriding --kv-bits (1: 1-bit keys)")
-    p.add_argument("--kv-pre-rope", action="store_true", help="quantize keys before the rotary embedding")
-    p.add_argument("--prune", type=float, metavar="RATIO", help="remove this share of each channel group (0-1)")
-    p.add_argument("--prune-round-to", type=int, metavar="N", help="keep channel counts a multiple of N (default 8)")
-    p.add_argument("--reorder", action="store_true", help="sort channels by importance (exact; folded into weights)")
+    if pass_flags:
+        _add_pass_flags(p)
     p.add_argument("--tune-trials", type=int, metavar="N", help="MetaSchedule trials to run (default 0)")
     p.add_argument("--tuning-db", metavar="DIR", help="tuning database folder (default: ~/.cache/bitc/tuning)")
     p.add_argument("--no-tuning-db", action="store_true", help="ignore tuned schedules (default schedules only)")
@@ -218,77 +187,59 @@ def _compile_options(args: argparse.Namespace) -> dict[str, Any]:
         "check_exact": False if args.no_verify else None,
     }
     options.update({key: value for key, value in flags.items() if value is not None})
-    if args.prune is not None:
-        options["prune"] = {"ratio": args.prune} | ({"round_to": args.prune_round_to} if args.prune_round_to else {})
-    if args.reorder:
-        options["reorder"] = True
-    policy = _binarize_policy(args)
-    if policy is not None:
-        options["binarize"] = {**(options.get("binarize") or {}), **policy}
-    lowbit = _lowbit_options(args)
-    if lowbit is not None:
-        options["lowbit_linear"] = {**(options.get("lowbit_linear") or {}), **lowbit}
-    kv = _kv_options(args)
-    if kv is not None:
-        options["kv_compress"] = {**(options.get("kv_compress") or {}), **kv}
+    for name, given in _pass_flag_options(args).items():
+        current = options.get(name)
+        options[name] = {**(current if isinstance(current, dict) else {}), **given}
     return options
 
 
-def _kv_options(args: argparse.Namespace) -> dict[str, Any] | None:
-    """The --kv-* flags as the kv_compress pass's options (None if none was given)."""
-    options: dict[str, Any] = {}
-    if args.kv_bits is not None:
-        if args.kv_bits == "float":
-            options["bits"] = None
-        elif args.kv_bits in ("1", "2", "4", "8"):
-            options["bits"] = int(args.kv_bits)
-        else:
-            raise BadInputError(f"--kv-bits must be 1, 2, 4, 8 or float, got '{args.kv_bits}'")
-    flags = {
-        "residual": args.kv_residual,
-        "key_group": args.kv_group,
-        "value_group": args.kv_value_group,
-        "key_bits": args.kv_key_bits,
-    }
-    options |= {key: value for key, value in flags.items() if value is not None}
-    if args.kv_pre_rope:
-        options["pre_rope"] = True
-    return options or None
+_PASS_FLAG = "pass_flag"  # argparse dest prefix of the flags derived from the passes' Options
 
 
-def _lowbit_options(args: argparse.Namespace) -> dict[str, Any] | None:
-    """The --lowbit-* and --calibration flags as the lowbit_linear pass's options (None if none was given)."""
-    options: dict[str, Any] = {}
-    if args.lowbit_weights is not None:
-        from bitc.passes.lowbit_linear import lowbit_format
+def _add_pass_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per pass option that declares one (and a switch per pass that has one), from the registry."""
+    from bitc.passes import registry
+    from bitc.passes.options import NO_CONST, fields
 
-        options |= lowbit_format(args.lowbit_weights)
-    if args.lowbit_group_size is not None:
-        options["group_size"] = args.lowbit_group_size
-    if args.lowbit_salient is not None:
-        options["salient"] = args.lowbit_salient
-    if args.lowbit_exclude:
-        options["exclude"] = [name.strip() for name in args.lowbit_exclude.split(",") if name.strip()]
-    if args.calibration:
-        from bitc.npyfile import check_npz
+    for item in registry.passes().values():
+        if item.switch is not None:
+            flag, help_text = item.switch
+            parser.add_argument(flag, action="store_true", dest=f"{_PASS_FLAG}:{item.name}:", help=help_text)
+        for field in fields(item.options_class):
+            cli = field.metadata.get("flag")
+            if cli is None:
+                continue
+            dest = f"{_PASS_FLAG}:{item.name}:{field.name}"
+            if cli.const is not NO_CONST:
+                parser.add_argument(cli.flag, action="store_const", const=cli.const, dest=dest, help=cli.help)
+            else:
+                parser.add_argument(cli.flag, metavar=cli.metavar, dest=dest, help=cli.help)
 
-        check_npz(args.calibration)
-        options["calibration"] = args.calibration
-    return options or None
 
+def _pass_flag_options(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """The pass flags given on the command line as {pass: options}; a pass with any flag given is asked for."""
+    from bitc.passes import registry
+    from bitc.passes.options import NO_CONST, fields, flag_value, type_hints
 
-def _binarize_policy(args: argparse.Namespace) -> dict[str, Any] | None:
-    """The --binarize* flags as the binarize pass's options (None if none was given)."""
-    policy: dict[str, Any] = {}
-    if args.binarize_planes is not None:
-        policy["planes"] = args.binarize_planes
-    if args.binarize_exclude:
-        policy["exclude"] = [name.strip() for name in args.binarize_exclude.split(",") if name.strip()]
-    if args.binarize_layers:
-        policy["layers"] = [name.strip() for name in args.binarize_layers.split(",") if name.strip()]
-    if args.binarize_weights_only:
-        policy["activations"] = "float"
-    return policy if policy or args.binarize else None
+    given: dict[str, dict[str, Any]] = {}
+    for item in registry.passes().values():
+        hints = type_hints(item.options_class)
+        by_name = {f.name: f for f in fields(item.options_class)}
+        options: dict[str, Any] | None = {} if getattr(args, f"{_PASS_FLAG}:{item.name}:", False) else None
+        flags = []
+        for name, field in by_name.items():
+            value = getattr(args, f"{_PASS_FLAG}:{item.name}:{name}", None)
+            if value is None:
+                continue
+            cli = field.metadata["flag"]
+            flags.append(cli.flag)
+            parsed = {name: value} if cli.const is not NO_CONST else flag_value(field, hints[name], value)
+            options = {**(options or {}), **parsed}
+        if item.needs_flag is not None and flags and item.needs_flag not in flags:
+            raise BadInputError(f"{', '.join(flags)} needs {item.needs_flag}")
+        if options is not None:
+            given[item.name] = options
+    return given
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -479,17 +430,36 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _passes(args: argparse.Namespace) -> int:
-    from bitc.passes import DEFAULT_PIPELINE, available
+    from bitc.passes import DEFAULT_PIPELINE, available, passes
+    from bitc.passes.options import describe, fields, type_hints
 
-    passes = available()
+    summaries = available()
+    options = {}
+    for name, item in sorted(passes().items()):
+        hints = type_hints(item.options_class)
+        options[name] = {
+            f.name: {"type": describe(hints[f.name]), "default": _default(f), "help": f.metadata.get("help", "")}
+            for f in fields(item.options_class)
+        }
     if args.json:
-        print(json.dumps({"passes": passes, "default_pipeline": list(DEFAULT_PIPELINE)}, indent=2))
+        result = {"passes": summaries, "options": options, "default_pipeline": list(DEFAULT_PIPELINE)}
+        print(json.dumps(result, indent=2, default=str))
         return 0
-    width = max(map(len, passes))
-    for name, doc in passes.items():
+    width = max(map(len, summaries))
+    for name, doc in summaries.items():
         print(f"{name:<{width}}  {doc}")
+        for key, spec in options[name].items():
+            print(f"{'':<{width}}    {key} = {spec['default']!r}  ({spec['type']}) {spec['help']}")
     print(f"\ndefault pipeline: {','.join(DEFAULT_PIPELINE)}")
     return 0
+
+
+def _default(field: Any) -> Any:
+    import dataclasses
+
+    if field.default_factory is not dataclasses.MISSING:
+        return field.default_factory()
+    return field.default
 
 
 def _parse_shape(item: str) -> tuple[str, list[int]]:

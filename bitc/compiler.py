@@ -18,24 +18,16 @@ import numpy as np
 import onnx_ir as ir
 
 from bitc.atomic import check_output_path, process_temp_dir
-from bitc.codegen import tuning
 from bitc.codegen.build import build
+from bitc.codegen.cpu import tuning
 from bitc.codegen.target import parse_target
 from bitc.errors import BadInputError
 from bitc.frontend import from_torch, load_onnx, normalize
 from bitc.frontend.index_ranges import input_index_ranges
 from bitc.frontend.narrow_types import narrow_io
+from bitc.ir.shapes import static_shape
 from bitc.layers import layer_table, summarize_layers
-from bitc.passes import (
-    PassRecord,
-    run_pipeline,
-    with_binarize,
-    with_channel_passes,
-    with_kv_compress,
-    with_lowbit_linear,
-)
-from bitc.passes.lowbit_linear import lowbit_format
-from bitc.passes.verify import static_shape
+from bitc.passes import PassRecord, insert_pass, registry, run_pipeline
 from bitc.runtime.artifact import FORMAT, FORMAT_VERSION, LIBRARY_NAME, write_artifact
 from bitc.runtime.kv_cache import METADATA_KEY as KV_METADATA_KEY
 
@@ -71,6 +63,7 @@ def compile(
     on_pass: Callable[[PassRecord], None] | None = None,
     on_tuning: Callable[[int, int], None] | None = None,
     on_stage: Callable[[str], None] | None = None,
+    **pass_options: Mapping[str, Any] | bool | None,
 ) -> CompileResult:
     """Compile an ONNX file, an `onnx_ir.Model` or a torch `nn.Module` (with `example_inputs`) for `target`.
 
@@ -82,6 +75,8 @@ def compile(
     `lowbit_linear` pass's options (group_size, salient, calibration, ...). `kv_compress` compresses a decoder's
     KV cache: a bit width or the `kv_compress` pass's options (residual, key_group, pre_rope, ...); the artifact
     then runs through `bitc.load(path).session()`.
+    Any other registered pass is asked for the same way, by its name: `bitc.compile(..., my_pass={...})`; each
+    requested pass goes where its phase puts it in the pipeline.
     `check_exact` (default on; CLI `--no-verify` turns it off) checks on seeded inputs that the exact passes kept the
     model's outputs: a violation is a CompileError and no artifact is written.
     `on_pass`, `on_tuning(done, total)` and `on_stage(name)` report progress (the CLI draws it).
@@ -102,18 +97,15 @@ def compile(
 
     stage("passes")
     start = time.perf_counter()
-    if prune is not None or reorder:
-        prune_options = {"ratio": float(prune)} if isinstance(prune, int | float) else prune
-        passes = with_channel_passes(passes, prune_options, ({} if reorder is True else reorder) if reorder else None)
-    if lowbit_linear is not None:
-        lowbit_options = lowbit_linear if isinstance(lowbit_linear, Mapping) else lowbit_format(str(lowbit_linear))
-        passes = with_lowbit_linear(passes, lowbit_options)
-    if kv_compress is not None:
-        kv_options = kv_compress if isinstance(kv_compress, Mapping) else {"bits": int(kv_compress)}
-        passes = with_kv_compress(passes, kv_options)
-    if binarize is not None and binarize is not False:
-        # An empty policy ({}, what a bare --binarize gives) means the default policy, never "off".
-        passes = with_binarize(passes, {} if binarize is True else binarize)
+    requested = {
+        "prune": prune,
+        "reorder": reorder,
+        "lowbit_linear": lowbit_linear,
+        "kv_compress": kv_compress,
+        "binarize": binarize,
+        **pass_options,
+    }
+    passes = _with_requested_passes(passes, requested)
     ir_model, records = run_pipeline(
         ir_model, passes, dump_dir=dump_ir, verify_numerics=verify, check_exact=check_exact, on_pass=on_pass
     )
@@ -183,6 +175,18 @@ def _load(model: Any, input_shapes: Mapping | None, example_inputs: Sequence | N
             "or a torch nn.Module with example_inputs=(...)"
         )
     return from_torch(model, example_inputs), f"<torch {type(model).__name__}>", ""
+
+
+def _with_requested_passes(pipeline: str | Sequence[Any] | None, requested: Mapping[str, Any]) -> Any:
+    """The pipeline with each pass asked for by keyword (None/False: not asked) inserted where its phase says."""
+    known = registry.passes()
+    for name, value in requested.items():
+        if name not in known:
+            raise BadInputError(f"bitc.compile: unknown keyword '{name}' (neither a compile option nor a pass name)")
+        options = known[name].user_options(value)
+        if options is not None:
+            pipeline = insert_pass(pipeline, name, options)
+    return pipeline
 
 
 def _output_path(output: str | os.PathLike | None, model: Any) -> Path:

@@ -30,13 +30,14 @@
 
 from __future__ import annotations
 
-import math
 import os
 import tomllib
 from pathlib import Path
 from typing import Any
 
 from bitc.errors import BadInputError, first_line
+from bitc.passes import registry
+from bitc.passes.options import fields as options_fields
 
 # key → (expected type(s), keyword of bitc.compile)
 _SCALARS: dict[str, tuple[type | tuple[type, ...], str]] = {
@@ -48,7 +49,6 @@ _SCALARS: dict[str, tuple[type | tuple[type, ...], str]] = {
     "verify": (bool, "verify"),
     "check_exact": (bool, "check_exact"),
     "num_cores": (int, "num_cores"),
-    "reorder": (bool, "reorder"),
 }
 
 
@@ -74,18 +74,10 @@ def load_config(path: str | os.PathLike) -> dict[str, Any]:
             options["input_shapes"] = _input_shapes(path, value)
         elif key == "passes":
             options["passes"] = _passes(path, value)
-        elif key == "binarize":
-            options["binarize"] = _binarize(path, value)
-        elif key == "lowbit_linear":
-            options["lowbit_linear"] = _lowbit_linear(path, value)
-        elif key == "kv_compress":
-            options["kv_compress"] = _pass_table(path, "kv_compress", value, _KV_KEYS)
-        elif key == "prune":
-            if not isinstance(value, dict) or not set(value) <= set(_PRUNE_KEYS):
-                raise BadInputError(f"{path}: [prune] must be a table with keys from {', '.join(sorted(_PRUNE_KEYS))}")
-            options["prune"] = _pass_table(path, "prune", value, _PRUNE_KEYS)
+        elif key in (passes := registry.passes()):
+            options[key] = _pass_table(path, passes[key], value)
         else:
-            known = sorted([*_SCALARS, "binarize", "input_shapes", "kv_compress", "lowbit_linear", "passes", "prune"])
+            known = sorted([*_SCALARS, "input_shapes", "passes", *passes])
             raise BadInputError(f"{path}: unknown key '{key}'; known keys: {', '.join(known)}")
     return options
 
@@ -118,75 +110,19 @@ def _passes(path: Path, value: Any) -> list[Any]:
     return specs
 
 
-_PRUNE_KEYS: dict[str, type | tuple[type, ...]] = {
-    "ratio": (int, float),
-    "criterion": str,
-    "scope": str,
-    "round_to": int,
-    "protected": list,
-    "layers": list,
-}
-_BINARIZE_KEYS: dict[str, type | tuple[type, ...]] = {
-    "planes": int,
-    "activations": str,
-    "layers": list,
-    "exclude": list,
-    "keep_first_last": bool,
-}
-
-
-def _binarize(path: Path, value: Any) -> dict[str, Any]:
-    return _pass_table(path, "binarize", value, _BINARIZE_KEYS)
-
-
-def _pass_table(path: Path, table: str, value: Any, keys: dict[str, type | tuple[type, ...]]) -> dict[str, Any]:
-    """A pass's options table, each key known and of its type (lists hold layer names)."""
+def _pass_table(path: Path, item: registry.PassInfo, value: Any) -> dict[str, Any] | bool:
+    """A pass's table, checked against the pass's Options (one validator for every source of options); `true`
+    asks for the pass with its defaults, `false` leaves it out. File options are relative to the config file."""
+    if isinstance(value, bool):
+        return value
     if not isinstance(value, dict):
-        raise BadInputError(f"{path}: [{table}] must be a table, e.g. planes = 2")
-    for key, item in value.items():
-        if key not in keys:
-            raise BadInputError(f"{path}: unknown key '{key}' in [{table}]; known keys: {', '.join(keys)}")
-        expected = keys[key]
-        if not isinstance(item, expected) or (isinstance(item, bool) and bool not in _types(expected)):
-            raise BadInputError(f"{path}: [{table}] '{key}' must be {_type_name(expected)}, got {_short(item)}")
-        if isinstance(item, float) and not math.isfinite(item):
-            raise BadInputError(f"{path}: [{table}] '{key}' must be a finite number, got {item}")
-        if expected is list and not all(isinstance(name, str) for name in item):
-            raise BadInputError(f"{path}: [{table}] '{key}' must be a list of layer names")
-    return dict(value)
-
-
-_LOWBIT_KEYS: dict[str, type | tuple[type, ...]] = {
-    "planes": int,
-    "ternary": bool,
-    "group_size": int,
-    "salient": (int, float),
-    "salient_block": bool,
-    "method": str,
-    "calibration": str,
-    "layers": list,
-    "exclude": list,
-    "keep_last": bool,
-    "sequential": bool,
-}
-
-
-_KV_KEYS = {
-    "bits": int,
-    "key_bits": int,
-    "value_bits": int,
-    "key_group": int,
-    "value_group": int,
-    "residual": int,
-    "pre_rope": bool,
-}
-
-
-def _lowbit_linear(path: Path, value: Any) -> dict[str, Any]:
-    options = _pass_table(path, "lowbit_linear", value, _LOWBIT_KEYS)
-    if "calibration" in options:
-        options["calibration"] = str(path.parent / options["calibration"])
-    return options
+        raise BadInputError(
+            f"{path}: [{item.name}] must be a table of the pass's options (or '{item.name}' must be true or "
+            f"false), got {_short(value)}"
+        )
+    item.build_options(value, prefix=f"{path}: ")
+    files = {f.name for f in options_fields(item.options_class) if f.metadata.get("path")}
+    return {k: str(path.parent / v) if k in files and isinstance(v, str) else v for k, v in value.items()}
 
 
 def _types(expected: type | tuple[type, ...]) -> tuple[type, ...]:

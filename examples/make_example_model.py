@@ -7,12 +7,14 @@
 python examples/make_example_model.py      (needs the torch extra: pip install -e ".[torch]")
 """
 
+import sys
 from pathlib import Path
 
 import torch
 
-from bitc.zoo import bnn, cnn
-from bitc.zoo.export import export_onnx
+sys.path.append(str(Path(__file__).resolve().parents[1]))  # bitc_zoo: the repository's reference models
+from bitc_zoo import bnn, cnn
+from bitc_zoo.export import export_onnx
 
 if __name__ == "__main__":
     here = Path(__file__).parent

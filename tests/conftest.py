@@ -98,8 +98,8 @@ class _Zoo:
     def resnet18(self) -> Path:
         import torch
 
-        from bitc.zoo import cnn
-        from bitc.zoo.export import export_onnx
+        from bitc_zoo import cnn
+        from bitc_zoo.export import export_onnx
 
         return self._cached(
             "resnet18",
@@ -109,8 +109,8 @@ class _Zoo:
     def mobilenet_v2(self) -> Path:
         import torch
 
-        from bitc.zoo import cnn
-        from bitc.zoo.export import export_onnx
+        from bitc_zoo import cnn
+        from bitc_zoo.export import export_onnx
 
         return self._cached(
             "mobilenet_v2",
@@ -120,8 +120,8 @@ class _Zoo:
     def minilm(self, seq_len: int = 128) -> Path:
         import torch
 
-        from bitc.zoo import real
-        from bitc.zoo.export import export_onnx
+        from bitc_zoo import real
+        from bitc_zoo.export import export_onnx
 
         def export(path: Path) -> None:
             tokens = real.minilm_tokenize(real.SAMPLE_SENTENCES[:1], seq_len)

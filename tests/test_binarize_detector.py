@@ -123,7 +123,7 @@ def test_binarized_yolo_style_detector_compiles_and_matches_the_binarized_model(
     from bitc.frontend import normalize
     from bitc.passes import run_pipeline
     from bitc.passes.verify import run_onnxruntime
-    from bitc.zoo.export import export_onnx
+    from bitc_zoo.export import export_onnx
 
     x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(1))
     path = export_onnx(tiny_yolo(), (x,), tmp_path / "yolo.onnx")

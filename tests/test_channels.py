@@ -9,11 +9,12 @@ from torch import nn
 
 from bitc.errors import BadInputError
 from bitc.frontend import load_onnx, normalize
+from bitc.ir.feeds import random_feeds
 from bitc.passes import run_pipeline
 from bitc.passes.channel_graph import build_channel_graph
-from bitc.passes.verify import random_feeds, run_onnxruntime
-from bitc.zoo.cnn import randomize_batchnorm
-from bitc.zoo.export import export_onnx
+from bitc.passes.verify import run_onnxruntime
+from bitc_zoo.cnn import randomize_batchnorm
+from bitc_zoo.export import export_onnx
 
 
 class Residual(nn.Module):
@@ -194,7 +195,7 @@ def test_reorder_preserves_real_models_through_compilation(zoo, tmp_path, name):
     model = _load(path)
     feeds = random_feeds(model)
     if name == "minilm":  # token ids and a mask that are valid for the real vocabulary
-        from bitc.zoo import real
+        from bitc_zoo import real
 
         feeds = real.minilm_tokenize(real.SAMPLE_SENTENCES[:1], 128)
     expected = run_onnxruntime(model, feeds)[0]

@@ -174,7 +174,7 @@ def test_compiling_twice_gives_identical_artifacts(tmp_path):
 
 def test_channel_counts_without_a_multiple_of_8_still_get_blocked_convs(tmp_path):
     """45 channels (a pruned layer) use 15-wide blocks instead of TVM's plain NCHW conv (3-17× slower)."""
-    import bitc.codegen.nchwc as nchwc
+    import bitc.codegen.cpu.nchwc as nchwc
 
     assert (
         nchwc._channel_block(45, 16) == 15
@@ -194,7 +194,7 @@ def test_single_row_matmul_streams_reblocked_weights_and_matches_onnxruntime(tmp
     import onnx_ir as ir
     from onnx import TensorProto, helper, numpy_helper
 
-    from bitc.codegen.float_gemv import is_streamed_gemv
+    from bitc.codegen.cpu.float_gemv import is_streamed_gemv
 
     rng = np.random.default_rng(0)
     weights = rng.standard_normal((320, 1000)).astype(np.float32)

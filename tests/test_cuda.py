@@ -20,7 +20,11 @@ from binary_models import as_ir, binary_conv_model, binary_dense_model, lowbit_m
 
 import bitc
 from bitc import ops
-from bitc.codegen import bitc_relax, cuda_mma, cuda_relax, cuda_te
+from bitc.codegen import registry
+from bitc.codegen.cuda import emitters as cuda_emitters
+from bitc.codegen.cuda import mma as cuda_mma
+from bitc.codegen.cuda.te_kernel import TeKernel
+from bitc.codegen.kernels.nodes import conv_parts
 from bitc.codegen.target import CudaTarget, local_gpu_arch, parse_target
 from bitc.errors import BadInputError, BitcError
 
@@ -96,7 +100,7 @@ def test_example_models_build_for_cuda(tmp_path, arch):
             assert archive.read("kernels.fatbin")[:4] == bytes.fromhex("50ed55ba")  # fatbin magic
 
 
-def _run_on_cpu(kernel: cuda_te.TeKernel, *activations: np.ndarray) -> np.ndarray:
+def _run_on_cpu(kernel: TeKernel, *activations: np.ndarray) -> np.ndarray:
     """Build the GPU kernel's compute for the CPU, unscheduled, and run it."""
     import tvm
     from tvm import te
@@ -135,9 +139,9 @@ def _reference_case(proto: onnx.ModelProto, seed: int) -> tuple[ir.Node, ir.Mode
 )
 def test_gpu_binary_conv_compute_matches_reference(case):
     node, _, _, packed, expected = _reference_case(binary_conv_model(**case), seed=0)
-    _assert_matches(_run_on_cpu(cuda_relax.kernel_for(node), packed), expected)
+    _assert_matches(_run_on_cpu(cuda_emitters.binary_conv_kernel(node), packed), expected)
     # the tensor-core path: packed im2col, the and-GEMM (in numpy here), the epilogue from and counts
-    columns = _run_on_cpu(cuda_mma.im2col_kernel(bitc_relax.conv_parts(node).geometry), packed)
+    columns = _run_on_cpu(cuda_mma.im2col_kernel(conv_parts(node).geometry), packed)
     weights = node.inputs[1].const_value.numpy()
     and_counts = _and_counts(columns, weights.reshape(weights.shape[0] * weights.shape[1], -1))
     _assert_matches(_run_on_cpu(cuda_mma.conv_epilogue_kernel(node), columns, and_counts), expected)
@@ -147,7 +151,7 @@ def test_gpu_binary_conv_compute_matches_reference(case):
 def test_gpu_binary_dense_computes_match_reference(case):
     """The CUDA-core popcount kernel, and the tensor-core path's epilogue (xor counts from and counts)."""
     node, _, _, packed, expected = _reference_case(binary_dense_model(**case), seed=1)
-    _assert_matches(_run_on_cpu(cuda_relax.kernel_for(node), packed), expected)
+    _assert_matches(_run_on_cpu(cuda_emitters.binary_dense_kernel(node), packed), expected)
     weights = node.inputs[1].const_value.numpy()
     and_counts = _and_counts(packed, weights.reshape(-1, weights.shape[-1]))
     _assert_matches(_run_on_cpu(cuda_mma.epilogue_kernel(node), packed, and_counts), expected)
@@ -157,7 +161,7 @@ def test_gpu_binary_dense_computes_match_reference(case):
 def test_gpu_lowbit_gemv_compute_matches_reference(case):
     """Sign flips by xor of the float's sign bit, per-word group scales, a partial last word."""
     node, _, x, _, expected = _reference_case(lowbit_matmul_model(**case), seed=2)
-    kernel = cuda_relax.kernel_for(node)
+    kernel = cuda_emitters.lowbit_matmul_kernel(node)
     assert kernel.name == "lowbit_gemv"
     got = _run_on_cpu(kernel, x.reshape(-1, x.shape[-1])).reshape(expected.shape)
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-4 * np.abs(expected).max())
@@ -166,9 +170,9 @@ def test_gpu_lowbit_gemv_compute_matches_reference(case):
 def test_gpu_bitpack_and_pool_computes_match_reference():
     node, model, x, packed_reference, expected = _reference_case(packed_pool_model(), seed=3)
     bitpack = next(n for n in model.graph if n.op_type == "BitPack")
-    packed = _run_on_cpu(cuda_relax.kernel_for(bitpack), x)
+    packed = _run_on_cpu(cuda_emitters.bitpack_kernel(bitpack), x)
     assert np.array_equal(packed, packed_reference)
-    assert np.array_equal(_run_on_cpu(cuda_relax.kernel_for(node), packed), expected)
+    assert np.array_equal(_run_on_cpu(cuda_emitters.packed_max_pool_kernel(node), packed), expected)
 
 
 def _assert_matches(got: np.ndarray, expected: np.ndarray) -> None:
@@ -290,12 +294,11 @@ def test_device_copies_round_trip():
 
 
 def test_kv_attention_has_no_cuda_kernel_yet(tmp_path):
-    from bitc.codegen.bitc_relax import KernelTarget
     from bitc.errors import CompileError
 
     node = ir.Node("bitc", "KVAttention", [], name="attention")
     with pytest.raises(CompileError, match="KVAttention has no CUDA kernel"):
-        cuda_relax.emit(None, node, [], KernelTarget(kind="cuda"))
+        registry.emit(None, node, [], CudaTarget())
 
 
 @pytest.mark.gpu

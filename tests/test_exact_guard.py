@@ -16,9 +16,10 @@ from torch import nn
 import bitc
 from bitc.errors import CompileError
 from bitc.frontend import load_onnx, normalize
+from bitc.ir.feeds import random_feeds
 from bitc.passes import registry, run_pipeline, verify
-from bitc.passes.verify import random_feeds, run_onnxruntime
-from bitc.zoo.export import export_onnx
+from bitc.passes.verify import run_onnxruntime
+from bitc_zoo.export import export_onnx
 
 
 class SPPF(nn.Module):
@@ -162,7 +163,7 @@ class _Broken(ir.passes.InPlacePass):
 
 @pytest.fixture
 def broken_pass():
-    registry.register("broken_exact_test", exact=True)(_Broken)
+    registry.register("broken_exact_test", phase="cleanup", exact=True)(_Broken)
     yield "broken_exact_test"
     registry._PASSES.pop("broken_exact_test")
 
@@ -212,7 +213,7 @@ def test_exact_check_skips_huge_models_with_a_note(tmp_path, monkeypatch):
 
 def test_cli_binarize_alone_binarizes(tmp_path):
     """A bare --binarize is the default policy, not a no-op."""
-    from bitc.zoo.cnn import randomize_batchnorm
+    from bitc_zoo.cnn import randomize_batchnorm
 
     class Net(nn.Module):
         def __init__(self) -> None:

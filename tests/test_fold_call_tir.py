@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from test_legalize_cache import _chain_model
 
-from bitc.codegen import fold_call_tir
+from bitc.codegen.relax import fold_call_tir
 
 
 def _legalized(path) -> tuple:
@@ -12,10 +12,9 @@ def _legalized(path) -> tuple:
     import tvm
     from tvm import relax
 
-    from bitc.codegen import lowbit_kernels, nchwc
-    from bitc.codegen.bitc_relax import KernelTarget, cancel_layout_round_trips
-    from bitc.codegen.build import _legalize_map
-    from bitc.codegen.legalize_cache import cached_legalize_map
+    from bitc.codegen.cpu import nchwc
+    from bitc.codegen.cpu.build import legalize_map
+    from bitc.codegen.relax.legalize_cache import cached_legalize_map
     from bitc.codegen.relax_import import to_relax
     from bitc.codegen.target import parse_target
     from bitc.frontend import load_onnx
@@ -23,11 +22,10 @@ def _legalized(path) -> tuple:
 
     model, _ = run_pipeline(load_onnx(path, None), None, check_exact=False)
     target = parse_target("cpu")
-    lookup = lowbit_kernels.lookup_isa(set(target.cpu_features()))
-    mod = to_relax(model, "chain", KernelTarget(lanes=target.vector_lanes, lookup=lookup, cores=target.num_cores))
+    mod = to_relax(model, "chain", target)
     with target.tvm():
-        mod = cancel_layout_round_trips(nchwc.convert_conv_layout(mod, block=target.vector_lanes))
-        legalize = relax.transform.LegalizeOps(customize_legalize_map=cached_legalize_map(_legalize_map()))
+        mod = nchwc.cancel_layout_round_trips(nchwc.convert_conv_layout(mod, block=target.vector_lanes))
+        legalize = relax.transform.LegalizeOps(customize_legalize_map=cached_legalize_map(legalize_map()))
         passes = [relax.transform.DecomposeOpsForInference(), relax.transform.CanonicalizeBindings(), legalize]
         return tvm.transform.Sequential([*passes, relax.transform.AnnotateTIROpPattern()])(mod), target
 

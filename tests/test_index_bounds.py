@@ -18,7 +18,7 @@ from conftest import run_onnxruntime
 from onnx import TensorProto, helper, numpy_helper
 
 import bitc
-from bitc.codegen import index_checks
+from bitc.codegen.relax import index_checks
 from bitc.codegen.relax_import import to_relax
 from bitc.errors import BadInputError, BitcError
 
@@ -198,17 +198,18 @@ def tiny_decoder_artifact(tmp_path_factory) -> tuple:
     cache; also the step's feeds as a session makes them."""
     import torch
 
-    from bitc.zoo import smollm2
+    from bitc.frontend import decoder_export
 
-    dims = smollm2.LlamaDims(
+    dims = decoder_export.LlamaDims(
         vocab=64, hidden=32, layers=2, heads=4, kv_heads=2, head_dim=16, intermediate=48, rope_theta=1e4, eps=1e-5
     )
     torch.manual_seed(0)
-    decoder = smollm2.CompactLlama(dims, max_positions=128).eval()
+    decoder = decoder_export.CompactLlama(dims, max_positions=128).eval()
     past_keys, past_values = decoder.empty_cache(1, 100)
     example = (torch.zeros(1, 1, dtype=torch.int64), torch.zeros(1, dtype=torch.int64), past_keys, past_values)
     folder = tmp_path_factory.mktemp("decoder")
-    smollm2._timed_export(decoder, example, folder / "d.onnx", smollm2.DECODER_INPUTS, smollm2.DECODER_OUTPUTS)
+    inputs, outputs = decoder_export.DECODER_INPUTS, decoder_export.DECODER_OUTPUTS
+    decoder_export.export_module(decoder, example, folder / "d.onnx", inputs, outputs)
     bitc.compile(folder / "d.onnx", folder / "d.bitc", kv_compress={"bits": 4, "residual": 16})
     model = bitc.load(folder / "d.bitc")
     session = model.session()

@@ -18,12 +18,12 @@ import bitc
 from bitc import ops
 from bitc.bench import onnxruntime_session
 from bitc.errors import CompileError
+from bitc.frontend import decoder_export
 from bitc.ops.kv_attention import KVAttention, layout_attributes
 from bitc.passes.kv_compress import KVCompress
 from bitc.runtime import kv_cache
 from bitc.runtime.kv_cache import KVCacheLayout, KVCacheState
 from bitc.runtime.session import ContextFullError, DecoderSession, choose
-from bitc.zoo import smollm2
 
 CONTEXT = 100
 VOCAB = 64
@@ -33,17 +33,17 @@ VOCAB = 64
 def tiny_decoder(tmp_path_factory: pytest.TempPathFactory) -> tuple:
     """A 2-layer GQA decoder (4 query / 2 kv heads, head dim 16) with random weights, exported as one decode step
     over a 100-slot cache; also its full-sequence logits on 90 random tokens (torch)."""
-    dims = smollm2.LlamaDims(
+    dims = decoder_export.LlamaDims(
         vocab=VOCAB, hidden=32, layers=2, heads=4, kv_heads=2, head_dim=16, intermediate=48, rope_theta=1e4, eps=1e-5
     )
     torch.manual_seed(0)
-    model = smollm2.CompactLlama(dims, max_positions=128).eval()
+    model = decoder_export.CompactLlama(dims, max_positions=128).eval()
     for parameter in model.parameters():
         torch.nn.init.normal_(parameter, std=0.3)
     past_keys, past_values = model.empty_cache(1, CONTEXT)
     example = (torch.zeros(1, 1, dtype=torch.int64), torch.zeros(1, dtype=torch.int64), past_keys, past_values)
     path = tmp_path_factory.mktemp("kv") / "tiny_decoder.onnx"
-    smollm2._timed_export(model, example, path, smollm2.DECODER_INPUTS, smollm2.DECODER_OUTPUTS)
+    decoder_export.export_module(model, example, path, decoder_export.DECODER_INPUTS, decoder_export.DECODER_OUTPUTS)
     ids = np.random.default_rng(0).integers(0, VOCAB, 90)
     with torch.no_grad():
         full = model.full(torch.from_numpy(ids)[None])[0].numpy()
@@ -208,7 +208,7 @@ def test_compiled_kv_attention_matches_its_numpy_reference(
 ):
     import tvm
 
-    from bitc.codegen import kv_kernels
+    from bitc.codegen.kernels import kv_kernels
     from bitc.codegen.target import parse_target
 
     layout = KVCacheLayout(
@@ -245,7 +245,7 @@ def test_compiled_kv_attention_matches_its_numpy_reference(
 def test_kernel_reads_key_codes_with_vector_shifts():
     import tvm
 
-    from bitc.codegen import kv_kernels
+    from bitc.codegen.kernels import kv_kernels
     from bitc.codegen.target import parse_target
 
     layout = KVCacheLayout(layers=1, kv_heads=1, head_dim=64, max_context=256, key_bits=2, value_bits=2)

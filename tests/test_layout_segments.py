@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from bitc.codegen.layout_segments import apply_in_segments
+from bitc.codegen.cpu.layout_segments import apply_in_segments
 
 
 def _chain(n: int):

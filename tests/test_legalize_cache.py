@@ -8,7 +8,7 @@ from conftest import run_onnxruntime
 from onnx import TensorProto, helper, numpy_helper
 
 import bitc
-from bitc.codegen.legalize_cache import cached_legalize_map
+from bitc.codegen.relax.legalize_cache import cached_legalize_map
 
 
 def _chain_model(path, layers: int, channels: int = 8) -> None:

@@ -11,7 +11,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import bitc
 from bitc import ops
-from bitc.codegen import lowbit_kernels
+from bitc.codegen.kernels import lowbit_kernels
 from bitc.ops.lowbit_matmul import dequantize, float_twin, group_count
 from bitc.ops.packing import pack_dense_weights, unpack_signs
 from bitc.passes.lowbit_fit import WeightFormat, fit_weights
@@ -276,7 +276,7 @@ def test_real_minilm_lowbit_compiles_to_what_its_dequantized_twin_computes(zoo, 
     float model with the fitted weights, and stay close to the fp32 embeddings."""
     import onnxruntime as ort
 
-    from bitc.zoo import real, text
+    from bitc_zoo import real, text
 
     path = zoo.minilm(128)
     sentences, _ = text.sentences(12)

@@ -13,7 +13,7 @@ from conftest import run_onnxruntime
 import bitc
 from bitc.frontend import load_onnx
 from bitc.passes import run_pipeline
-from bitc.zoo import real
+from bitc_zoo import real
 
 pytestmark = pytest.mark.slow
 
@@ -55,8 +55,8 @@ def test_bireal_net18_runs_on_packed_kernels_and_matches_onnxruntime(tmp_path):
     Where-sign network in float (a near-zero pre-activation could flip a sign: the bound is loose for that)."""
     import torch
 
-    from bitc.zoo.bnn import bireal_net18
-    from bitc.zoo.export import export_onnx
+    from bitc_zoo.bnn import bireal_net18
+    from bitc_zoo.export import export_onnx
 
     path = export_onnx(bireal_net18(), (torch.randn(1, 3, 224, 224),), tmp_path / "bireal.onnx", input_names=["image"])
     result = bitc.compile(path, tmp_path / "bireal.bitc")

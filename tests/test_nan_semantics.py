@@ -204,7 +204,7 @@ def test_clip_takes_bounds_given_as_python_numbers():
     import tvm
     from tvm import te
 
-    from bitc.codegen.nan_semantics import clip
+    from bitc.codegen.relax.nan_semantics import clip
 
     data = te.placeholder((6,), "float32", name="x")
     func = tvm.compile(te.create_prim_func([data, clip(data, 0, 1)]), target="llvm")
@@ -306,10 +306,11 @@ def test_lanewise_reduction_gets_its_vector_schedule(shape, axis, keepdims):
     out with its lane loop vectorised (and its rows in parallel where it has rows)."""
     from tvm import te
 
-    from bitc.codegen import cpu_schedules, nan_semantics
+    from bitc.codegen.cpu import schedules as cpu_schedules
+    from bitc.codegen.relax import nan_semantics
 
     data = te.placeholder(shape, "float32", name="x")
     reduced = nan_semantics.lanewise_reduce(data, axis, keepdims, nan_semantics.max_reducer)
     scheduled = cpu_schedules.schedule_lanewise_reduction(te.create_prim_func([data, reduced]), 2, 16)
-    assert scheduled is not None and "T.vectorized(16)" in scheduled.script()
-    assert ("T.parallel" in scheduled.script()) == (axis is not None)
+    assert scheduled is not None and "T.vectorized(16)" in scheduled.mod.script()
+    assert ("T.parallel" in scheduled.mod.script()) == (axis is not None)

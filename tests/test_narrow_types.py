@@ -14,7 +14,7 @@ from onnx import TensorProto, helper
 from onnx.reference import ReferenceEvaluator
 
 import bitc
-from bitc.codegen.narrow_kernels import round_to_format
+from bitc.codegen.kernels.narrow_kernels import round_to_format
 from bitc.errors import BadInputError
 from bitc.ops.round_to_format import FORMATS, RoundToFormat
 

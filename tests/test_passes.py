@@ -11,9 +11,10 @@ from onnx import TensorProto, helper, numpy_helper
 
 from bitc.errors import BadInputError
 from bitc.frontend import load_onnx
-from bitc.graph_edit import restore_output_names
+from bitc.ir.feeds import random_feeds
+from bitc.ir.graph_edit import restore_output_names
 from bitc.passes import DEFAULT_PIPELINE, available, create, run_pipeline
-from bitc.passes.verify import random_feeds, run_onnxruntime
+from bitc.passes.verify import run_onnxruntime
 
 RNG = np.random.default_rng(0)
 

@@ -12,7 +12,7 @@ import bitc
 pytest.importorskip("brevitas")
 pytest.importorskip("qonnx")
 
-from bitc.zoo import qonnx_models
+from bitc_zoo import qonnx_models
 
 
 def _qonnx_execute(path, x: np.ndarray) -> np.ndarray:

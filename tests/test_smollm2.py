@@ -10,7 +10,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from bitc.zoo import smollm2, text  # noqa: E402
+from bitc.frontend.decoder_export import CompactLlama, LlamaDims, load_compact_model  # noqa: E402
+from bitc_zoo import smollm2, text  # noqa: E402
 
 
 def _missing(*packages: str) -> list[str]:
@@ -35,13 +36,13 @@ def _one_torch_thread():
     torch.set_num_threads(threads)
 
 
-def _tiny_model() -> smollm2.CompactLlama:
+def _tiny_model() -> CompactLlama:
     """A 2-layer GQA decoder (6 query / 2 kv heads) with random weights: the cache logic without the real model."""
-    dims = smollm2.LlamaDims(
+    dims = LlamaDims(
         vocab=50, hidden=24, layers=2, heads=6, kv_heads=2, head_dim=4, intermediate=40, rope_theta=1e4, eps=1e-5
     )
     torch.manual_seed(0)
-    model = smollm2.CompactLlama(dims, max_positions=32).eval()
+    model = CompactLlama(dims, max_positions=32).eval()
     for parameter in model.parameters():
         torch.nn.init.normal_(parameter, std=0.3)
     return model
@@ -107,6 +108,6 @@ def test_compact_llama_matches_transformers_and_its_own_decode_steps():
 @needs_smollm2
 @needs_bbc
 def test_smollm2_perplexity_on_bbc_news_is_plausible():
-    model = smollm2.load_compact_model()
+    model = load_compact_model()
     ppl = text.perplexity(smollm2.torch_logits_fn(model), smollm2.bbc_tokens(256), window=128)
     assert 10 < ppl < 60

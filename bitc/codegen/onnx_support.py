@@ -13,9 +13,9 @@ from collections.abc import Callable
 import numpy as np
 import onnx_ir as ir
 
-from bitc import graph_edit
 from bitc.errors import BadInputError
 from bitc.frontend import onnx_lowering
+from bitc.ir import graph_edit
 
 Check = Callable[[ir.Node], str | None]
 

@@ -8,22 +8,29 @@ kernel, all chained in one `main`; inlining the private functions then leaves on
 from __future__ import annotations
 
 import itertools
-from typing import Any
+from typing import TYPE_CHECKING
 
 import onnx
 import onnx_ir as ir
 
-from bitc.codegen import bitc_relax, cuda_relax, index_checks, onnx_support
+from bitc.codegen import onnx_support, registry
+from bitc.codegen.relax import index_checks
+from bitc.codegen.target import CpuTarget, Target
 from bitc.errors import BadInputError, BitcError, CompileError, first_line
 
+if TYPE_CHECKING:
+    import tvm
+    from tvm import relax, tirx
 
-def to_relax(model: ir.Model, source: str = "model", target: bitc_relax.KernelTarget | None = None):
+DEFAULT_TARGET = CpuTarget(mcpu="x86-64-v4", num_cores=1)  # an AVX-512 CPU
+
+
+def to_relax(model: ir.Model, source: str = "model", target: Target = DEFAULT_TARGET) -> tvm.IRModule:
     """Import the (already normalised, static-shape) model with its weights bound as constants; `target` says
-    what the bitc kernels need of the CPU or GPU (default: an AVX-512 CPU)."""
-    target = target or bitc_relax.KernelTarget()
+    what the bitc kernels need of the CPU or GPU (default: an AVX-512 CPU, one core)."""
     onnx_support.check_supported(model, source)
     ir.external_data.load_to_model(model)  # TVM would resolve external paths from the working directory
-    if not any(bitc_relax.is_custom(node, target) for node in model.graph):
+    if not any(registry.is_custom(node, target.kind) for node in model.graph):
         mod = _from_onnx(ir.to_proto(model), model, source)
     else:
         mod = _import_mixed(model, source, target)
@@ -31,7 +38,7 @@ def to_relax(model: ir.Model, source: str = "model", target: bitc_relax.KernelTa
     return mod
 
 
-def check_output_shapes(mod: Any, model: ir.Model, source: str) -> None:
+def check_output_shapes(mod: tvm.IRModule, model: ir.Model, source: str) -> None:
     """Refuse a model whose compiled outputs do not have the static shapes the artifact promises: the importer
     left a shape data-dependent (NonMaxSuppression's box count, an Expand to a run-time shape), so the artifact
     could only fail when it runs, or return a shape nobody checked."""
@@ -53,7 +60,7 @@ def check_output_shapes(mod: Any, model: ir.Model, source: str) -> None:
             )
 
 
-def _from_onnx(proto: onnx.ModelProto, model: ir.Model, source: str) -> Any:
+def _from_onnx(proto: onnx.ModelProto, model: ir.Model, source: str) -> tvm.IRModule:
     import tvm
 
     opset = model.opset_imports.get("", None)
@@ -86,7 +93,7 @@ def _identifier_inputs(proto: onnx.ModelProto) -> onnx.ModelProto:
     return proto
 
 
-def _static_dim(dim: Any) -> int | None:
+def _static_dim(dim: int | tirx.Expr) -> int | None:
     """A Relax shape dimension as an int (an IntImm or int), None when it is symbolic."""
     if isinstance(dim, int):
         return dim
@@ -102,7 +109,7 @@ def _fresh(name: str, taken: set[str]) -> str:
     return candidate
 
 
-def _import_mixed(model: ir.Model, source: str, target: bitc_relax.KernelTarget) -> Any:
+def _import_mixed(model: ir.Model, source: str, target: Target) -> tvm.IRModule:
     from tvm import relax
 
     model.graph.sort()
@@ -113,18 +120,16 @@ def _import_mixed(model: ir.Model, source: str, target: bitc_relax.KernelTarget)
     graph_outputs = {value.name for value in model.graph.outputs}
     bb = relax.BlockBuilder()
     params = [relax.Var(_var_name(v.name), _struct_info(v)) for v in model.graph.inputs]
-    env: dict[str, Any] = {v.name: p for v, p in zip(model.graph.inputs, params, strict=True)}
+    env: dict[str, relax.Expr] = {v.name: p for v, p in zip(model.graph.inputs, params, strict=True)}
     with bb.function("main", params, attrs={"num_input": len(params)}):
         with bb.dataflow():
-            runs = itertools.groupby(nodes, key=lambda node: bitc_relax.is_custom(node, target))
+            runs = itertools.groupby(nodes, key=lambda node: registry.is_custom(node, target.kind))
             for index, (is_bitc, run) in enumerate(runs):
                 run = list(run)
                 if is_bitc:
                     for node in run:
                         args = [env[v.name] for v in node.inputs if v is not None and v.name in env]
-                        emit = cuda_relax.emit if target.kind == "cuda" else bitc_relax.emit
-                        (output,) = emit(bb, node, args, target)
-                        env[node.outputs[0].name] = output
+                        env[node.outputs[0].name] = registry.emit(bb, node, args, target)
                     continue
                 last = position[id(run[-1])]
                 inputs, outputs = _run_boundary(run, last, graph_outputs, initializers)
@@ -143,7 +148,7 @@ def _import_mixed(model: ir.Model, source: str, target: bitc_relax.KernelTarget)
         raise CompileError(f"{source}: joining imported segments failed: {first_line(exc)}") from None
 
 
-def _add_segment(bb: Any, mod: Any, prefix: str) -> Any:
+def _add_segment(bb: relax.BlockBuilder, mod: tvm.IRModule, prefix: str) -> relax.Function:
     """Add the segment module's helper functions (its own TIR kernels) under fresh names; return its `main`,
     private and calling them by those names (two segments may both have made a kernel called 'maximum')."""
     from tvm.relax.expr_functor import PyExprMutator, mutator
@@ -155,14 +160,14 @@ def _add_segment(bb: Any, mod: Any, prefix: str) -> Any:
 
     @mutator
     class Rename(PyExprMutator):
-        def visit_global_var_(self, op: Any) -> Any:
+        def visit_global_var_(self, op: relax.GlobalVar) -> relax.GlobalVar:
             return renamed.get(op, op)
 
     return Rename().visit_expr(mod["main"]).without_attr("global_symbol")
 
 
 def _run_boundary(
-    run: list[ir.Node], last: int, graph_outputs: set[str], initializers: dict[str, Any]
+    run: list[ir.Node], last: int, graph_outputs: set[str], initializers: dict[str, onnx.TensorProto]
 ) -> tuple[list[ir.Value], list[ir.Value]]:
     """Values a run of nodes reads from outside (not weights) and values it produces for later nodes."""
     inside = {id(node) for node in run}
@@ -185,7 +190,7 @@ def _segment_proto(
     run: list[ir.Node],
     inputs: list[ir.Value],
     outputs: list[ir.Value],
-    initializers: dict[str, Any],
+    initializers: dict[str, onnx.TensorProto],
     position: dict[int, int],
 ) -> onnx.ModelProto:
     node_protos = [full.graph.node[position[id(node)]] for node in run]
@@ -200,7 +205,7 @@ def _segment_proto(
     return onnx.helper.make_model(graph, opset_imports=list(full.opset_import), ir_version=full.ir_version)
 
 
-def _struct_info(value: ir.Value) -> Any:
+def _struct_info(value: ir.Value) -> relax.TensorType:
     from tvm import relax
 
     return relax.TensorType([int(d) for d in value.shape], value.dtype.numpy().name)

@@ -1,4 +1,5 @@
-"""Compilation targets: what `--target` means and what the manifest records about it.
+"""Compilation targets: what `--target` means, what the manifest records about it, and what the emitters and
+schedules need to know of the machine (one target object is passed through the whole build).
 
 The TVM wheel's LLVM triple rejects `mcpu=native`, so the host CPU is named explicitly (LLVM's own detection).
 The ISA features that the chosen CPU implies are recorded so the runtime can refuse a machine that lacks them.
@@ -10,16 +11,22 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
+from bitc.codegen.kernels import lowbit_kernels
 from bitc.errors import BadInputError
 from bitc.runtime.hostcpu import ISA_FLAGS, host_arch, physical_cores
 from bitc.runtime.tvm_loader import arch_capability
+
+if TYPE_CHECKING:
+    import tvm
 
 
 @dataclass(frozen=True)
 class CpuTarget:
     """An LLVM CPU target: `mcpu` is an LLVM CPU name, `num_cores` the threads the schedules are tuned for."""
+
+    kind: ClassVar[str] = "llvm"  # the codegen registry's target kind
 
     mcpu: str
     num_cores: int
@@ -28,7 +35,7 @@ class CpuTarget:
     def name(self) -> str:
         return f"cpu:{self.mcpu}"
 
-    def tvm(self, *, reassociate: bool = False) -> Any:
+    def tvm(self, *, reassociate: bool = False) -> tvm.target.Target:
         """The TVM target; `reassociate` lets LLVM reorder float sums (code generation only: the scalar row
         reductions of layer norm and softmax then vectorise, 2× faster, at float-rounding-level differences)."""
         import tvm
@@ -41,6 +48,12 @@ class CpuTarget:
         """float32 lanes per vector register: 16 with AVX-512, else 8 (AVX2; also the layout block size)."""
         return 16 if "avx512f" in self.cpu_features() else 8
 
+    @property
+    def lookup_isa(self) -> str | None:
+        """The ISA of the low-bit table-lookup kernel this CPU runs (`lowbit_kernels.lookup_isa`; None: the portable
+        compute)."""
+        return lowbit_kernels.lookup_isa(set(self.cpu_features()))
+
     def cpu_features(self) -> list[str]:
         """The ISA flags (as /proc/cpuinfo spells them) that code for this CPU may use."""
         return _cpu_features(self.mcpu)
@@ -48,7 +61,7 @@ class CpuTarget:
     def to_manifest(self) -> dict[str, Any]:
         return {
             "name": self.name,
-            "kind": "llvm",
+            "kind": self.kind,
             "mcpu": self.mcpu,
             "num_cores": self.num_cores,
             "arch": host_arch(),
@@ -63,6 +76,8 @@ DEFAULT_CUDA_ARCH = "sm_80"  # Ampere: the oldest arch with 1-bit mma.m16n8k256;
 class CudaTarget:
     """An NVIDIA GPU of compute capability `arch` ("sm_80"); `arch_source` says whether it was asked for, found
     on this machine's GPU, or the default."""
+
+    kind: ClassVar[str] = "cuda"  # the codegen registry's target kind
 
     arch: str = DEFAULT_CUDA_ARCH
     arch_source: str = "default"
@@ -81,7 +96,7 @@ class CudaTarget:
         """mma.sync m16n8k256 on 1-bit operands (`.and.popc`) exists from sm_80 on."""
         return self.compute_capability >= 80
 
-    def tvm(self) -> Any:
+    def tvm(self) -> tvm.target.Target:
         import tvm
 
         return tvm.target.Target({"kind": "cuda", "arch": self.arch, "host": {"kind": "llvm"}})
@@ -89,7 +104,7 @@ class CudaTarget:
     def to_manifest(self) -> dict[str, Any]:
         return {
             "name": self.name,
-            "kind": "cuda",
+            "kind": self.kind,
             "arch": self.arch,
             "arch_source": self.arch_source,
             "ptx": f"compute_{self.compute_capability}",

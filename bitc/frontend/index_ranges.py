@@ -1,6 +1,6 @@
 """The valid range of each graph input that indexes a tensor (token ids into an embedding table, ...).
 
-The compiled kernels check every data-dependent index themselves (`bitc.codegen.index_checks`), but on a GPU a
+The compiled kernels check every data-dependent index themselves (`bitc.codegen.relax.index_checks`), but on a GPU a
 failed check can only trap, which leaves the CUDA context unusable. An input that reaches a Gather's indices
 unchanged can be checked on the host before it is copied anywhere: the manifest records its range and the runtime
 refuses a value outside it in one line, on every target.

@@ -21,9 +21,9 @@ import json
 import numpy as np
 import onnx_ir as ir
 
-from bitc import graph_edit
 from bitc.errors import BadInputError
 from bitc.frontend.onnx_lowering import Builder, taken_names
+from bitc.ir import graph_edit
 from bitc.ops.round_to_format import FORMATS, RoundToFormat
 from bitc.runtime.narrow_dtypes import CARRIERS
 

@@ -3,7 +3,6 @@ fixed input shapes where the user gave them, and inferred shapes on every value.
 
 from __future__ import annotations
 
-import logging
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -14,8 +13,9 @@ import onnx_ir as ir
 import onnx_ir.passes.common as common
 
 from bitc import ops
-from bitc.errors import BadInputError, first_line
+from bitc.errors import BadInputError
 from bitc.frontend import narrow_types, onnx_lowering, qonnx
+from bitc.ir.shapes import infer_bitc_shapes, infer_shapes
 
 # Oldest opset we accept at all, and the one older models are upgraded to (the TVM importer's best-covered range).
 MIN_OPSET = 7
@@ -87,7 +87,7 @@ def _check_tensor_sizes(model: ir.Model, source: str) -> None:
 
 def _static_bytes(value: ir.Value) -> int | None:
     """Bytes of a value whose dimensions are all known (one byte per element when its type has no fixed width)."""
-    if value.shape is None or not all(isinstance(d, int) for d in value.shape):
+    if value.shape is None or not value.shape.is_static():
         return None
     try:
         bits = value.dtype.bitwidth if value.dtype is not None else 8
@@ -124,51 +124,12 @@ def _unknown_negative_dims(model: ir.Model) -> None:
             value.shape = ir.Shape([None if isinstance(d, int) and d < 0 else d for d in value.shape])
 
 
-def infer_shapes(model: ir.Model, *, source: str) -> None:
-    """ONNX shape inference (strict); an inconsistency (mismatched shapes, bad attributes) is bad input.
-
-    onnx-ir's pass logs a failure and leaves the model unchanged; the failure is caught from its log record.
-    """
-    failures = _FailureRecorder()
-    logger = logging.getLogger(common.shape_inference.__name__)
-    logger.addHandler(failures)
-    try:
-        common.ShapeInferencePass(check_type=True, strict_mode=True, data_prop=True)(model)
-    finally:
-        logger.removeHandler(failures)
-    if failures.error is not None:
-        raise BadInputError(f"{source}: shape inference failed: {first_line(failures.error)}")
-
-
 def _initializer_shapes_from_data(model: ir.Model) -> None:
     """A weight's shape is its tensor's, whatever a stale value_info entry in the file claims."""
     for value in model.graph.initializers.values():
         if value.const_value is not None:
             value.shape = ir.Shape(value.const_value.shape)
             value.dtype = value.const_value.dtype
-
-
-def infer_bitc_shapes(model: ir.Model, *, source: str) -> None:
-    """onnx's inference stops at bitc nodes: give them their shapes (our rules), then infer the rest again."""
-    for node in model.graph:
-        if ops.is_bitc(node):
-            if node.op_type not in ops.registered():
-                raise BadInputError(f"{source}: node '{node.name}': unknown bitc op {node.op_type}")
-            try:
-                ops.infer_shapes(node)
-            except Exception as exc:
-                raise BadInputError(f"{source}: node '{node.name}' ({node.op_type}): {first_line(exc)}") from None
-    infer_shapes(model, source=source)
-
-
-class _FailureRecorder(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(level=logging.WARNING)
-        self.error: BaseException | None = None
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if record.exc_info and record.exc_info[1] is not None and self.error is None:
-            self.error = record.exc_info[1]
 
 
 def _checked_opset(model: ir.Model, source: str) -> ir.Model:

@@ -17,10 +17,11 @@ import onnx
 import onnx_ir as ir
 import onnx_ir.passes.common as common
 
-from bitc import graph_edit, ops
+from bitc import ops
 from bitc.frontend.integer_lowering import INTEGER_LOWERINGS
 from bitc.frontend.recurrent_lowering import RECURRENT_LOWERINGS
 from bitc.frontend.tensor_lowering import BOOLEAN_REDUCTIONS, TENSOR_LOWERINGS, boolean_reduction
+from bitc.ir import graph_edit
 
 EXPAND_DOMAIN = "bitc.expand"
 # Marks the nodes a rule emitted: already in the form the importer gets right, even where the rule's condition
@@ -639,30 +640,14 @@ def _lower_lp_normalization(b: Builder, node: ir.Node) -> list[ir.Value | None] 
     return [b.op("Where", b.op("Equal", norm, zero), zero, b.op("Div", x, norm))]
 
 
-_CONSTANT_FORMS = {"value_float": np.float32, "value_floats": np.float32, "value_int": np.int64, "value_ints": np.int64}
-
-
 def _constant_without_tensor(node: ir.Node) -> bool:
-    return any(name in node.attributes for name in _CONSTANT_FORMS)
-
-
-def lower_constant_attributes(model: ir.Model) -> int:
-    """Rewrite the main graph's Constant(value_int(s)/value_float(s)) nodes; returns how many (the constant
-    folder writes Shape and Size results that way, after the frontend's rules ran)."""
-    opset = model.opset_imports.get("", 1)
-    nodes = [node for node in model.graph if node.op_type == "Constant" and _constant_without_tensor(node)]
-    taken = taken_names(model.graph)
-    for node in nodes:
-        _replace(model.graph, node, _lower_constant(Builder(model.graph, node, opset, taken), node))
-    return len(nodes)
+    return graph_edit.attribute_constant(node) is not None
 
 
 def _lower_constant(b: Builder, node: ir.Node) -> list[ir.Value | None] | None:
-    """Constant(value_int(s)/value_float(s)) as Constant(value=tensor): the importer reads only `value` (the
-    folder writes Shape and Size results this way)."""
-    name, dtype = next((name, dtype) for name, dtype in _CONSTANT_FORMS.items() if name in node.attributes)
-    array = np.asarray(node.attributes[name].value, dtype=dtype)
-    return [b.op("Constant", value=ir.tensor(array))]
+    """Constant(value_int(s)/value_float(s)) as Constant(value=tensor): the importer reads only `value`. (The
+    passes' constant folder writes Shape and Size results that way too: `graph_edit.lower_constant_attributes`.)"""
+    return [b.op("Constant", value=ir.tensor(graph_edit.attribute_constant(node)))]
 
 
 RULES: dict[str, Rule] = {

@@ -12,7 +12,7 @@ import numpy as np
 import onnx_ir as ir
 
 from bitc.errors import BadInputError
-from bitc.graph_edit import add_initializer, constant, replace_output
+from bitc.ir.graph_edit import add_initializer, constant, replace_output
 
 QONNX_DOMAINS = {"qonnx.custom_op.general", "finn.custom_op.general", "onnx.brevitas"}
 _ROUNDING = {

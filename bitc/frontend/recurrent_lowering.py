@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import onnx_ir as ir
 
-from bitc import graph_edit
+from bitc.ir import graph_edit
 
 if TYPE_CHECKING:
     from bitc.frontend.onnx_lowering import Builder

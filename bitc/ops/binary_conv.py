@@ -27,6 +27,8 @@ class BinaryConv(BitcOp):
     """Binary conv: packed NHWC input, packed weights [planes, O, KH, KW, ⌈C/32⌉]; float NCHW or packed output."""
 
     name = "BinaryConv"
+    inputs = ("x", "weights", "epilogue*")  # epilogue: scale [P, O], bias [O]; or threshold [P, O]
+    required = ("in_channels",)
     attributes: ClassVar[dict[str, Any]] = {
         "strides": [1, 1],
         "pads": [0, 0, 0, 0],

@@ -19,6 +19,8 @@ class BinaryDense(BitcOp):
     """Binary dense: packed input [M, ⌈K/32⌉], packed weights [planes, N, ⌈K/32⌉]; float [M, N] or packed output."""
 
     name = "BinaryDense"
+    inputs = ("x", "weights", "epilogue*")  # epilogue: scale [P, O], bias [O]; or threshold [P, O]
+    required = ("in_features",)
     attributes: ClassVar[dict[str, Any]] = {"output_format": "float"}
 
     @classmethod

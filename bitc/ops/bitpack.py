@@ -21,6 +21,7 @@ class BitPack(BitcOp):
     """
 
     name = "BitPack"
+    inputs = ("x",)
     attributes: ClassVar[dict[str, Any]] = {"thresholds": [0.0]}
 
     @classmethod

@@ -27,6 +27,8 @@ class KVAttention(BitcOp):
     tokens and this one. The layout attributes are `KVCacheLayout`'s fields."""
 
     name = "KVAttention"
+    inputs = (*FIXED_INPUTS, *STATE_NAMES, *(f"{name}?" for name in COS_SIN))
+    targets = ("llvm",)
     attributes: ClassVar[dict[str, Any]] = {
         "layer": 0,
         "scale": 1.0,

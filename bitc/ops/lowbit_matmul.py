@@ -24,7 +24,9 @@ class LowBitMatMul(BitcOp):
     [..., N] float (scales are widened to float32 before use)."""
 
     name = "LowBitMatMul"
-    attributes: ClassVar[dict[str, Any]] = {"in_features": 0, "group_size": 0}
+    inputs = ("x", "weights", "scales")
+    required = ("in_features",)
+    attributes: ClassVar[dict[str, Any]] = {"group_size": 0}
 
     @classmethod
     def output_types(cls, input_shapes: Sequence[tuple[int, ...]], **attrs: Any) -> list[tuple[ir.DataType, tuple]]:

@@ -16,6 +16,8 @@ class PackedMaxPool(BitcOp):
     """Max-pool of packed NHWC words: AND over the window; padding never wins (padded with all-ones words)."""
 
     name = "PackedMaxPool"
+    inputs = ("x",)
+    required = ("kernel_shape",)
     attributes: ClassVar[dict[str, Any]] = {"strides": [1, 1], "pads": [0, 0, 0, 0]}
 
     @classmethod

@@ -16,6 +16,7 @@ class Reinterpret(BitcOp):
     """x [any shape] → the same bits as `to` (an ONNX data type number of x's width)."""
 
     name = "Reinterpret"
+    inputs = ("x",)
     attributes: ClassVar[dict[str, Any]] = {"to": int(ir.DataType.INT32)}
 
     @classmethod

@@ -53,6 +53,7 @@ class RoundToFormat(BitcOp):
     """float [any shape] → float32, each value rounded to `format` (a key of FORMATS) as ONNX Cast rounds."""
 
     name = "RoundToFormat"
+    inputs = ("x",)
     attributes: ClassVar[dict[str, Any]] = {"format": "bfloat16", "saturate": 1}
 
     @classmethod

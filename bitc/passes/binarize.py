@@ -9,8 +9,9 @@ import numpy as np
 import onnx_ir as ir
 
 from bitc.errors import BadInputError
-from bitc.graph_edit import add_initializer, constant, replace_output
+from bitc.ir.graph_edit import add_initializer, constant, replace_output
 from bitc.passes import verify
+from bitc.passes.options import configure, option
 from bitc.passes.registry import register
 
 _LAYER_OPS = ("Conv", "Gemm", "MatMul")
@@ -41,7 +42,16 @@ def residual_planes(weights: np.ndarray, planes: int) -> tuple[np.ndarray, np.nd
     return np.stack(signs), np.stack(scales)
 
 
-@register("binarize")
+@register(
+    "binarize",
+    phase="quantize",
+    order=1,
+    requires=("lower_binary", "fuse_binary"),
+    switch=(
+        "--binarize",
+        "binarize a float model (post-training): all Conv/Gemm/MatMul but the first and last, sign activations",
+    ),
+)
 class Binarize(ir.passes.InPlacePass):
     """Binarize float Conv/Gemm/MatMul layers (post-training): sign activations, W ≈ Σ αᵢ·Bᵢ (1-4 planes).
 
@@ -52,26 +62,40 @@ class Binarize(ir.passes.InPlacePass):
     gives each layer's relative weight error.
     """
 
-    def __init__(
-        self,
-        planes: int = 1,
-        activations: str = "sign",
-        layers: list[str] | None = None,
-        exclude: list[str] | None = None,
-        keep_first_last: bool = True,
-        measure_error: bool = True,
-    ) -> None:
+    @dataclass(frozen=True)
+    class Options:
+        planes: int = option(1, "weight planes W ≈ Σ αᵢ·Bᵢ, 1-4 (default 1)", flag="--binarize-planes", metavar="K")
+        activations: str = option(
+            "sign",
+            "'sign' (1-bit, xor/popcount) or 'float' (weights only)",
+            flag="--binarize-weights-only",
+            const="float",
+            flag_help="keep activations in float",
+        )
+        layers: list[str] | None = option(
+            None, "binarize exactly these layers", flag="--binarize-layers", metavar="NODE,..."
+        )
+        exclude: list[str] | None = option(
+            None, "layers to keep in float", flag="--binarize-exclude", metavar="NODE,..."
+        )
+        keep_first_last: bool = option(True, "keep the first and the last layer in float")
+        measure_error: bool = option(True, "report each layer's relative weight error")
+
+        def __post_init__(self) -> None:
+            if not 1 <= int(self.planes) <= 4:
+                raise BadInputError(f"binarize: planes must be 1-4, got {self.planes}")
+            if self.activations not in ("sign", "float"):
+                raise BadInputError(f"binarize: activations must be 'sign' or 'float', got {self.activations!r}")
+
+    def __init__(self, **options: Any) -> None:
         super().__init__()
-        if not 1 <= int(planes) <= 4:
-            raise BadInputError(f"binarize: planes must be 1-4, got {planes}")
-        if activations not in ("sign", "float"):
-            raise BadInputError(f"binarize: activations must be 'sign' or 'float', got {activations!r}")
-        self.planes = int(planes)
-        self.activations = activations
-        self.layers = list(layers) if layers is not None else None
-        self.exclude = set(exclude or [])
-        self.keep_first_last = keep_first_last
-        self.measure_error = measure_error
+        o = self.options = configure(self, options)
+        self.planes = int(o.planes)
+        self.activations = o.activations
+        self.layers = list(o.layers) if o.layers is not None else None
+        self.exclude = set(o.exclude or [])
+        self.keep_first_last = o.keep_first_last
+        self.measure_error = o.measure_error
         self.report = BinarizeReport()
         self._signs: dict[int, ir.Value] = {}
 

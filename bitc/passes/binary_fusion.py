@@ -10,7 +10,7 @@ import onnx_ir as ir
 import onnx_ir.passes.common as common
 
 from bitc import ops
-from bitc.graph_edit import add_initializer, constant, replace_output
+from bitc.ir.graph_edit import add_initializer, constant, replace_output
 from bitc.ops.packing import WORD_BITS, words
 from bitc.passes.registry import register
 
@@ -36,7 +36,7 @@ class ThresholdReport:
         }
 
 
-@register("fuse_binary", exact=True)
+@register("fuse_binary", phase="binary", order=1, exact=True)
 class FuseBinaryThreshold(ir.passes.InPlacePass):
     """Fuse binary layers: summed weight planes → one multi-plane op; scale/bias + next sign → integer thresholds.
 

@@ -8,7 +8,7 @@ import numpy as np
 import onnx_ir as ir
 
 from bitc import ops
-from bitc.graph_edit import add_initializer, constant
+from bitc.ir.graph_edit import add_initializer, constant
 from bitc.ops.packing import words
 
 # Relative tolerance for "all weights of a channel have the same magnitude" (folded BN rescales them in float32).

@@ -15,7 +15,7 @@ never pruned or moved.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import networkx as nx
@@ -168,73 +168,108 @@ def _fix_node(cg: ChannelGraph, node: ir.Node, why: str) -> None:
         _fix(cg, value, reason)
 
 
+CouplingRule = Callable[["ChannelGraph", ir.Node, "Dim | None"], None]
+# op type (domain::op for custom domains) → how the op couples its inputs' and outputs' channels; an op without a
+# rule fixes the channels it touches ("not followed"). Torch-Pruning's per-op dependency handlers, as a table.
+_RULES: dict[str, CouplingRule] = {}
+
+
+def coupling(*op_types: str) -> Callable[[CouplingRule], CouplingRule]:
+    """Decorator: `rule(cg, node, out)` couples the channels of nodes of these op types (`out` is the output's
+    tracked axis, or None)."""
+
+    def register(rule: CouplingRule) -> CouplingRule:
+        for op_type in op_types:
+            if op_type in _RULES:
+                raise ValueError(f"two coupling rules for {op_type}")
+            _RULES[op_type] = rule
+        return rule
+
+    return register
+
+
 def _couple(cg: ChannelGraph, node: ir.Node) -> None:
     op = node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}::{node.op_type}"
     # a Transpose or Reshape may track another axis of its output than the default: it finds its own
     out = _dim(cg, node.outputs[0]) if node.outputs and op not in ("Transpose", "Reshape") else None
-    if op == "Conv":
-        _couple_conv(cg, node, out)
-    elif op in ("Gemm", "MatMul"):
-        _couple_dense(cg, node, out)
-    elif op in ("BatchNormalization", "LayerNormalization", "InstanceNormalization"):
-        x = _dim(cg, node.inputs[0])
-        if x is None or out is None:
-            return _fix_node(cg, node, "normalisation over an untracked axis")
-        if op == "LayerNormalization" and node.attributes.get_int("axis", -1) not in (
-            -1,
-            len(node.inputs[0].shape) - 1,
-        ):
-            return _fix_node(cg, node, "layer norm over more than the channel axis")
-        _same(cg, x, out)
-        for index, param in enumerate(node.inputs[1:], start=1):
-            if (
-                param is not None
-                and param.const_value is not None
-                and param.shape is not None
-                and len(param.shape) == 1
-            ):
-                _attach(cg, param, 0, out)
-                if index == 1:
-                    cg.gammas.add(param.name)
-    elif op in _UNARY or op in _POOLS:
-        x = _dim(cg, node.inputs[0])
-        if x is None or out is None or cg.sizes[x] != cg.sizes[out]:
-            return _fix_node(cg, node, "channel count changes")
-        _same(cg, x, out)
-    elif op in _ELEMENTWISE:
-        _couple_elementwise(cg, node, out)
-    elif op == "Concat":
-        _couple_concat(cg, node, out)
-    elif op == "Transpose":
-        _couple_transpose(cg, node)
-    elif op in ("Flatten", "Reshape", "Squeeze", "Unsqueeze"):
-        _couple_reshape(cg, node, out)
-    elif op == "Gather" and node.inputs[0].const_value is not None and out is not None:
-        table = node.inputs[0]
-        if node.attributes.get_int("axis", 0) == 0 and len(table.shape) == 2:  # an embedding lookup
-            cg.producers.add(out)
-            _attach(cg, table, 1, out)
-        else:
-            _fix_node(cg, node, "gather not along rows")
-    elif op in ("ReduceMean", "ReduceMax", "ReduceMin", "ReduceSum", "ReduceL2", "ReduceL1", "ReduceLogSumExp"):
-        _couple_reduce(cg, node, out)
-    elif op in ("Softmax", "LogSoftmax") and (x := _dim(cg, node.inputs[0])) is not None and out is not None:
-        rank = len(node.inputs[0].shape)
-        _same(cg, x, out)
-        if node.attributes.get_int("axis", -1) % rank == x[1]:  # normalises over channels: order-free, not cuttable
-            cg.order_free[x] = f"softmax over channels ({op} '{node.name}')"
-    elif op == "Expand" and out is not None:
-        x = _dim(cg, node.inputs[0])
-        if x is not None and cg.sizes[x] == cg.sizes[out]:
-            _same(cg, x, out)
-        elif x is not None and cg.sizes[x] != 1:
-            _fix_node(cg, node, "expand of the channel axis")
-    elif op in ("Shape", "Size"):
-        return
-    else:
+    rule = _RULES.get(op)
+    if rule is None:
         _fix_node(cg, node, "not followed")
+    else:
+        rule(cg, node, out)
 
 
+@coupling("BatchNormalization", "LayerNormalization", "InstanceNormalization")
+def _couple_normalization(cg: ChannelGraph, node: ir.Node, out: Dim | None) -> None:
+    x = _dim(cg, node.inputs[0])
+    if x is None or out is None:
+        return _fix_node(cg, node, "normalisation over an untracked axis")
+    if node.op_type == "LayerNormalization" and node.attributes.get_int("axis", -1) not in (
+        -1,
+        len(node.inputs[0].shape) - 1,
+    ):
+        return _fix_node(cg, node, "layer norm over more than the channel axis")
+    _same(cg, x, out)
+    for index, param in enumerate(node.inputs[1:], start=1):
+        if param is not None and param.const_value is not None and param.shape is not None and len(param.shape) == 1:
+            _attach(cg, param, 0, out)
+            if index == 1:
+                cg.gammas.add(param.name)
+    return None
+
+
+@coupling(*_UNARY, *_POOLS)
+def _couple_channelwise(cg: ChannelGraph, node: ir.Node, out: Dim | None) -> None:
+    x = _dim(cg, node.inputs[0])
+    if x is None or out is None or cg.sizes[x] != cg.sizes[out]:
+        return _fix_node(cg, node, "channel count changes")
+    _same(cg, x, out)
+    return None
+
+
+@coupling("Gather")
+def _couple_gather(cg: ChannelGraph, node: ir.Node, out: Dim | None) -> None:
+    table = node.inputs[0]
+    if table.const_value is None or out is None:
+        return _fix_node(cg, node, "not followed")
+    if node.attributes.get_int("axis", 0) == 0 and len(table.shape) == 2:  # an embedding lookup
+        cg.producers.add(out)
+        _attach(cg, table, 1, out)
+    else:
+        _fix_node(cg, node, "gather not along rows")
+    return None
+
+
+@coupling("Softmax", "LogSoftmax")
+def _couple_softmax(cg: ChannelGraph, node: ir.Node, out: Dim | None) -> None:
+    x = _dim(cg, node.inputs[0])
+    if x is None or out is None:
+        return _fix_node(cg, node, "not followed")
+    rank = len(node.inputs[0].shape)
+    _same(cg, x, out)
+    if node.attributes.get_int("axis", -1) % rank == x[1]:  # normalises over channels: order-free, not cuttable
+        cg.order_free[x] = f"softmax over channels ({node.op_type} '{node.name}')"
+    return None
+
+
+@coupling("Expand")
+def _couple_expand(cg: ChannelGraph, node: ir.Node, out: Dim | None) -> None:
+    if out is None:
+        return _fix_node(cg, node, "not followed")
+    x = _dim(cg, node.inputs[0])
+    if x is not None and cg.sizes[x] == cg.sizes[out]:
+        _same(cg, x, out)
+    elif x is not None and cg.sizes[x] != 1:
+        _fix_node(cg, node, "expand of the channel axis")
+    return None
+
+
+@coupling("Shape", "Size")
+def _couple_nothing(cg: ChannelGraph, node: ir.Node, out: Dim | None) -> None:
+    """Reads shapes only: no channel flows through."""
+
+
+@coupling("Conv")
 def _couple_conv(cg: ChannelGraph, node: ir.Node, out: Dim | None) -> None:
     x, weights = _dim(cg, node.inputs[0]), node.inputs[1]
     if x is None or out is None or weights.const_value is None:
@@ -255,6 +290,7 @@ def _couple_conv(cg: ChannelGraph, node: ir.Node, out: Dim | None) -> None:
         _fix_node(cg, node, f"grouped conv with {groups} groups")
 
 
+@coupling("Gemm", "MatMul")
 def _couple_dense(cg: ChannelGraph, node: ir.Node, out: Dim | None) -> None:
     x, weights = _dim(cg, node.inputs[0]), node.inputs[1]
     if node.op_type == "MatMul" and weights.const_value is None:
@@ -274,6 +310,7 @@ def _couple_dense(cg: ChannelGraph, node: ir.Node, out: Dim | None) -> None:
             _attach(cg, bias, len(bias.shape) - 1, out)
 
 
+@coupling(*_ELEMENTWISE)
 def _couple_elementwise(cg: ChannelGraph, node: ir.Node, out: Dim | None) -> None:
     if out is None:
         return _fix_node(cg, node, "elementwise op on untracked tensors")
@@ -296,6 +333,7 @@ def _couple_elementwise(cg: ChannelGraph, node: ir.Node, out: Dim | None) -> Non
         _same(cg, dim, out)
 
 
+@coupling("Concat")
 def _couple_concat(cg: ChannelGraph, node: ir.Node, out: Dim | None) -> None:
     if out is None:
         return _fix_node(cg, node, "concat of untracked tensors")
@@ -314,6 +352,7 @@ def _couple_concat(cg: ChannelGraph, node: ir.Node, out: Dim | None) -> None:
             _same(cg, dim, out)
 
 
+@coupling("ReduceMean", "ReduceMax", "ReduceMin", "ReduceSum", "ReduceL2", "ReduceL1", "ReduceLogSumExp")
 def _couple_reduce(cg: ChannelGraph, node: ir.Node, out: Dim | None) -> None:
     """A reduction over spatial (or token) axes keeps channels; over the channel axis it mixes them."""
     x = _dim(cg, node.inputs[0])
@@ -343,7 +382,8 @@ def _couple_batched_matmul(cg: ChannelGraph, node: ir.Node, x: Dim | None, out: 
     _same(cg, other, out)
 
 
-def _couple_transpose(cg: ChannelGraph, node: ir.Node) -> None:
+@coupling("Transpose")
+def _couple_transpose(cg: ChannelGraph, node: ir.Node, out: Dim | None = None) -> None:
     """The tracked axis moves to where the permutation puts it."""
     x = _dim(cg, node.inputs[0])
     if x is None:
@@ -376,6 +416,7 @@ def _split_heads(cg: ChannelGraph, node: ir.Node, x: Dim, src: list[int], dst: l
     return False
 
 
+@coupling("Flatten", "Reshape", "Squeeze", "Unsqueeze")
 def _couple_reshape(cg: ChannelGraph, node: ir.Node, out: Dim | None) -> None:
     """A reshape keeps channels as a flatten of NCHW to [N, C·H·W], by dropping / adding unit axes, or by splitting
     the feature axis into attention heads (and merging them back)."""

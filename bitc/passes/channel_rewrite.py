@@ -9,8 +9,9 @@ import numpy as np
 import onnx_ir as ir
 import onnx_ir.passes.common as common
 
-from bitc.frontend.normalize import infer_shapes
-from bitc.graph_edit import add_initializer
+from bitc.ir.feeds import random_feeds
+from bitc.ir.graph_edit import add_initializer
+from bitc.ir.shapes import infer_shapes
 from bitc.passes.channel_graph import ChannelGraph, ChannelGroup, Dim
 
 
@@ -68,7 +69,7 @@ def _activations(
     filter that never fires scores 0), else where it is produced; onnxruntime on the calibration feeds."""
     from bitc.passes import verify
 
-    feeds = calibration if calibration is not None else verify.random_feeds(model)
+    feeds = calibration if calibration is not None else random_feeds(model)
     dims = set()
     for group in groups:
         read = [d for d in group.dims if d in cg.consumed]

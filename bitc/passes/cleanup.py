@@ -4,18 +4,36 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import onnx_ir as ir
 import onnx_ir.passes.common as common
-from onnxscript.optimizer._constant_folding import FoldConstantsPass
 from onnxscript.rewriter import RewritePass
 from onnxscript.rewriter.rules import common as rules
 
-from bitc import graph_edit
-from bitc.frontend import onnx_lowering
-from bitc.graph_edit import add_initializer
+from bitc.errors import CompileError
+from bitc.ir import graph_edit
+from bitc.ir.graph_edit import add_initializer
+from bitc.passes.options import configure, option
 from bitc.passes.registry import register
+
+
+def _fold_constants_pass() -> type:
+    """onnxscript's FoldConstantsPass, imported on first use. Its module is private: a release that moves it
+    fails this pass with a message naming the versions that have it, not `import bitc.passes` with an ImportError."""
+    try:
+        from onnxscript.optimizer._constant_folding import FoldConstantsPass
+    except ImportError as exc:
+        import onnxscript
+
+        raise CompileError(
+            "fold_constants needs FoldConstantsPass from onnxscript's private module "
+            "onnxscript.optimizer._constant_folding, which onnxscript 0.5 to 0.7.2 have (installed: "
+            f"{getattr(onnxscript, '__version__', 'unknown')}; pip install 'onnxscript>=0.5,<=0.7.2'): {exc}"
+        ) from None
+    return FoldConstantsPass
 
 
 @contextlib.contextmanager
@@ -29,17 +47,23 @@ def _quiet(logger_name: str):
         logger.setLevel(level)
 
 
-@register("fold_constants", exact=True)
+@register("fold_constants", phase="cleanup", exact=True)
 class FoldConstants(ir.passes.InPlacePass):
     """Evaluate constant subgraphs into initializers; turn inference-mode Dropout into Identity."""
 
-    def __init__(self, input_size_limit: int = 1 << 27, output_size_limit: int = 1 << 27):
+    @dataclass(frozen=True)
+    class Options:
+        input_size_limit: int = option(1 << 27, "largest constant input (elements) a folded node may read")
+        output_size_limit: int = option(1 << 27, "largest constant (elements) folding may create")
+
+    def __init__(self, **options: Any) -> None:
         super().__init__()
-        self.input_size_limit = input_size_limit
-        self.output_size_limit = output_size_limit
+        o = self.options = configure(self, options)
+        self.input_size_limit = o.input_size_limit
+        self.output_size_limit = o.output_size_limit
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
-        folder = FoldConstantsPass(
+        folder = _fold_constants_pass()(
             shape_inference=True, input_size_limit=self.input_size_limit, output_size_limit=self.output_size_limit
         )
         # The folder logs every node it cannot evaluate; that is expected and not the user's concern.
@@ -54,7 +78,7 @@ class FoldConstants(ir.passes.InPlacePass):
             filled = True
             common.RemoveUnusedNodesPass()(model)
         common.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0)(model)
-        rewritten = onnx_lowering.lower_constant_attributes(model)  # constant outputs the lift leaves
+        rewritten = graph_edit.lower_constant_attributes(model)  # constant outputs the lift leaves
         return ir.passes.PassResult(model, result.modified or filled or bool(rewritten))
 
 
@@ -110,7 +134,7 @@ _NONDETERMINISTIC = {
 }  # fmt: skip
 
 
-@register("simplify", exact=True)
+@register("simplify", phase="cleanup", exact=True)
 class Simplify(ir.passes.InPlacePass):
     """Remove x·1, x+0, x−0, x/1 (scalar constants), no-op casts, transposes, reshapes and expands."""
 
@@ -134,7 +158,7 @@ class Simplify(ir.passes.InPlacePass):
         return RewritePass(list(self.RULES))(model)
 
 
-@register("eliminate_identity", exact=True)
+@register("eliminate_identity", phase="cleanup", exact=True)
 class EliminateIdentity(ir.passes.InPlacePass):
     """Remove Identity nodes, renaming values so graph outputs keep their names.
 
@@ -172,7 +196,7 @@ def _eliminate_identity(node: ir.Node) -> bool:
     return True
 
 
-@register("cse", exact=True)
+@register("cse", phase="final", exact=True)
 class EliminateCommonSubexpressions(ir.passes.InPlacePass):
     """Merge nodes that compute the same thing from the same inputs."""
 
@@ -180,7 +204,7 @@ class EliminateCommonSubexpressions(ir.passes.InPlacePass):
         return common.CommonSubexpressionEliminationPass()(model)
 
 
-@register("remove_unused", exact=True)
+@register("remove_unused", phase="final", exact=True)
 class RemoveUnused(ir.passes.InPlacePass):
     """Remove nodes, initializers and opset imports that no output depends on."""
 

@@ -9,7 +9,7 @@ from onnxscript.rewriter.rules import common as rules
 from bitc.passes.registry import register
 
 
-@register("fold_batchnorm", exact=True)
+@register("fold_batchnorm", phase="cleanup", order=1, exact=True)
 class FoldBatchNorm(ir.passes.InPlacePass):
     """Fold BatchNormalization into the preceding Conv/ConvTranspose/Gemm weights and bias.
 

@@ -4,7 +4,7 @@ pre-RoPE keys), with each layer's attention a `KVAttention` node that reads the 
 The decoder must be a one-token step over a fixed-length cache: past_keys / past_values inputs [layers, 1,
 kv_heads, L, D], each layer's slice read by a Gather, the new key and value written into it by a Where at the
 step's position, attention as MatMul(q, Kᵀ) · scale → mask → Softmax → MatMul(·, V), and the updated slices stacked
-into present outputs (`bitc.zoo.smollm2.export_decoder_onnx` writes this form). The pass replaces the cache
+into present outputs (`bitc.export_decoder_onnx` writes this form). The pass replaces the cache
 inputs with the compressed state inputs (`bitc.runtime.kv_cache.STATE_NAMES`) and the present outputs with
 new_keys / new_values [layers, 1, kv_heads, 1, D]: the step returns only what the runtime appends.
 """
@@ -19,9 +19,10 @@ import onnx_ir as ir
 import onnx_ir.passes.common as common
 
 from bitc import ops
-from bitc.errors import CompileError
-from bitc.graph_edit import add_initializer, constant
+from bitc.errors import BadInputError, CompileError
+from bitc.ir.graph_edit import add_initializer, constant
 from bitc.ops.kv_attention import KVAttention, layout_attributes
+from bitc.passes.options import configure, option
 from bitc.passes.registry import register
 from bitc.runtime.kv_cache import METADATA_KEY, STATE_NAMES, SUPPORTED_BITS, KVCacheLayout
 
@@ -61,7 +62,16 @@ class KVReport:
         }
 
 
-@register("kv_compress", renames_outputs=True)
+def kv_bits(text: str) -> int | None:
+    """--kv-bits: a supported bit width, or 'float' for an uncompressed runtime-owned cache (None)."""
+    if text == "float":
+        return None
+    if text in ("1", "2", "4", "8"):
+        return int(text)
+    raise BadInputError(f"--kv-bits must be 1, 2, 4, 8 or float, got '{text}'")
+
+
+@register("kv_compress", phase="kv", renames_outputs=True)
 class KVCompress(ir.passes.InPlacePass):
     """Compress a decoder's KV cache (KIVI keys per channel, values per token, float window); runtime-owned.
 
@@ -71,25 +81,53 @@ class KVCompress(ir.passes.InPlacePass):
     float, `pre_rope` quantizes keys before the rotary embedding (the kernel rotates them).
     """
 
-    def __init__(
-        self,
-        bits: int | None = 4,
-        key_bits: int | None = None,
-        value_bits: int | None = None,
-        key_group: int = 32,
-        value_group: int = 0,
-        residual: int = 128,
-        pre_rope: bool = False,
-    ):
+    @dataclass(frozen=True)
+    class Options:
+        bits: int | None = option(
+            4,
+            "key and value bits: 1, 2, 4 or 8 (KIVI); none keeps a float cache",
+            flag="--kv-bits",
+            metavar="B|float",
+            parse=lambda text: {"bits": kv_bits(text)},
+            flag_help="compress a decoder's KV cache to B bits (1, 2, 4, 8; KIVI) or keep it float, "
+            "runtime-owned either way",
+        )
+        key_bits: int | None = option(
+            None, "key bits, overriding bits (1: 1-bit keys)", flag="--kv-key-bits", metavar="B"
+        )
+        value_bits: int | None = option(None, "value bits, overriding bits")
+        key_group: int = option(
+            32, "tokens per key scale (a multiple of 32/bits; default 32)", flag="--kv-group", metavar="G"
+        )
+        value_group: int = option(
+            0,
+            "channels per value scale (0: the head)",
+            flag="--kv-value-group",
+            metavar="C",
+            flag_help="channels per value scale (default: the head)",
+        )
+        residual: int = option(128, "newest tokens kept in float (default 128)", flag="--kv-residual", metavar="R")
+        pre_rope: bool = option(False, "quantize keys before the rotary embedding", flag="--kv-pre-rope", const=True)
+
+        def __post_init__(self) -> None:
+            for name in ("key_bits", "value_bits"):
+                value = int(getattr(self, name) or self.bits or 8)
+                if value not in SUPPORTED_BITS:
+                    raise BadInputError(f"kv_compress: {name} must be one of {SUPPORTED_BITS}, got {value}")
+
+        @staticmethod
+        def shorthand(bits: int) -> dict[str, Any]:
+            """`bitc.compile(kv_compress=2)`: a bare number is the bit width."""
+            return {"bits": int(bits)}
+
+    def __init__(self, **options: Any) -> None:
         super().__init__()
-        self.float_cache = bits is None and key_bits is None and value_bits is None
-        self.key_bits = int(key_bits or bits or 8)
-        self.value_bits = int(value_bits or bits or 8)
-        for name, value in (("key_bits", self.key_bits), ("value_bits", self.value_bits)):
-            if value not in SUPPORTED_BITS:
-                raise ValueError(f"{name} must be one of {SUPPORTED_BITS}, got {value}")
-        self.key_group, self.value_group = int(key_group), int(value_group)
-        self.residual, self.pre_rope = int(residual), bool(pre_rope)
+        o = self.options = configure(self, options)
+        self.float_cache = o.bits is None and o.key_bits is None and o.value_bits is None
+        self.key_bits = int(o.key_bits or o.bits or 8)
+        self.value_bits = int(o.value_bits or o.bits or 8)
+        self.key_group, self.value_group = int(o.key_group), int(o.value_group)
+        self.residual, self.pre_rope = int(o.residual), bool(o.pre_rope)
         self.report = KVReport()
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:

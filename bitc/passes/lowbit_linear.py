@@ -12,11 +12,13 @@ import onnx_ir as ir
 
 from bitc import ops
 from bitc.errors import BadInputError
-from bitc.graph_edit import add_initializer, constant, replace_output
+from bitc.ir.graph_edit import add_initializer, constant, replace_output
 from bitc.ops.lowbit_matmul import float_twin
 from bitc.ops.packing import WORD_BITS, pack_signs
 from bitc.passes import verify
+from bitc.passes.calibration import load_calibration
 from bitc.passes.lowbit_fit import WeightFormat, fit_weights
+from bitc.passes.options import configure, option
 from bitc.passes.registry import register
 
 
@@ -48,18 +50,15 @@ def lowbit_format(text: str) -> dict[str, Any]:
     raise BadInputError(f"low-bit weights must be a plane count 1-4 or 'ternary', got {text!r}")
 
 
-def load_calibration(calibration: dict[str, Any] | str | os.PathLike) -> dict[str, np.ndarray]:
-    """Calibration inputs as a dict of arrays, or an .npz file of them (named like the model's inputs)."""
-    if isinstance(calibration, dict):
-        return {name: np.asarray(value) for name, value in calibration.items()}
-    try:
-        with np.load(calibration, allow_pickle=False) as data:
-            return {name: data[name] for name in data.files}
-    except (OSError, ValueError) as exc:
-        raise BadInputError(f"{calibration}: cannot read calibration inputs ({str(exc).splitlines()[0]})") from None
+def _calibration_flag(text: str) -> dict[str, Any]:
+    """--calibration FILE.npz, its members checked before anything loads it."""
+    from bitc.npyfile import check_npz
+
+    check_npz(text)
+    return {"calibration": text}
 
 
-@register("lowbit_linear")
+@register("lowbit_linear", phase="quantize")
 class LowBitLinear(ir.passes.InPlacePass):
     """Low-bit weights for MatMul/Gemm layers: W ≈ Σ αᵢ·Bᵢ (1-4 planes) or ternary, float activations.
 
@@ -76,43 +75,72 @@ class LowBitLinear(ir.passes.InPlacePass):
     weight and each layer's weight and output relative error.
     """
 
-    def __init__(
-        self,
-        planes: int = 2,
-        ternary: bool = False,
-        group_size: int = 128,
-        salient: float = 0.0,
-        salient_block: bool = False,
-        calibration: dict[str, Any] | str | os.PathLike | None = None,
-        method: str | None = None,
-        layers: list[str] | None = None,
-        exclude: list[str] | None = None,
-        keep_last: bool = True,
-        sequential: bool = False,
-        min_features: int = 32,
-        measure_error: bool = True,
-    ) -> None:
+    @dataclass(frozen=True)
+    class Options:
+        planes: int = option(
+            2,
+            "binary weight planes, 1-4",
+            flag="--lowbit-weights",
+            metavar="K|ternary",
+            flag_help="low-bit Linear (MatMul/Gemm) weights, float activations: K binary planes (1-4) or ternary",
+            parse=lambda text: lowbit_format(text),
+        )
+        ternary: bool = option(False, "ternary weights (0/±α) instead of binary planes")
+        group_size: int = option(
+            128, "inputs per scale (multiple of 32; 0 = per row)", flag="--lowbit-group-size", metavar="N"
+        )
+        salient: float = option(
+            0.0, "input columns per layer kept in float (0-1)", flag="--lowbit-salient", metavar="SHARE"
+        )
+        salient_block: bool = option(False, "keep the best contiguous block of columns in float instead")
+        calibration: dict[str, Any] | str | os.PathLike | None = option(
+            None,
+            "calibration inputs: arrays named like the model inputs, or an .npz file of them",
+            path=True,
+            flag="--calibration",
+            metavar="FILE.npz",
+            flag_help="calibration inputs (arrays named like the model inputs) for --lowbit-*",
+            parse=_calibration_flag,
+        )
+        method: str | None = option(None, "'gptq' (default with calibration) or 'fit'")
+        layers: list[str] | None = option(None, "convert exactly these MatMul/Gemm layers")
+        exclude: list[str] | None = option(
+            None, "Linear layers to keep in float", flag="--lowbit-exclude", metavar="NODE,..."
+        )
+        keep_last: bool = option(True, "keep the last layer (an LLM's vocabulary head) in float")
+        sequential: bool = option(False, "calibrate each layer on the outputs of the converted layers before it")
+        min_features: int = option(32, "layers with fewer inputs stay float")
+        measure_error: bool = option(True, "report each layer's weight and output error")
+
+        def __post_init__(self) -> None:
+            if not 1 <= int(self.planes) <= 4:
+                raise BadInputError(f"lowbit_linear: planes must be 1-4, got {self.planes}")
+            if int(self.group_size) < 0 or int(self.group_size) % WORD_BITS:
+                raise BadInputError(f"lowbit_linear: group_size must be 0 or a multiple of 32, got {self.group_size}")
+            if not 0.0 <= float(self.salient) < 1.0:
+                raise BadInputError(f"lowbit_linear: salient must be a share in [0, 1), got {self.salient}")
+            if self.method not in (None, "gptq", "fit"):
+                raise BadInputError(f"lowbit_linear: method must be 'gptq' or 'fit', got {self.method!r}")
+
+        @staticmethod
+        def shorthand(value: int | str) -> dict[str, Any]:
+            """`bitc.compile(lowbit_linear=2)` or `"ternary"`: the weight format."""
+            return lowbit_format(str(value))
+
+    def __init__(self, **options: Any) -> None:
         super().__init__()
-        if not 1 <= int(planes) <= 4:
-            raise BadInputError(f"lowbit_linear: planes must be 1-4, got {planes}")
-        if int(group_size) < 0 or int(group_size) % WORD_BITS:
-            raise BadInputError(f"lowbit_linear: group_size must be 0 or a multiple of 32, got {group_size}")
-        if not 0.0 <= float(salient) < 1.0:
-            raise BadInputError(f"lowbit_linear: salient must be a share in [0, 1), got {salient}")
-        method = method or ("gptq" if calibration else "fit")
-        if method not in ("gptq", "fit"):
-            raise BadInputError(f"lowbit_linear: method must be 'gptq' or 'fit', got {method!r}")
-        self.format = WeightFormat(int(planes), bool(ternary), int(group_size))
-        self.salient = float(salient)
-        self.salient_block = bool(salient_block)
-        self.calibration = load_calibration(calibration) if calibration is not None else None
-        self.method = method
-        self.layers = list(layers) if layers is not None else None
-        self.exclude = set(exclude or [])
-        self.keep_last = keep_last
-        self.sequential = bool(sequential)
-        self.min_features = int(min_features)
-        self.measure_error = measure_error
+        o = self.options = configure(self, options)
+        self.format = WeightFormat(int(o.planes), bool(o.ternary), int(o.group_size))
+        self.salient = float(o.salient)
+        self.salient_block = bool(o.salient_block)
+        self.calibration = load_calibration(o.calibration) if o.calibration is not None else None
+        self.method = o.method or ("gptq" if o.calibration else "fit")
+        self.layers = list(o.layers) if o.layers is not None else None
+        self.exclude = set(o.exclude or [])
+        self.keep_last = o.keep_last
+        self.sequential = bool(o.sequential)
+        self.min_features = int(o.min_features)
+        self.measure_error = o.measure_error
         self.report = LowBitReport()
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:

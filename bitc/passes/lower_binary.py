@@ -10,7 +10,7 @@ import onnx_ir as ir
 import onnx_ir.passes.common as common
 
 from bitc import ops
-from bitc.graph_edit import add_initializer, constant, replace_output
+from bitc.ir.graph_edit import add_initializer, constant, replace_output
 from bitc.ops.packing import pack_conv_weights, pack_dense_weights, words
 from bitc.passes.binary_patterns import Packer, scalar, weight_planes
 from bitc.passes.registry import register
@@ -26,7 +26,7 @@ class LoweringReport:
         return {"lowered": len(self.lowered), "layers": self.lowered, "skipped": self.skipped, "notes": self.notes}
 
 
-@register("lower_binary", exact=True)
+@register("lower_binary", phase="binary", exact=True)
 class LowerBinaryLayers(ir.passes.InPlacePass):
     """Lower Conv/Gemm/MatMul on ±1 (or k-bit) activations with ±α / ternary weights to BinaryConv/BinaryDense.
 

@@ -11,9 +11,10 @@ from typing import Any
 
 import onnx_ir as ir
 
-from bitc import graph_edit
 from bitc.atomic import atomic_path
 from bitc.errors import BadInputError, BitcError, CompileError, first_line
+from bitc.ir import graph_edit
+from bitc.ir.feeds import random_feeds
 from bitc.passes import registry, verify
 
 DEFAULT_PIPELINE = (
@@ -82,64 +83,28 @@ def parse_pipeline(text: str | Sequence[PassSpec] | None) -> list[tuple[str, dic
     return specs
 
 
-def with_binarize(pipeline: str | Sequence[PassSpec] | None, policy: Mapping[str, Any]) -> list[PassSpec]:
-    """The pipeline with ("binarize", policy) inserted where it belongs: after BN folding (so it binarizes the
-    folded weights) and before `lower_binary` (added, with `fuse_binary`, if the pipeline lacks them)."""
-    specs: list[PassSpec] = [(name, options) for name, options in parse_pipeline(pipeline)]
-    names = [name for name, _ in specs]
-    if "binarize" in names:
-        raise BadInputError("binarization asked for twice: in the pass list and as a policy")
-    for required in ("lower_binary", "fuse_binary"):
-        if required not in names:
-            specs.append((required, {}))
-            names.append(required)
-    earlier = [names.index(n) + 1 for n in ("fold_batchnorm", "prune", "reorder", "lowbit_linear") if n in names]
-    at = min(max(earlier, default=names.index("lower_binary")), names.index("lower_binary"))
-    specs.insert(at, ("binarize", dict(policy)))
-    return specs
-
-
-def with_lowbit_linear(pipeline: str | Sequence[PassSpec] | None, options: Mapping[str, Any]) -> list[PassSpec]:
-    """The pipeline with ("lowbit_linear", options) after BN folding and the channel passes (it fits the weights
-    as pruned / reordered) and before binarization and binary lowering."""
-    specs: list[PassSpec] = [(name, opts) for name, opts in parse_pipeline(pipeline)]
-    names = [name for name, _ in specs]
-    if "lowbit_linear" in names:
-        raise BadInputError("lowbit_linear asked for twice: in the pass list and as an option")
-    earlier = [names.index(n) + 1 for n in ("fold_batchnorm", "prune", "reorder") if n in names]
-    later = [names.index(n) for n in ("binarize", "lower_binary", "fuse_binary", "cse", "remove_unused") if n in names]
-    at = max(earlier) if earlier else min(later, default=len(specs))
-    specs.insert(at, ("lowbit_linear", dict(options)))
-    return specs
-
-
-def with_kv_compress(pipeline: str | Sequence[PassSpec] | None, options: Mapping[str, Any]) -> list[PassSpec]:
-    """The pipeline with ("kv_compress", options) last but the final clean-ups: it rewrites the attention the
-    other passes leave in place, and the clean-ups then drop the float cache's dead mask and update nodes."""
-    specs: list[PassSpec] = [(name, opts) for name, opts in parse_pipeline(pipeline)]
-    names = [name for name, _ in specs]
-    if "kv_compress" in names:
-        raise BadInputError("kv_compress asked for twice: in the pass list and as an option")
-    cleanups = [names.index(n) for n in ("cse", "remove_unused") if n in names]
-    specs.insert(min(cleanups, default=len(specs)), ("kv_compress", dict(options)))
-    return specs
-
-
-def with_channel_passes(
-    pipeline: str | Sequence[PassSpec] | None, prune: Mapping[str, Any] | None, reorder: Mapping[str, Any] | None
+def insert_pass(
+    pipeline: str | Sequence[PassSpec] | None, name: str, options: Mapping[str, Any] | None = None
 ) -> list[PassSpec]:
-    """The pipeline with `prune` and/or `reorder` inserted after BN folding (they see folded weights) and before
-    any binarization or binary lowering (so reordered channels are what later passes work on)."""
-    specs: list[PassSpec] = [(name, options) for name, options in parse_pipeline(pipeline)]
-    names = [name for name, _ in specs]
-    extra = [("prune", dict(prune))] if prune is not None else []
-    extra += [("reorder", dict(reorder))] if reorder is not None else []
-    for name, _ in extra:
-        if name in names:
-            raise BadInputError(f"'{name}' asked for twice: in the pass list and as an option")
-    later = [names.index(n) for n in ("binarize", "lower_binary", "fuse_binary", "cse", "remove_unused") if n in names]
-    at = names.index("fold_batchnorm") + 1 if "fold_batchnorm" in names else (min(later) if later else len(specs))
-    return specs[:at] + extra + specs[at:]
+    """The pipeline with (`name`, options) where its phase puts it (see `registry.PHASES`): after the passes of
+    its phase and earlier ones, before the first pass of a later phase; passes it `requires` that the pipeline
+    lacks are inserted the same way. A pass asked for both in the list and as an option is refused."""
+    specs: list[PassSpec] = [(n, opts) for n, opts in parse_pipeline(pipeline)]
+    if name in [n for n, _ in specs]:
+        raise BadInputError(f"'{name}' asked for twice: in the pass list and as an option")
+    item = registry.info(name)
+    item.build_options(options or {})
+    for required in item.requires:
+        if required not in [n for n, _ in specs]:
+            specs = _insert_by_phase(specs, required, {})
+    return _insert_by_phase(specs, name, dict(options or {}))
+
+
+def _insert_by_phase(specs: list[PassSpec], name: str, options: dict[str, Any]) -> list[PassSpec]:
+    rank = registry.info(name).rank
+    later = [i for i, (n, _) in enumerate(specs) if registry.info(n).rank > rank]
+    at = later[0] if later else len(specs)
+    return [*specs[:at], (name, options), *specs[at:]]
 
 
 def run_pipeline(
@@ -164,7 +129,7 @@ def run_pipeline(
     if dump_path is not None:
         dump_path.mkdir(parents=True, exist_ok=True)
         _dump(model, dump_path / "00_input.onnx")
-    feeds = verify.random_feeds(model, seed) if verify_numerics else None
+    feeds = random_feeds(model, seed) if verify_numerics else None
     previous = _reference(model, feeds)
     guard = ExactGuard(model, seed) if check_exact else None
     output_names = [value.name for value in model.graph.outputs]
@@ -229,7 +194,7 @@ class ExactGuard:
             # the cost check first: an input of 2^31 rows must be skipped, not allocated
             self.skip = verify.check_cost(model)
             if self.skip is None:
-                self.feeds = verify.random_feeds(model, seed)
+                self.feeds = random_feeds(model, seed)
         except (BadInputError, MemoryError) as exc:
             self.skip = f"exact check skipped: {first_line(exc, 160)}"
 

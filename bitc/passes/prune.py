@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -12,7 +13,9 @@ import onnx_ir as ir
 from bitc.errors import BadInputError
 from bitc.layers import layer_table, summarize_layers
 from bitc.passes import channel_rewrite
+from bitc.passes.calibration import load_calibration
 from bitc.passes.channel_graph import build_channel_graph, output_axes
+from bitc.passes.options import configure, option
 from bitc.passes.registry import register
 from bitc.passes.reorder import CRITERIA
 
@@ -28,7 +31,7 @@ class PruneReport:
         return {"before": self.before, "after": self.after, "groups": self.groups, "fixed_groups": self.fixed}
 
 
-@register("prune")
+@register("prune", phase="channel", needs_flag="--prune")
 class Prune(ir.passes.InPlacePass):
     """Remove the least important channels of every coupled group (filters, features, residual streams).
 
@@ -42,30 +45,53 @@ class Prune(ir.passes.InPlacePass):
     that reach a graph input/output or an op the channel graph cannot see through (reported as fixed).
     """
 
-    def __init__(
-        self,
-        ratio: float = 0.3,
-        criterion: str = "l1",
-        scope: str = "layer",
-        round_to: int = 8,
-        protected: list[str] | None = None,
-        layers: list[str] | None = None,
-        calibration: dict[str, Any] | None = None,
-    ) -> None:
+    @dataclass(frozen=True)
+    class Options:
+        ratio: float = option(
+            0.3,
+            "share of each group's channels to remove, in [0, 1)",
+            flag="--prune",
+            metavar="RATIO",
+            flag_help="remove this share of each channel group (0-1)",
+        )
+        criterion: str = option("l1", f"channel importance: {', '.join(CRITERIA)}")
+        scope: str = option("layer", "'layer': ratio per group; 'global': channels of all groups ranked together")
+        round_to: int = option(
+            8,
+            "keep channel counts a multiple of this",
+            flag="--prune-round-to",
+            metavar="N",
+            flag_help="keep channel counts a multiple of N (default 8)",
+        )
+        protected: list[str] | None = option(None, "nodes whose output channel groups are left alone")
+        layers: list[str] | None = option(None, "prune only the groups these nodes produce")
+        calibration: dict[str, Any] | str | os.PathLike | None = option(
+            None, "inputs for the 'activation' criterion: arrays by input name, or an .npz file", path=True
+        )
+
+        def __post_init__(self) -> None:
+            if not 0 <= float(self.ratio) < 1:
+                raise BadInputError(f"prune: ratio must be in [0, 1), got {self.ratio}")
+            if self.criterion not in CRITERIA:
+                raise BadInputError(f"prune: criterion must be one of {', '.join(CRITERIA)}, got {self.criterion!r}")
+            if self.scope not in ("layer", "global"):
+                raise BadInputError(f"prune: scope must be 'layer' or 'global', got {self.scope!r}")
+            if int(self.round_to) < 1:
+                raise BadInputError(f"prune: round_to must be >= 1, got {self.round_to}")
+
+        @staticmethod
+        def shorthand(ratio: float) -> dict[str, Any]:
+            """`bitc.compile(prune=0.3)`: a bare number is the ratio."""
+            return {"ratio": ratio}
+
+    def __init__(self, **options: Any) -> None:
         super().__init__()
-        if not 0 <= float(ratio) < 1:
-            raise BadInputError(f"prune: ratio must be in [0, 1), got {ratio}")
-        if criterion not in CRITERIA:
-            raise BadInputError(f"prune: criterion must be one of {', '.join(CRITERIA)}, got {criterion!r}")
-        if scope not in ("layer", "global"):
-            raise BadInputError(f"prune: scope must be 'layer' or 'global', got {scope!r}")
-        if int(round_to) < 1:
-            raise BadInputError(f"prune: round_to must be >= 1, got {round_to}")
-        self.ratio, self.criterion, self.scope = float(ratio), criterion, scope
-        self.round_to = int(round_to)
-        self.protected = list(protected or [])
-        self.layers = list(layers) if layers is not None else None
-        self.calibration = {k: np.asarray(v) for k, v in calibration.items()} if calibration else None
+        o = self.options = configure(self, options)
+        self.ratio, self.criterion, self.scope = float(o.ratio), o.criterion, o.scope
+        self.round_to = int(o.round_to)
+        self.protected = list(o.protected or [])
+        self.layers = list(o.layers) if o.layers is not None else None
+        self.calibration = load_calibration(o.calibration) if o.calibration is not None else None
         self.report = PruneReport()
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:

@@ -11,6 +11,7 @@ import onnx_ir as ir
 from bitc.errors import BadInputError
 from bitc.passes import channel_rewrite
 from bitc.passes.channel_graph import build_channel_graph, output_axes
+from bitc.passes.options import configure, option
 from bitc.passes.registry import register
 
 CRITERIA = ("l1", "l2", "bn_gamma", "activation")
@@ -26,7 +27,13 @@ class ReorderReport:
         return {"groups_reordered": self.reordered, "channels_moved": self.channels_moved, "fixed_groups": self.fixed}
 
 
-@register("reorder", exact=True)
+@register(
+    "reorder",
+    phase="channel",
+    order=1,
+    exact=True,
+    switch=("--reorder", "sort channels by importance (exact; folded into weights)"),
+)
 class Reorder(ir.passes.InPlacePass):
     """Permute channels by importance (most salient first), folded into producers and consumers; exact.
 
@@ -37,12 +44,20 @@ class Reorder(ir.passes.InPlacePass):
     produced by those nodes. The function is unchanged up to float rounding.
     """
 
-    def __init__(self, criterion: str = "l2", layers: list[str] | None = None) -> None:
+    @dataclass(frozen=True)
+    class Options:
+        criterion: str = option("l2", f"channel importance: {', '.join(CRITERIA)}")
+        layers: list[str] | None = option(None, "reorder only the groups these nodes produce")
+
+        def __post_init__(self) -> None:
+            if self.criterion not in CRITERIA:
+                raise BadInputError(f"reorder: criterion must be one of {', '.join(CRITERIA)}, got {self.criterion!r}")
+
+    def __init__(self, **options: Any) -> None:
         super().__init__()
-        if criterion not in CRITERIA:
-            raise BadInputError(f"reorder: criterion must be one of {', '.join(CRITERIA)}, got {criterion!r}")
-        self.criterion = criterion
-        self.layers = list(layers) if layers is not None else None
+        o = self.options = configure(self, options)
+        self.criterion = o.criterion
+        self.layers = list(o.layers) if o.layers is not None else None
         self.report = ReorderReport()
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:

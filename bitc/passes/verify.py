@@ -8,22 +8,7 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
-from bitc.errors import BadInputError
-from bitc.runtime.model import random_array
-
-
-def random_feeds(model: ir.Model, seed: int = 0) -> dict[str, np.ndarray]:
-    """Seeded random inputs for every graph input: normal floats, small non-negative integers, random bools."""
-    rng = np.random.default_rng(seed)
-    return {v.name: random_array(rng, static_shape(v), v.dtype.numpy()) for v in model.graph.inputs}
-
-
-def static_shape(value: ir.Value) -> tuple[int, ...]:
-    if value.shape is None or not all(isinstance(d, int) for d in value.shape):
-        raise BadInputError(
-            f"input '{value.name}' has dynamic shape {value.shape}; fix it with --input-shape {value.name}=d0,d1,..."
-        )
-    return tuple(int(d) for d in value.shape)
+from bitc.ir.feeds import random_feeds
 
 
 def run_onnxruntime(model: ir.Model, feeds: Mapping[str, np.ndarray], threads: int = 0) -> list[np.ndarray]:
@@ -154,7 +139,7 @@ def _value_bytes(model: ir.Model) -> int:
     values = [*model.graph.inputs, *(out for node in model.graph for out in node.outputs)]
     for value in values:
         shape, dtype = value.shape, value.dtype
-        if shape is None or dtype is None or not all(isinstance(d, int) for d in shape):
+        if shape is None or dtype is None or not shape.is_static():
             continue
         size = 1
         for dim in shape:

@@ -17,6 +17,7 @@ from bitc.runtime.artifact import LIBRARY_NAME, read_artifact
 from bitc.runtime.hostcpu import host_arch, host_cpu_flags
 from bitc.runtime.kv_cache import KVCacheLayout
 from bitc.runtime.session import DecoderSession
+from bitc.runtime.timing import time_calls
 
 _ALIGNMENT = 64  # TVM kernels assume 64-byte aligned buffers; numpy only guarantees 16.
 MAX_TENSOR_BYTES = 2**36  # a manifest's tensor spec larger than 64 GiB is refused at load (random_inputs allocates it)
@@ -154,8 +155,6 @@ class Model:
 
     def benchmark(self, inputs: Mapping[str, np.ndarray], *, warmup: int = 3, runs: int = 20) -> list[float]:
         """Latencies in seconds of `runs` calls after `warmup` calls, with inputs prepared once."""
-        from bitc.bench import time_calls
-
         for name, count, least in (("runs", runs, 1), ("warmup", warmup, 0)):
             if type(count) is not int or count < least:
                 raise BadInputError(f"benchmark: {name} must be an integer >= {least}, got {count!r}")

@@ -1,0 +1,68 @@
+"""Relax IRModule → scheduled TIR → an LLVM executable for a CPU target."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import onnx_ir as ir
+
+from bitc.codegen.cpu import fast_math, nchwc, tuning
+from bitc.codegen.cpu.schedules import default_schedule_pass
+from bitc.codegen.relax import half_accumulation, nan_semantics
+from bitc.codegen.relax.legalize_cache import Legalizer
+from bitc.codegen.relax.lowering import legalize_and_fuse
+from bitc.codegen.relax_import import to_relax
+from bitc.codegen.target import CpuTarget
+from bitc.errors import BitcError, CompileError, first_line
+
+if TYPE_CHECKING:
+    import tvm
+    from tvm import relax
+
+
+def compile_model(
+    model: ir.Model, target: CpuTarget, tuning_options: tuning.TuningOptions, source: str
+) -> tuple[relax.VMExecutable, dict[str, Any], str]:
+    """Import, lower and fuse; tune or apply tuned schedules; default-schedule the rest; compile.
+
+    Returns the executable, the tuning report and the conv layout used (`lower_to_fused_tir`)."""
+    import tvm
+
+    mod = to_relax(model, source, target)
+    try:
+        mod, conv_layout = lower_to_fused_tir(mod, target)
+        mod, tuning_report = tuning.apply(mod, target, tuning_options)
+        with target.tvm():
+            mod = default_schedule_pass(target)(mod)
+        executable = tvm.compile(mod, target=target.tvm(reassociate=True))
+    except BitcError:
+        raise
+    except Exception as exc:
+        raise CompileError(f"{source}: TVM compilation failed: {first_line(exc)}") from None
+    return executable, tuning_report, conv_layout
+
+
+def lower_to_fused_tir(mod: tvm.IRModule, target: CpuTarget) -> tuple[tvm.IRModule, str]:
+    """Blocked conv layout, legalisation to TIR and operator fusion: the form tuning and scheduling work on.
+
+    Returns the module and the conv layout used: "blocked", or "NCHW" with the reason where TVM's layout
+    inference refused the graph (e.g. 5-D BatchNorm) — that still compiles, with slower convs.
+    """
+    import tvm
+
+    with target.tvm():
+        mod = nchwc.clip_to_relax_ops(mod)  # whether or not the layout changes: their legalization keeps NaN
+        mod = half_accumulation.accumulate_half_in_float(mod)
+        try:
+            mod, conv_layout = nchwc.convert_conv_layout(mod, block=target.vector_lanes), "blocked"
+        except Exception as exc:
+            conv_layout = f"NCHW (layout conversion refused: {first_line(exc, 160)})"
+        mod = nchwc.cancel_layout_round_trips(mod)
+        lowered = tvm.transform.Sequential(legalize_and_fuse(legalize_map(), fold_call_tirs=True))(mod)
+    return lowered, conv_layout
+
+
+def legalize_map() -> dict[str, Legalizer]:
+    """Our TE computes where TVM's legalization is missing (blocked conv), slow on CPUs (exp, erf, softmax) or
+    loses NaN and infinities (max, min, relu, clip, max/min reductions, max-pooling)."""
+    return {**nan_semantics.legalize_map(), **fast_math.legalize_map(), "relax.nn.conv2d": nchwc.legalize_conv2d}

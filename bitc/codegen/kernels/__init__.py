@@ -1,0 +1,1 @@
+"""The bitc kernels' computes (TE and TVMScript), independent of how a target schedules them."""

@@ -1,0 +1,31 @@
+"""Rewrite the calls of every Relax function in a module, one call at a time (operands rewritten first)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import tvm
+    from tvm import relax
+
+
+def rewrite_calls(
+    mod: tvm.IRModule, rewrite: Callable[[relax.PyExprMutator, relax.Call], relax.Expr | None]
+) -> tvm.IRModule:
+    """`rewrite(mutator, call)` returns a replacement expression or None to keep the call; the mutator gives
+    `builder_` (the module being built) and `lookup_binding` (what a variable is bound to)."""
+    from tvm import relax
+
+    @relax.expr_functor.mutator
+    class Rewriter(relax.PyExprMutator):
+        def visit_call_(self, call: relax.Call) -> relax.Expr:
+            call = self.visit_expr_post_order(call)
+            replacement = rewrite(self, call)
+            return call if replacement is None else replacement
+
+    rewriter = Rewriter(mod)
+    for gvar, func in list(mod.functions.items()):
+        if isinstance(func, relax.Function):
+            rewriter.builder_.update_func(gvar, rewriter.visit_expr(func))
+    return rewriter.builder_.get()

@@ -160,6 +160,7 @@ def _compile(args: argparse.Namespace) -> int:
         "seconds": {k: round(v, 3) for k, v in result.seconds.items()},
         "passes": [record.to_json() for record in result.pass_log],
         "tuning": result.manifest["tuning"],
+        "generic_convs": result.manifest["codegen"].get("generic_convs", []),
     }
     if args.json:
         print(json.dumps(summary, indent=2))

@@ -133,7 +133,8 @@ def compile(
         "versions": _versions(ir_model),
         "passes": [r.to_json(timing=False) for r in records],
         "tuning": built.tuning,
-        "codegen": {"conv_layout": built.conv_layout},
+        "codegen": {"conv_layout": built.conv_layout}
+        | ({"generic_convs": built.generic_convs} if built.generic_convs else {}),
         "stats": {"nodes": len(ir_model.graph), "parameters": _parameter_count(ir_model), **summarize_layers(layers)},
         "layers": layers,
     }

@@ -101,6 +101,22 @@ class CompileProgress:
         self._progress.update(self._tuning_task, completed=done, total=total)
 
 
+def _print_generic_convs(lines: list[str], shown: int = 8) -> None:
+    """Never silent about slow code: convolutions that TVM's generic NCHW code runs (typically 10-50x slower than
+    a blocked kernel or onnxruntime's), named with why."""
+    if not lines:
+        return
+    _print(
+        f"warning: {len(lines)} convolution(s) run in TVM's generic NCHW code (untuned, typically 10-50x slower "
+        "than a blocked kernel):",
+        style="yellow",
+    )
+    for line in lines[:shown]:
+        _print(f"  {line}", style="yellow")
+    if len(lines) > shown:
+        _print(f"  ... and {len(lines) - shown} more ('bitc inspect' on the artifact lists them all)", style="yellow")
+
+
 def print_compile_summary(summary: dict[str, Any], verbose: bool = False) -> None:
     seconds = summary["seconds"]
     total = sum(seconds.values())
@@ -120,6 +136,7 @@ def print_compile_summary(summary: dict[str, Any], verbose: bool = False) -> Non
             _print(line + (f"; left in float: {skipped}" if skipped else ""))
             for note in details.get("notes", []):
                 _print(f"note: {note}", style="yellow")
+    _print_generic_convs(summary.get("generic_convs") or [])
     from bitc.passes.manager import check_lines
 
     for line in check_lines(summary["passes"]):
@@ -167,6 +184,8 @@ def print_inspect(info: dict[str, Any], verbose: bool = False) -> None:
         _print_values(m["inputs"], m["outputs"])
         _print(f"passes: {', '.join(str(p['name']) for p in m['passes'])}")
         _print(f"conv layout: {m.get('codegen', {}).get('conv_layout', '?')}")
+        for line in m.get("codegen", {}).get("generic_convs", []):
+            _print(f"  generic (slow) conv: {line}", style="yellow")
         if (kv := m.get("kv_cache")) is not None:
             _print_kv_cache(kv)
         for name, meta in m["members"].items():

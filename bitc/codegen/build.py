@@ -30,6 +30,7 @@ class BuildResult:
     seconds: float
     tuning: dict[str, Any] = field(default_factory=dict)
     conv_layout: str = "blocked"
+    generic_convs: list[str] = field(default_factory=list)  # convs left to TVM's generic (slow) code, with why
     members: dict[str, bytes] = field(default_factory=dict)  # artifact members beside the library
     kernels: dict[str, Any] = field(default_factory=dict)  # manifest entry describing `members`
 
@@ -56,10 +57,10 @@ def build(
             members=kernels.members,
             kernels=kernels.manifest,
         )
-    executable, tuning_report, conv_layout = cpu_build.compile_model(model, target, tuning_options, source)
+    executable, tuning_report, conv_layout, generic = cpu_build.compile_model(model, target, tuning_options, source)
     library = export_library(executable)
     seconds = time.perf_counter() - start
-    return BuildResult(library=library, seconds=seconds, tuning=tuning_report, conv_layout=conv_layout)
+    return BuildResult(library, seconds, tuning_report, conv_layout, generic_convs=generic)
 
 
 def export_library(executable: relax.VMExecutable) -> bytes:

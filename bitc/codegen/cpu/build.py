@@ -22,15 +22,16 @@ if TYPE_CHECKING:
 
 def compile_model(
     model: ir.Model, target: CpuTarget, tuning_options: tuning.TuningOptions, source: str
-) -> tuple[relax.VMExecutable, dict[str, Any], str]:
+) -> tuple[relax.VMExecutable, dict[str, Any], str, list[str]]:
     """Import, lower and fuse; tune or apply tuned schedules; default-schedule the rest; compile.
 
-    Returns the executable, the tuning report and the conv layout used (`lower_to_fused_tir`)."""
+    Returns the executable, the tuning report, the conv layout used and the convolutions left to generic code
+    (`lower_to_fused_tir`)."""
     import tvm
 
     mod = to_relax(model, source, target)
     try:
-        mod, conv_layout = lower_to_fused_tir(mod, target)
+        mod, conv_layout, generic_convs = lower_to_fused_tir(mod, target)
         mod, tuning_report = tuning.apply(mod, target, tuning_options)
         with target.tvm():
             mod = default_schedule_pass(target)(mod)
@@ -39,14 +40,15 @@ def compile_model(
         raise
     except Exception as exc:
         raise CompileError(f"{source}: TVM compilation failed: {first_line(exc)}") from None
-    return executable, tuning_report, conv_layout
+    return executable, tuning_report, conv_layout, generic_convs
 
 
-def lower_to_fused_tir(mod: tvm.IRModule, target: CpuTarget) -> tuple[tvm.IRModule, str]:
+def lower_to_fused_tir(mod: tvm.IRModule, target: CpuTarget) -> tuple[tvm.IRModule, str, list[str]]:
     """Blocked conv layout, legalisation to TIR and operator fusion: the form tuning and scheduling work on.
 
-    Returns the module and the conv layout used: "blocked", or "NCHW" with the reason where TVM's layout
-    inference refused the graph (e.g. 5-D BatchNorm) — that still compiles, with slower convs.
+    Returns the module, the conv layout used ("blocked", or "NCHW" with the reason where TVM's layout inference
+    refused the graph, e.g. 5-D BatchNorm: that still compiles, with slower convs) and the convolutions left to
+    TVM's generic code (`nchwc.generic_convs`).
     """
     import tvm
 
@@ -54,12 +56,20 @@ def lower_to_fused_tir(mod: tvm.IRModule, target: CpuTarget) -> tuple[tvm.IRModu
         mod = nchwc.clip_to_relax_ops(mod)  # whether or not the layout changes: their legalization keeps NaN
         mod = half_accumulation.accumulate_half_in_float(mod)
         try:
-            mod, conv_layout = nchwc.convert_conv_layout(mod, block=target.vector_lanes), "blocked"
+            refused: list[str] = []
+            mod = nchwc.convert_conv_layout(mod, block=target.vector_lanes, refused=refused)
+            conv_layout = "blocked" if not refused else f"blocked, except around {_listed(refused)} (TVM refused)"
         except Exception as exc:
             conv_layout = f"NCHW (layout conversion refused: {first_line(exc, 160)})"
         mod = nchwc.cancel_layout_round_trips(mod)
+        generic = nchwc.generic_convs(mod)
         lowered = tvm.transform.Sequential(legalize_and_fuse(legalize_map(), fold_call_tirs=True))(mod)
-    return lowered, conv_layout
+    return lowered, conv_layout, generic
+
+
+def _listed(items: list[str], shown: int = 4) -> str:
+    more = f" and {len(items) - shown} more" if len(items) > shown else ""
+    return ", ".join(items[:shown]) + more
 
 
 def legalize_map() -> dict[str, Legalizer]:

@@ -11,8 +11,11 @@ cancelled by `cancel_layout_round_trips` afterwards. Functions at or below the b
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from collections.abc import Callable
+import os
+import sys
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -40,10 +43,83 @@ def apply_in_segments(
     return relax.transform.CanonicalizeBindings()(relax.transform.InlinePrivateFunctions()(mod))
 
 
-def _split(mod: tvm.IRModule, gvar: relax.GlobalVar, func: relax.Function, max_bindings: int) -> tvm.IRModule | None:
-    """The module with `func`'s one dataflow block moved into private functions called in sequence, or None
-    when it is short enough or not of the plain form (one dataflow block, no match_cast)."""
+def apply_isolating_failures(
+    mod: tvm.IRModule, function_pass: Callable[[tvm.IRModule], tvm.IRModule], max_bindings: int = MAX_BINDINGS
+) -> tuple[tvm.IRModule, list[str]]:
+    """`apply_in_segments`, but a failure of the pass costs only the bindings it fails on: the failing function is
+    cut into pieces, each piece converted on its own, and a piece the pass fails on is halved until the failure is
+    one binding, which is left as it was. Values crossing a cut go through the default layout (the transform pairs
+    that meet are cancelled later by `cancel_layout_round_trips`). Returns the module and one line per binding left
+    unconverted (empty when the whole module converted)."""
+    with _native_stderr_silenced():  # a failed attempt logs TVM warnings that say nothing to the user
+        try:
+            return apply_in_segments(mod, function_pass, max_bindings), []
+        except Exception:  # TVM's layout inference refused some op: isolate it below
+            pass
+        return _isolate_failures(mod, function_pass, max_bindings)
+
+
+@contextlib.contextmanager
+def _native_stderr_silenced() -> Iterator[None]:
+    """Point file descriptor 2 at /dev/null for the block (TVM's C++ logging writes there directly)."""
+    try:
+        fd = sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):  # a stderr without a descriptor: nothing native reaches it
+        yield
+        return
+    sys.stderr.flush()
+    saved, devnull = os.dup(fd), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fd)
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, fd)
+        os.close(saved)
+        os.close(devnull)
+
+
+def _isolate_failures(
+    mod: tvm.IRModule, function_pass: Callable[[tvm.IRModule], tvm.IRModule], max_bindings: int
+) -> tuple[tvm.IRModule, list[str]]:
     import tvm
+    from tvm import relax
+
+    left: list[str] = []
+    for gvar, func in list(mod.functions.items()):
+        bindings = _plain_bindings(func) if isinstance(func, relax.Function) else None
+        if bindings is None or not bindings:
+            continue
+        uses_after = _last_uses(bindings, func.body.body)
+        helpers = {g: f for g, f in mod.functions.items() if not isinstance(f, relax.Function)}
+        done: dict[tuple[int, int], relax.Function] = {}
+        starts = _cut_points(bindings, max_bindings)
+        pending = list(zip(starts, [*starts[1:], len(bindings)], strict=True))
+        while pending:
+            start, stop = pending.pop()
+            segment = bindings[start:stop]
+            live_out = [b.var for b in segment if uses_after.get(b.var, -1) >= stop]
+            piece = _piece(segment, _free_vars_in_order(segment), live_out)
+            try:
+                alone = relax.GlobalVar("piece")
+                done[(start, stop)] = function_pass(tvm.IRModule({alone: piece, **helpers}))["piece"]
+            except Exception:
+                if stop - start == 1:
+                    done[(start, stop)] = piece
+                    left.append(f"{_op_name(bindings[start].value) or 'binding'} '{bindings[start].var.name}'")
+                else:
+                    middle = (start + stop) // 2
+                    pending += [(start, middle), (middle, stop)]
+        ranges = sorted(done)
+        mod, pieces = _split_at(mod, gvar, func, bindings, [start for start, _ in ranges])
+        for piece_gvar, key in zip(pieces, ranges, strict=True):
+            mod[piece_gvar] = done[key]
+    mod = relax.transform.CanonicalizeBindings()(relax.transform.InlinePrivateFunctions()(mod))
+    return mod, left
+
+
+def _plain_bindings(func: relax.Function) -> list[relax.VarBinding] | None:
+    """The bindings of a function of the plain form (one dataflow block of var bindings), else None."""
     from tvm import relax
 
     body = func.body
@@ -51,14 +127,33 @@ def _split(mod: tvm.IRModule, gvar: relax.GlobalVar, func: relax.Function, max_b
         return None
     block = body.blocks[0]
     bindings = list(block.bindings)
-    if not isinstance(block, relax.DataflowBlock) or len(bindings) <= max_bindings:
+    if not isinstance(block, relax.DataflowBlock) or not all(isinstance(b, relax.VarBinding) for b in bindings):
         return None
-    if not all(isinstance(b, relax.VarBinding) for b in bindings):
+    return bindings
+
+
+def _split(mod: tvm.IRModule, gvar: relax.GlobalVar, func: relax.Function, max_bindings: int) -> tvm.IRModule | None:
+    """The module with `func`'s one dataflow block moved into private functions called in sequence, or None
+    when it is short enough or not of the plain form (one dataflow block, no match_cast)."""
+    bindings = _plain_bindings(func)
+    if bindings is None or len(bindings) <= max_bindings:
         return None
-    cuts = _cut_points(bindings, max_bindings)
+    return _split_at(mod, gvar, func, bindings, _cut_points(bindings, max_bindings))[0]
+
+
+def _split_at(
+    mod: tvm.IRModule, gvar: relax.GlobalVar, func: relax.Function, bindings: list[relax.VarBinding], cuts: list[int]
+) -> tuple[tvm.IRModule, list[relax.GlobalVar]]:
+    """The module with `func`'s bindings moved into private functions, one per segment starting at each of
+    `cuts`, called in sequence; and those functions' global vars, in order."""
+    import tvm
+    from tvm import relax
+
+    body = func.body
     uses_after = _last_uses(bindings, body.body)
     builder = relax.BlockBuilder()
     remap: dict[relax.Var, relax.Var] = {}
+    names: list[str] = []
     attrs = {str(k): v for k, v in func.attrs.items()} if func.attrs is not None else None
     with builder.function(gvar.name_hint, list(func.params), attrs, private=False):
         with builder.dataflow():
@@ -68,6 +163,7 @@ def _split(mod: tvm.IRModule, gvar: relax.GlobalVar, func: relax.Function, max_b
                 live_out = [b.var for b in segment if uses_after.get(b.var, -1) >= stop]
                 piece = _piece(segment, live_in, live_out)
                 piece_var = builder.add_func(piece, f"{gvar.name_hint}_piece{index}")
+                names.append(piece_var.name_hint)
                 args = [remap.get(v, v) for v in live_in]
                 outputs = builder.emit(relax.Call(piece_var, args))
                 for position, var in enumerate(live_out):
@@ -78,7 +174,8 @@ def _split(mod: tvm.IRModule, gvar: relax.GlobalVar, func: relax.Function, max_b
     functions = {g: f for g, f in mod.functions.items() if not g.same_as(gvar)}
     functions |= {g: f for g, f in pieces.functions.items() if g.name_hint != gvar.name_hint}
     functions[gvar] = pieces[gvar.name_hint]
-    return tvm.IRModule(functions, attrs=mod.attrs, global_infos=mod.global_infos)
+    split = tvm.IRModule(functions, attrs=mod.attrs, global_infos=mod.global_infos)
+    return split, [split.get_global_var(name) for name in names]
 
 
 def _cut_points(bindings: list[relax.VarBinding], max_bindings: int) -> list[int]:

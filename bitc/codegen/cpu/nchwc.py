@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from bitc.codegen.cpu.layout_segments import apply_in_segments
+from bitc.codegen.cpu.layout_segments import apply_isolating_failures
 from bitc.codegen.relax.rewrite import rewrite_calls
 
 if TYPE_CHECKING:
@@ -27,15 +27,25 @@ BLOCK = 16
 CONV_BLOCK, DEPTHWISE_BLOCK = "conv2d_NCHWc", "dwconv2d_NCHWc"
 
 
-def convert_conv_layout(mod: tvm.IRModule, block: int = BLOCK) -> tvm.IRModule:
+def convert_conv_layout(mod: tvm.IRModule, block: int = BLOCK, refused: list[str] | None = None) -> tvm.IRModule:
     """conv2d NCHW/OIHW → blocked layouts chosen per conv (see `conv_layouts`); ConvertLayout carries them through
     the elementwise ops in between, so layout transforms only remain where a conv has no blocked form. Run
-    `clip_to_relax_ops` first, so Clip keeps the blocked layout."""
+    `clip_to_relax_ops` first, so Clip keeps the blocked layout.
+
+    Where TVM's layout inference fails on some op, only that op stays in the default layout (its neighbours are
+    converted, with transforms around it): the ops left so are appended to `refused`."""
     from tvm import relax
 
-    mod = rewrite_calls(mod, _stack_of_scalars_as_concat)
+    mod = rewrite_calls(mod, _stack_as_concat)
+    mod = rewrite_calls(mod, _conv1d_as_conv2d)
+    mod = rewrite_calls(mod, _upsampling_transpose_as_conv)
+    mod = rewrite_calls(mod, _unit_constants_as_scalars)
+    mod = rewrite_calls(mod, lambda mutator, call: _grouped_conv_as_convs(mutator, call, block))
     convert = relax.transform.ConvertLayout({}, layout_cb=lambda call: conv_layouts(call, block))
-    mod = apply_in_segments(mod, convert)  # ConvertLayout's cost grows with the square of a function's length
+    # pieces: ConvertLayout's cost grows with the square of a function's length, and a failure stays local
+    mod, left = apply_isolating_failures(mod, convert)
+    if refused is not None:
+        refused += left
     return legalize_bool_layout_transforms(mod)
 
 
@@ -52,18 +62,179 @@ def legalize_bool_layout_transforms(mod: tvm.IRModule) -> tvm.IRModule:
     return rewrite_calls(mod, lower)
 
 
-def _stack_of_scalars_as_concat(mutator: relax.PyExprMutator, call: relax.Call) -> relax.Expr | None:
-    """stack(0-d tensors) as concat of their 1-element reshapes: the same tensor, and ConvertLayout's layout
-    inference for `stack` divides by the inputs' rank (a 0-d stack kills the process with SIGFPE)."""
+def _conv1d_as_conv2d(mutator: relax.PyExprMutator, call: relax.Call) -> relax.Expr | None:
+    """conv1d over [N, C, L] as conv2d over [N, C, L, 1]: the same sums, and the 2-D conv has a blocked kernel
+    (TVM's generic 1-D conv runs 10-50x slower)."""
+    from tvm import relax
+
+    if getattr(call.op, "name", None) != "relax.nn.conv1d":
+        return None
+    attrs = call.attrs
+    if (str(attrs.data_layout), str(attrs.kernel_layout), str(attrs.out_layout)) != ("NCW", "OIW", "NCW"):
+        return None
+    (stride,), (dilation,) = (int(v) for v in attrs.strides), (int(v) for v in attrs.dilation)
+    begin, end = (int(v) for v in attrs.padding)
+    out_dtype = str(attrs.out_dtype) if str(attrs.out_dtype) not in ("", "None", "void") else None
+    conv = relax.op.nn.conv2d(
+        relax.op.expand_dims(call.args[0], [3]),
+        relax.op.expand_dims(call.args[1], [3]),
+        strides=[stride, 1],
+        padding=[begin, 0, end, 0],
+        dilation=[dilation, 1],
+        groups=int(attrs.groups),
+        out_dtype=out_dtype,
+    )
+    return relax.op.squeeze(conv, [3])
+
+
+_BROADCAST_BINARY = {
+    f"relax.{name}"
+    for name in ("add", "subtract", "multiply", "divide", "maximum", "minimum", "power", "floor_divide", "mod")
+}
+
+
+def _unit_constants_as_scalars(mutator: relax.PyExprMutator, call: relax.Call) -> relax.Expr | None:
+    """x ⊙ c with a constant c of one element (shape [1], [1, 1, 1] ...) as x ⊙ scalar: the same values, and
+    TVM's layout inference keeps a blocked x blocked only against a scalar (HardSwish's `+ 3`, `/ 6` otherwise
+    send every activation back to NCHW and forth again)."""
+    import numpy as np
+    import tvm
+    from tvm import relax
+
+    if getattr(call.op, "name", None) not in _BROADCAST_BINARY or len(call.args) != 2:
+        return None
+    args = list(call.args)
+    changed = False
+    for index, (arg, other) in enumerate(((args[0], args[1]), (args[1], args[0]))):
+        ndim, other_ndim = getattr(arg.ty, "ndim", -1), getattr(other.ty, "ndim", -1)
+        if isinstance(arg, tvm.ir.GenericConst) and 0 < ndim <= other_ndim and arg.value.numpy().size == 1:
+            args[index] = relax.const(np.asarray(arg.value.numpy()).reshape(()), str(arg.ty.dtype))
+            changed = True
+    return relax.Call(call.op, args, call.attrs) if changed else None
+
+
+def _upsampling_transpose_as_conv(mutator: relax.PyExprMutator, call: relax.Call) -> relax.Expr | None:
+    """conv2d_transpose with kernel = stride and no padding (the upsampling of U-Nets, FPNs, DBNet heads) as a
+    1x1 conv to O·KH·KW channels followed by a pixel shuffle: each output pixel takes exactly one input pixel, so
+    the sums are the same, and the 1x1 conv has a blocked kernel (TVM's transposed conv is generic code)."""
+    from tvm import relax
+
+    if getattr(call.op, "name", None) != "relax.nn.conv2d_transpose":
+        return None
+    attrs, weight_shape, data_shape = call.attrs, call.args[1].ty.shape, call.args[0].ty.shape
+    layouts = (str(attrs.data_layout), str(attrs.kernel_layout), str(attrs.out_layout))
+    if weight_shape is None or data_shape is None or layouts != ("NCHW", "IOHW", "NCHW") or int(attrs.groups) != 1:
+        return None
+    if not all(hasattr(d, "value") for d in (*weight_shape, *data_shape)):
+        return None
+    in_channels, out_channels, kh, kw = (int(d) for d in weight_shape)
+    n, _, h, w = (int(d) for d in data_shape)
+    plain = all(int(v) == 0 for v in (*attrs.padding, *attrs.output_padding)) and all(
+        int(v) == 1 for v in attrs.dilation
+    )
+    if not plain or [int(v) for v in attrs.strides] != [kh, kw]:
+        return None
+    # weight [C, O, KH, KW] → [O·KH·KW, C, 1, 1]: output channel (o, a, b) of the 1x1 conv is pixel (a, b) of o
+    weight = relax.op.reshape(
+        relax.op.permute_dims(call.args[1], [1, 2, 3, 0]), [out_channels * kh * kw, in_channels, 1, 1]
+    )
+    out_dtype = str(attrs.out_dtype) if str(attrs.out_dtype) not in ("", "None", "void") else None
+    conv = relax.op.nn.conv2d(call.args[0], weight, out_dtype=out_dtype)
+    shuffled = relax.op.permute_dims(relax.op.reshape(conv, [n, out_channels, kh, kw, h, w]), [0, 1, 4, 2, 5, 3])
+    return relax.op.reshape(shuffled, [n, out_channels, h * kh, w * kw])
+
+
+MAX_SPLIT_GROUPS = 16  # more groups than this stay one generic conv (the split would add too many kernels)
+
+
+def _grouped_conv_as_convs(mutator: relax.PyExprMutator, call: relax.Call, block: int) -> relax.Expr | None:
+    """A grouped (not depthwise) conv2d as one conv per group on channel slices, concatenated: the same sums, and
+    each group's conv gets a blocked kernel where its channel counts take a vector block (ShuffleNet, ResNeXt-style
+    blocks); TVM's generic grouped conv is 10-50x slower."""
+    from tvm import relax
+
+    if getattr(call.op, "name", None) != "relax.nn.conv2d":
+        return None
+    attrs = call.attrs
+    groups, shape = int(attrs.groups), call.args[1].ty.shape
+    if groups == 1 or shape is None or attrs.data_layout != "NCHW" or attrs.kernel_layout != "OIHW":
+        return None
+    out_channels, group_inputs = int(shape[0]), int(shape[1])
+    group_outputs = out_channels // groups
+    depthwise = group_inputs == 1 and groups == out_channels
+    blockable = _channel_block(group_outputs, block) is not None and _channel_block(group_inputs, block) is not None
+    if depthwise or groups > MAX_SPLIT_GROUPS or str(attrs.out_layout) != "NCHW":
+        return None
+    if not blockable:
+        return _grouped_conv_as_dense(call, block)
+    data = mutator.builder_.emit(relax.op.split(call.args[0], groups, axis=1))
+    weights = mutator.builder_.emit(relax.op.split(call.args[1], groups, axis=0))
+    out_dtype = str(attrs.out_dtype) if str(attrs.out_dtype) not in ("", "None", "void") else None
+    convs = [
+        mutator.builder_.emit(
+            relax.op.nn.conv2d(
+                relax.TupleGetItem(data, index),
+                relax.TupleGetItem(weights, index),
+                strides=attrs.strides,
+                padding=attrs.padding,
+                dilation=attrs.dilation,
+                out_dtype=out_dtype,
+            )
+        )
+        for index in range(groups)
+    ]
+    return relax.op.concat(convs, axis=1)
+
+
+MAX_DENSE_GROUPS = 8  # a block-diagonal dense conv does `groups` times the work: worth it only for a few groups
+
+
+def _grouped_conv_as_dense(call: relax.Call, block: int) -> relax.Expr | None:
+    """A grouped conv whose per-group channel counts take no vector block (ShuffleNet's 4 groups of 34) but whose
+    totals do, with constant weights: one dense conv whose weight is block-diagonal (zeros between groups). The
+    zeros add exactly nothing to each sum, and the blocked kernel is still several times faster than TVM's
+    generic grouped conv at up to `MAX_DENSE_GROUPS` times the multiply-adds."""
+    import numpy as np
+    import tvm
+    from tvm import relax
+
+    attrs, weight = call.attrs, call.args[1]
+    groups = int(attrs.groups)
+    if groups > MAX_DENSE_GROUPS or not isinstance(weight, tvm.ir.GenericConst):
+        return None
+    values = weight.value.numpy()
+    out_channels, group_inputs = values.shape[:2]
+    if _channel_block(out_channels, block) is None or _channel_block(group_inputs * groups, block) is None:
+        return None
+    dense = np.zeros((out_channels, group_inputs * groups, *values.shape[2:]), values.dtype)
+    per_group = out_channels // groups
+    for g in range(groups):
+        rows = slice(g * per_group, (g + 1) * per_group)
+        dense[rows, g * group_inputs : (g + 1) * group_inputs] = values[rows]
+    out_dtype = str(attrs.out_dtype) if str(attrs.out_dtype) not in ("", "None", "void") else None
+    return relax.op.nn.conv2d(
+        call.args[0],
+        relax.const(dense),
+        strides=attrs.strides,
+        padding=attrs.padding,
+        dilation=attrs.dilation,
+        out_dtype=out_dtype,
+    )
+
+
+def _stack_as_concat(mutator: relax.PyExprMutator, call: relax.Call) -> relax.Expr | None:
+    """stack(xs, axis) as concat(expand_dims(x, axis) for x in xs, axis): the same tensor, and TVM's layout
+    inference for `stack` fails where concat's works (a 0-d stack even kills the process with SIGFPE)."""
     from tvm import relax
 
     if getattr(call.op, "name", None) != "relax.stack":
         return None
-    items = call.args[0]
-    fields = getattr(items, "fields", None)
-    if fields is None or any(getattr(field.ty, "ndim", -1) != 0 for field in fields):
+    fields = getattr(call.args[0], "fields", None)
+    if not fields or any(getattr(field.ty, "ndim", -1) < 0 for field in fields):
         return None
-    return relax.op.concat([relax.op.reshape(field, (1,)) for field in fields], axis=0)
+    axis = int(call.attrs.axis) if call.attrs.axis is not None else 0
+    axis = axis if axis >= 0 else axis + fields[0].ty.ndim + 1
+    return relax.op.concat([relax.op.expand_dims(field, [axis]) for field in fields], axis=axis)
 
 
 def clip_to_relax_ops(mod: tvm.IRModule) -> tvm.IRModule:
@@ -76,7 +247,28 @@ def clip_to_relax_ops(mod: tvm.IRModule) -> tvm.IRModule:
     from tvm import relax
 
     mod = rewrite_calls(mod, lambda mutator, call: _clip_as_relax_op(mutator.builder_.get(), call))
+    mod = rewrite_calls(mod, _relax_clip_as_max_min)
     return relax.transform.DeadCodeElimination()(mod)
+
+
+def _relax_clip_as_max_min(mutator: relax.PyExprMutator, call: relax.Call) -> relax.Expr | None:
+    """relax.clip(x, lo, hi) on floats (the importer's HardSigmoid / HardSwish) as minimum(maximum(x, lo), hi):
+    clip has no layout inference, so each one would send a blocked activation back to NCHW and forth again."""
+    from tvm import relax
+
+    if getattr(call.op, "name", None) != "relax.clip" or len(call.args) != 3:
+        return None
+    dtype = str(getattr(call.args[0].ty, "dtype", ""))
+    if not dtype.startswith(("float", "bfloat")):
+        return None
+    bounds = []
+    for arg in call.args[1:]:
+        value = getattr(arg, "value", None)
+        value = getattr(value, "value", value)
+        if not isinstance(value, int | float):
+            return None
+        bounds.append(relax.const(float(value), dtype))
+    return relax.op.minimum(relax.op.maximum(call.args[0], bounds[0]), bounds[1])
 
 
 def _clip_as_relax_op(mod: tvm.IRModule, call: relax.Call) -> relax.Expr | None:
@@ -152,6 +344,82 @@ def conv_layouts(call: relax.Call, block: int = BLOCK) -> dict[str, list[str]]:
     if in_block is None:
         return {"relax.nn.conv2d": ["NCHW", f"OIHW{out_block}o", f"NCHW{out_block}c"]}
     return {"relax.nn.conv2d": [f"NCHW{in_block}c", f"OIHW{in_block}i{out_block}o", f"NCHW{out_block}c"]}
+
+
+_GENERIC_CONVS = {
+    "relax.nn.conv1d": "1-D convolution",
+    "relax.nn.conv1d_transpose": "1-D transposed convolution",
+    "relax.nn.conv2d_transpose": "transposed convolution",
+    "relax.nn.conv3d": "3-D convolution",
+}
+
+
+GENERIC_CONV_MIN_MACS = 100_000  # below this a generic conv costs microseconds: not worth a warning
+
+
+def generic_convs(mod: tvm.IRModule) -> list[str]:
+    """One line per convolution of at least `GENERIC_CONV_MIN_MACS` left to TVM's generic (plain NCHW, untuned)
+    code, with why and its size: these are typically 10-50x slower than a blocked kernel, and the compile summary
+    says so."""
+    from tvm import relax
+
+    found: list[str] = []
+
+    def visit(expr: relax.Expr) -> None:
+        if not isinstance(expr, relax.Call) or not hasattr(expr.op, "name"):
+            return
+        name = expr.op.name
+        plain_conv2d = name == "relax.nn.conv2d" and expr.attrs.data_layout == "NCHW"
+        if not (plain_conv2d and expr.attrs.kernel_layout == "OIHW") and name not in _GENERIC_CONVS:
+            return
+        macs = _macs(expr)
+        if macs is not None and macs < GENERIC_CONV_MIN_MACS:
+            return
+        size = f" ({macs / 1e6:.1f} M MACs)" if macs is not None else ""
+        if name == "relax.nn.conv2d":
+            found.append(f"conv2d {_shapes(expr)}{size}: {_why_unblocked(expr)}")
+        else:
+            kind = _GENERIC_CONVS[name]
+            found.append(f"{name.removeprefix('relax.nn.')} {_shapes(expr)}{size}: {kind}, no blocked kernel")
+
+    for func in mod.functions.values():
+        if isinstance(func, relax.Function):
+            relax.analysis.post_order_visit(func.body, visit)
+    return found
+
+
+def _macs(call: relax.Call) -> int | None:
+    """Multiply-adds of a conv: output elements × weight elements per output channel (None if not static)."""
+    import math
+
+    out, weight = getattr(call.ty, "shape", None), getattr(call.args[1].ty, "shape", None)
+    if "transpose" in call.op.name:  # each input element meets O/groups · KH · KW weights
+        out = getattr(call.args[0].ty, "shape", None)
+    if out is None or weight is None or not all(hasattr(d, "value") for d in (*out, *weight)):
+        return None
+    return math.prod(int(d) for d in out) * math.prod(int(d) for d in list(weight)[1:])
+
+
+def _shapes(call: relax.Call) -> str:
+    data, weight = (getattr(arg.ty, "shape", None) for arg in call.args[:2])
+    dims = [
+        [int(d) if hasattr(d, "value") else str(d) for d in shape] if shape is not None else "?"
+        for shape in (data, weight)
+    ]
+    groups = int(getattr(call.attrs, "groups", 1))
+    return f"data {dims[0]} weight {dims[1]}" + (f" groups {groups}" if groups > 1 else "")
+
+
+def _why_unblocked(call: relax.Call) -> str:
+    shape = call.args[1].ty.shape
+    if shape is None:
+        return "unknown weight shape"
+    out_channels, group_channels, groups = int(shape[0]), int(shape[1]), int(call.attrs.groups)
+    if _channel_block(out_channels, BLOCK) is None:
+        return f"no vector block divides its {out_channels} output channels"
+    if groups > 1 and (group_channels != 1 or groups != out_channels):
+        return f"grouped ({groups} groups), not depthwise"
+    return "the layout conversion left it in NCHW"
 
 
 def _channel_block(channels: int, block: int) -> int | None:

@@ -1,0 +1,164 @@
+"""Float convs keep the blocked layout through the activations real models put between them (HardSwish,
+HardSigmoid, `+ c` / `/ c` with one-element constants, stacks), so layout transforms stay at the model's edges;
+each rule on the smallest graph that exercises it, compared with onnxruntime."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from conftest import run_onnxruntime
+from onnx import TensorProto, helper, numpy_helper
+
+import bitc
+
+
+def _conv_act_conv(path, activation: list, channels: int = 16):
+    """x → conv → <activation nodes from 'a' to 'b'> → conv → y."""
+    rng = np.random.default_rng(11)
+    inits = [
+        numpy_helper.from_array(rng.standard_normal((channels, 8, 3, 3)).astype(np.float32) * 0.3, "w1"),
+        numpy_helper.from_array(rng.standard_normal((channels, channels, 1, 1)).astype(np.float32) * 0.3, "w2"),
+        numpy_helper.from_array(np.array([3.0], np.float32), "three"),
+        numpy_helper.from_array(np.array([6.0], np.float32), "six"),
+        numpy_helper.from_array(np.array(0.0, np.float32), "zero"),
+        numpy_helper.from_array(np.array(6.0, np.float32), "six_scalar"),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["a"], pads=[1, 1, 1, 1]),
+        *activation,
+        helper.make_node("Conv", ["b", "w2"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 12, 12])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, channels, 12, 12])],
+        inits,
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return path
+
+
+ACTIVATIONS = {
+    "hardswish": [helper.make_node("HardSwish", ["a"], ["b"])],
+    "hardsigmoid_mul": [helper.make_node("HardSigmoid", ["a"], ["s"]), helper.make_node("Mul", ["a", "s"], ["b"])],
+    # HardSwish as exporters write it: x · clip(x + 3, 0, 6) / 6 with one-element constants
+    "add_clip_mul_div": [
+        helper.make_node("Add", ["a", "three"], ["t"]),
+        helper.make_node("Clip", ["t", "zero", "six_scalar"], ["c"]),
+        helper.make_node("Mul", ["a", "c"], ["m"]),
+        helper.make_node("Div", ["m", "six"], ["b"]),
+    ],
+}
+
+
+def _runtime_layout_transforms(path) -> int:
+    """Layout transforms left in the lowered model that run at run time (constant ones are folded away)."""
+    from tvm import relax
+
+    from bitc.codegen.cpu.build import lower_to_fused_tir
+    from bitc.codegen.relax_import import to_relax
+    from bitc.codegen.target import parse_target
+    from bitc.frontend import load_onnx
+    from bitc.passes import run_pipeline
+
+    target = parse_target("cpu", None)
+    model, _ = run_pipeline(load_onnx(path), None, check_exact=False)
+    mod, _, _ = lower_to_fused_tir(to_relax(model, "m", target), target)
+    called = []
+
+    def visit(expr):
+        if isinstance(expr, relax.Call) and getattr(expr.op, "name", "") == "relax.call_tir":
+            called.append(expr.args[0].name_hint)
+
+    relax.analysis.post_order_visit(mod["main"].body, visit)
+    return sum(name.startswith("te_layout_transform") for name in called)
+
+
+@pytest.mark.parametrize("activation", sorted(ACTIVATIONS))
+def test_activations_between_convs_stay_blocked_and_match_onnxruntime(tmp_path, activation):
+    path = _conv_act_conv(tmp_path / "m.onnx", ACTIVATIONS[activation])
+    assert _runtime_layout_transforms(path) == 2  # into the blocked layout at the input, out of it at the output
+    result = bitc.compile(path, tmp_path / "m.bitc")
+    x = np.random.default_rng(0).standard_normal((1, 8, 12, 12)).astype(np.float32) * 3
+    x[0, 0, 0, :4] = [-3.0, 3.0, 0.0, np.nan]  # the clip's edges, and NaN through it as onnxruntime does
+    expected = run_onnxruntime(path, {"x": x})[0]
+    np.testing.assert_allclose(bitc.load(result.path)(x), expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize(("kernel", "group"), [(2, 1), (3, 1), (2, 2)])
+def test_transposed_convs_match_onnxruntime(tmp_path, kernel, group):
+    """kernel = stride (upsampling): a 1x1 conv plus pixel shuffle; other forms keep TVM's transposed conv."""
+    rng = np.random.default_rng(12)
+    w = numpy_helper.from_array(rng.standard_normal((16, 24 // group, kernel, kernel)).astype(np.float32), "w")
+    b = numpy_helper.from_array(rng.standard_normal(24).astype(np.float32), "b")
+    node = helper.make_node("ConvTranspose", ["x", "w", "b"], ["y"], strides=[2, 2], group=group)
+    size = (9 - 1) * 2 + kernel
+    graph = helper.make_graph(
+        [node],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 16, 9, 9])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 24, size, size])],
+        [w, b],
+    )
+    path = tmp_path / "t.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    result = bitc.compile(path, tmp_path / "t.bitc")
+    upsampling = kernel == 2 and group == 1
+    assert ("generic_convs" not in result.manifest["codegen"]) == upsampling
+    x = rng.standard_normal((2, 16, 9, 9)).astype(np.float32)
+    np.testing.assert_allclose(bitc.load(result.path)(x), run_onnxruntime(path, {"x": x})[0], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("op", ["Softmax", "LogSoftmax", "LayerNormalization"])
+def test_a_single_row_reduction_computes_each_reduction_once_and_matches_onnxruntime(tmp_path, op):
+    """[1, 1000] (a classifier's head): every reduction runs once over the row, not once per element."""
+    from bitc.codegen.cpu import schedules
+
+    inits = []
+    inputs = ["x"]
+    if op == "LayerNormalization":
+        inits = [numpy_helper.from_array(np.full(1000, 1.5, np.float32), "g")]
+        inputs = ["x", "g"]
+    graph = helper.make_graph(
+        [helper.make_node(op, inputs, ["y"], axis=-1)],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1000])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1000])],
+        inits,
+    )
+    path = tmp_path / "r.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    result = bitc.compile(path, tmp_path / "r.bitc")
+    x = np.random.default_rng(0).standard_normal((1, 1000)).astype(np.float32) * 4
+    np.testing.assert_allclose(bitc.load(result.path)(x), run_onnxruntime(path, {"x": x})[0], rtol=1e-4, atol=1e-5)
+
+    from tvm import te, topi
+
+    row = te.placeholder((1, 1000), name="x")
+    sch = schedules.schedule_single_row_reduction(te.create_prim_func([row, topi.nn.softmax(row, axis=-1)]), 16)
+    assert sch is not None
+    for block in schedules._blocks(sch):
+        if schedules._has_reduction(sch.get(block)):
+            extents = [int(sch.get(loop).extent) for loop in sch.get_loops(block)]
+            assert int(np.prod(extents)) == 1000, extents  # the row once, not once per output element
+
+
+def test_a_grouped_conv_with_small_groups_runs_as_one_block_diagonal_conv(tmp_path):
+    """4 groups of 34 channels (ShuffleNet): no block divides 34, but 136 takes one; zeros between groups."""
+    rng = np.random.default_rng(13)
+    w = numpy_helper.from_array(rng.standard_normal((136, 34, 1, 1)).astype(np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["y"], group=4)],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 136, 10, 10])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 136, 10, 10])],
+        [w],
+    )
+    path = tmp_path / "g.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    result = bitc.compile(path, tmp_path / "g.bitc")
+    assert "generic_convs" not in result.manifest["codegen"]
+    x = rng.standard_normal((1, 136, 10, 10)).astype(np.float32)
+    np.testing.assert_allclose(bitc.load(result.path)(x), run_onnxruntime(path, {"x": x})[0], rtol=1e-4, atol=1e-4)

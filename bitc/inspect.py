@@ -55,7 +55,7 @@ _ENTRY_FIELDS: dict[str, dict[str, tuple[type | tuple[type, ...], Any]]] = {
         "ptx": (_SCALAR, OPTIONAL),
         "num_cores": (_SCALAR, OPTIONAL),
     },
-    "codegen": {"conv_layout": (str, OPTIONAL), "generic_convs": (list, [])},
+    "codegen": {"conv_layout": (str, OPTIONAL), "generic_convs": (list, OPTIONAL)},
     "tensor": {"name": (str, "?"), "dtype": (str, "?"), "shape": (list, [])},
     "pass": {"name": (str, "?")},
     "member": {"size": (int, "?"), "sha256": (str, "?")},

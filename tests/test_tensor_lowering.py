@@ -63,3 +63,22 @@ def test_cumprod_matches_numpy(tmp_path) -> None:
     got = _compile_and_run(tmp_path, graph, {"x": x}, opset=26)["y"]
     want = np.cumprod(x[:, ::-1], axis=1)[:, ::-1]
     np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
+@pytest.mark.parametrize("count", [1, 2, 4])
+def test_variadic_sum_adds_in_input_order_with_broadcasting(tmp_path, count: int) -> None:
+    """Sum of 1, 2 or 4 inputs of broadcasting shapes, as a chain of Adds in input order (onnxruntime's order)."""
+    from conftest import run_onnxruntime
+
+    shapes = [[2, 3, 4], [3, 1], [1, 4], [2, 3, 4]][:count]
+    rng = np.random.default_rng(2)
+    feeds = {f"x{i}": rng.standard_normal(shape).astype(np.float32) for i, shape in enumerate(shapes)}
+    out_shape = list(np.broadcast_shapes(*map(tuple, shapes)))
+    graph = helper.make_graph(
+        [helper.make_node("Sum", list(feeds), ["y"])],
+        "sum",
+        [helper.make_tensor_value_info(name, TensorProto.FLOAT, list(v.shape)) for name, v in feeds.items()],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, out_shape)],
+    )
+    got = _compile_and_run(tmp_path, graph, feeds, opset=17)["y"]
+    np.testing.assert_array_equal(got, run_onnxruntime(tmp_path / "model.onnx", feeds)[0])

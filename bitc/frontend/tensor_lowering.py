@@ -1,6 +1,6 @@
 """Standard ops TVM's importer lacks or gets wrong in these forms, rewritten as plain ONNX ops with the same
-values: OneHot with run-time values, EyeLike with a dtype, Swish, CumProd, BitCast, Elu in float16/float64, and
-ReduceMax/ReduceMin over booleans."""
+values: OneHot with run-time values, EyeLike with a dtype, Swish, CumProd, BitCast, Elu in float16/float64,
+variadic Sum, and ReduceMax/ReduceMin over booleans."""
 
 from __future__ import annotations
 
@@ -69,6 +69,19 @@ def _lower_swish(b: Builder, node: ir.Node) -> Lowered:
         return None
     alpha = b.const(np.array(node.attributes.get_float("alpha", 1.0), x.dtype.numpy()))
     return [b.op("Mul", x, b.op("Sigmoid", b.op("Mul", alpha, x)))]
+
+
+def _lower_sum(b: Builder, node: ir.Node) -> Lowered:
+    """Sum(a, b, c, ...) as ((a + b) + c) + ...: the same order of additions, with broadcasting. TVM's importer
+    stacks the inputs into one tensor and reduces it (ResNet-50's residual Sum: a copy of both operands and a
+    layout round trip each time)."""
+    inputs = [value for value in node.inputs if value is not None]
+    if not inputs:
+        return None
+    total = inputs[0] if len(inputs) > 1 else b.op("Identity", inputs[0])
+    for value in inputs[1:]:
+        total = b.op("Add", total, value)
+    return [total]
 
 
 def _not_float32(node: ir.Node) -> bool:
@@ -265,6 +278,7 @@ TENSOR_LOWERINGS: dict[str, tuple[Callable[[ir.Node], bool], Callable[[Builder, 
     "OneHot": (_always, _lower_one_hot),
     "EyeLike": (_always, _lower_eye_like),
     "Swish": (_always, _lower_swish),
+    "Sum": (_always, _lower_sum),
     "CumProd": (_always, _lower_cumprod),
     "BitCast": (_always, _lower_bitcast),
     "Elu": (_not_float32, _lower_elu),

@@ -22,10 +22,10 @@ from bitc.codegen.build import build
 from bitc.codegen.cpu import tuning
 from bitc.codegen.target import parse_target
 from bitc.errors import BadInputError
-from bitc.frontend import from_torch, load_onnx, normalize
+from bitc.frontend import from_torch, load_onnx, normalize, onnx_lowering
 from bitc.frontend.index_ranges import input_index_ranges
 from bitc.frontend.narrow_types import narrow_io
-from bitc.ir.shapes import static_shape
+from bitc.ir.shapes import infer_shapes, static_shape
 from bitc.layers import layer_table, summarize_layers
 from bitc.passes import PassRecord, insert_pass, registry, run_pipeline
 from bitc.runtime.artifact import FORMAT, FORMAT_VERSION, LIBRARY_NAME, write_artifact
@@ -109,6 +109,10 @@ def compile(
     ir_model, records = run_pipeline(
         ir_model, passes, dump_dir=dump_ir, verify_numerics=verify, check_exact=check_exact, on_pass=on_pass
     )
+    # forms whose shapes only became static once the passes folded their shape subgraphs (an LSTM after a Pad
+    # whose pads are computed from constants): lowered now, instead of refused at import
+    if onnx_lowering.lower_unsupported_forms(ir_model):
+        infer_shapes(ir_model, source=source)
     timings["passes"] = time.perf_counter() - start
 
     options = tuning.TuningOptions(

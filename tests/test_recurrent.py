@@ -197,3 +197,38 @@ def test_lstm_with_full_sequence_lengths_matches_onnxruntime(tmp_path: Path) -> 
     bitc.compile(path, tmp_path / "lstm.bitc")
     actual = bitc.load(tmp_path / "lstm.bitc").run({"x": x})
     np.testing.assert_allclose(actual["Y"], expected, rtol=1e-5, atol=1e-5)
+
+
+def test_lstm_whose_input_shape_is_known_only_after_constant_folding_matches_onnxruntime(tmp_path: Path) -> None:
+    """Silero VAD's form: the LSTM reads a Pad whose pads are computed from constants (Concat of constants, cast),
+    so its input shape is static only once the passes folded them; it is lowered then, not refused at import."""
+    rng = np.random.default_rng(4)
+    hidden, features = 8, 6
+    inits = [
+        numpy_helper.from_array(np.array([0, 1], np.int64), "before"),
+        numpy_helper.from_array(np.array([0, 2], np.int64), "after"),
+        numpy_helper.from_array(rng.standard_normal((1, 4 * hidden, features)).astype(np.float32), "W"),
+        numpy_helper.from_array(rng.standard_normal((1, 4 * hidden, hidden)).astype(np.float32), "R"),
+    ]
+    nodes = [
+        helper.make_node("Concat", ["before", "after"], ["pads_i64"], axis=0),
+        helper.make_node("Cast", ["pads_i64"], ["pads"], to=TensorProto.INT64),
+        helper.make_node("Pad", ["x", "pads"], ["padded"]),  # [5, 3] -> [5, 6]
+        helper.make_node("Unsqueeze", ["padded", "axis1"], ["seq"]),  # [5, 1, 6]
+        helper.make_node("LSTM", ["seq", "W", "R"], ["y", "h"], hidden_size=hidden),
+    ]
+    inits.append(numpy_helper.from_array(np.array([1], np.int64), "axis1"))
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [5, 3])],
+        [helper.make_tensor_value_info("h", TensorProto.FLOAT, [1, 1, hidden])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.graph.value_info.append(helper.make_tensor_value_info("padded", TensorProto.FLOAT, ["a", "b"]))
+    path = tmp_path / "m.onnx"
+    onnx.save(model, path)
+    x = rng.standard_normal((5, 3)).astype(np.float32)
+    got = bitc.load(bitc.compile(path, tmp_path / "m.bitc").path)(x)
+    np.testing.assert_allclose(got, run_onnxruntime(path, {"x": x})[0], rtol=1e-5, atol=1e-5)

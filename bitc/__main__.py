@@ -1,7 +1,5 @@
 """`python -m bitc` is the `bitc` command."""
 
-import sys
+from bitc.cli import run
 
-from bitc.cli import main
-
-sys.exit(main())
+run()

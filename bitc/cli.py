@@ -6,14 +6,17 @@ Exit codes: 0 success, 1 failure, 2 usage or bad input (one line on stderr, no t
 from __future__ import annotations
 
 import argparse
+import atexit
+import contextlib
 import json
 import math
+import os
 import signal
 import sys
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from bitc.errors import BadInputError, BitcError, first_line
 
@@ -43,7 +46,25 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _raise_interrupt(signum: int, frame: Any) -> None:
+    # once: LLVM's own handler re-raises the signal after its clean-up, and a second interrupt escaping after
+    # main() returned would end the process by SIGINT instead of exit code 130
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     raise KeyboardInterrupt
+
+
+def run() -> NoReturn:
+    """The `bitc` command: `main()`, then the exit. After an interrupt the process leaves without the
+    interpreter's shutdown, where a signal still pending from native code (LLVM re-raises it after its own
+    clean-up) would raise a second KeyboardInterrupt and end the process by SIGINT instead of exit code 130."""
+    code = main()
+    if code != 130:
+        sys.exit(code)
+    with contextlib.suppress(BaseException):  # this process's temp folder; outputs were written atomically
+        atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(BaseException):
+            stream.flush()
+    os._exit(code)
 
 
 def _error(message: str) -> None:
@@ -485,4 +506,4 @@ def _version() -> str:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

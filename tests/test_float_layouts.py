@@ -162,3 +162,46 @@ def test_a_grouped_conv_with_small_groups_runs_as_one_block_diagonal_conv(tmp_pa
     assert "generic_convs" not in result.manifest["codegen"]
     x = rng.standard_normal((1, 136, 10, 10)).astype(np.float32)
     np.testing.assert_allclose(bitc.load(result.path)(x), run_onnxruntime(path, {"x": x})[0], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("normalisation", ["BatchNormalization", "MulAdd"])
+def test_a_per_channel_affine_after_a_concat_stays_blocked_and_matches_onnxruntime(tmp_path, normalisation):
+    """DenseNet's form: conv → Concat → BatchNorm (or Mul/Add by [C, 1, 1] constants) → Relu → conv; the BN cannot
+    fold into a conv, and must not send the activation to NCHW and back."""
+    rng = np.random.default_rng(14)
+    channels = 32
+    inits = [
+        numpy_helper.from_array(rng.standard_normal((16, 8, 3, 3)).astype(np.float32) * 0.3, "w1"),
+        numpy_helper.from_array(rng.standard_normal((16, channels, 1, 1)).astype(np.float32) * 0.3, "w2"),
+        numpy_helper.from_array(rng.uniform(0.5, 2, channels).astype(np.float32), "gamma"),
+        numpy_helper.from_array(rng.standard_normal(channels).astype(np.float32), "beta"),
+        numpy_helper.from_array(rng.standard_normal(channels).astype(np.float32), "mean"),
+        numpy_helper.from_array(rng.uniform(0.5, 2, channels).astype(np.float32), "var"),
+        numpy_helper.from_array(rng.uniform(0.5, 2, (channels, 1, 1)).astype(np.float32), "scale"),
+        numpy_helper.from_array(rng.standard_normal((channels, 1, 1)).astype(np.float32), "shift"),
+    ]
+    if normalisation == "BatchNormalization":
+        affine = [helper.make_node("BatchNormalization", ["cat", "gamma", "beta", "mean", "var"], ["n"])]
+    else:
+        affine = [helper.make_node("Mul", ["cat", "scale"], ["m"]), helper.make_node("Add", ["m", "shift"], ["n"])]
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["a"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["a"], ["r"]),
+        helper.make_node("Concat", ["a", "r"], ["cat"], axis=1),
+        *affine,
+        helper.make_node("Relu", ["n"], ["b"]),
+        helper.make_node("Conv", ["b", "w2"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 12, 12])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16, 12, 12])],
+        inits,
+    )
+    path = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    assert _runtime_layout_transforms(path) == 2
+    result = bitc.compile(path, tmp_path / "m.bitc")
+    x = rng.standard_normal((1, 8, 12, 12)).astype(np.float32)
+    np.testing.assert_allclose(bitc.load(result.path)(x), run_onnxruntime(path, {"x": x})[0], rtol=1e-4, atol=1e-4)

@@ -39,6 +39,7 @@ def convert_conv_layout(mod: tvm.IRModule, block: int = BLOCK, refused: list[str
     mod = rewrite_calls(mod, _stack_as_concat)
     mod = rewrite_calls(mod, _conv1d_as_conv2d)
     mod = rewrite_calls(mod, _upsampling_transpose_as_conv)
+    mod = rewrite_calls(mod, _inference_batch_norm_as_scale_shift)
     mod = rewrite_calls(mod, _unit_constants_as_scalars)
     mod = rewrite_calls(mod, lambda mutator, call: _grouped_conv_as_convs(mutator, call, block))
     convert = relax.transform.ConvertLayout({}, layout_cb=lambda call: conv_layouts(call, block))
@@ -87,6 +88,35 @@ def _conv1d_as_conv2d(mutator: relax.PyExprMutator, call: relax.Call) -> relax.E
     return relax.op.squeeze(conv, [3])
 
 
+def _inference_batch_norm_as_scale_shift(mutator: relax.PyExprMutator, call: relax.Call) -> relax.Expr | None:
+    """An inference batch_norm with constant statistics (one the passes could not fold into a conv: after a
+    Concat, as in DenseNet) as x · s + t per channel, s = γ / sqrt(var + ε) and t = β − mean · s computed in
+    float64: the same function up to float rounding, and multiply/add keep the blocked layout, which batch_norm
+    does not (every DenseNet block went to NCHW and back)."""
+    import numpy as np
+    import tvm
+    from tvm import relax
+
+    if getattr(call.op, "name", None) != "relax.nn.batch_norm" or bool(call.attrs.training):
+        return None
+    data, *stats = call.args
+    ndim, dtype = getattr(data.ty, "ndim", -1), str(getattr(data.ty, "dtype", ""))
+    if ndim < 2 or dtype != "float32" or not all(isinstance(v, tvm.ir.GenericConst) for v in stats):
+        return None
+    gamma, beta, mean, var = (v.value.numpy().astype(np.float64) for v in stats)
+    gamma = gamma if bool(call.attrs.scale) else np.ones_like(gamma)
+    beta = beta if bool(call.attrs.center) else np.zeros_like(beta)
+    scale = gamma / np.sqrt(var + float(call.attrs.epsilon))
+    shift = beta - mean * scale
+    shape = [1] * ndim
+    shape[int(call.attrs.axis) % ndim] = scale.size
+    out = relax.op.add(
+        relax.op.multiply(data, relax.const(scale.astype(np.float32).reshape(shape))),
+        relax.const(shift.astype(np.float32).reshape(shape)),
+    )
+    return relax.Tuple([out, stats[2], stats[3]])
+
+
 _BROADCAST_BINARY = {
     f"relax.{name}"
     for name in ("add", "subtract", "multiply", "divide", "maximum", "minimum", "power", "floor_divide", "mod")
@@ -94,9 +124,10 @@ _BROADCAST_BINARY = {
 
 
 def _unit_constants_as_scalars(mutator: relax.PyExprMutator, call: relax.Call) -> relax.Expr | None:
-    """x ⊙ c with a constant c of one element (shape [1], [1, 1, 1] ...) as x ⊙ scalar: the same values, and
-    TVM's layout inference keeps a blocked x blocked only against a scalar (HardSwish's `+ 3`, `/ 6` otherwise
-    send every activation back to NCHW and forth again)."""
+    """x ⊙ c with a constant c of one element (shape [1], [1, 1, 1] ...) as x ⊙ scalar, and a per-channel c of
+    lower rank ([C, 1, 1] against [N, C, H, W]) at x's rank: the same values, and TVM's layout inference keeps a
+    blocked x blocked only against a scalar or an operand of its own rank (HardSwish's `+ 3`, `/ 6`, or a
+    BatchNorm written as Mul/Add after a Concat, otherwise send every activation back to NCHW and forth)."""
     import numpy as np
     import tvm
     from tvm import relax
@@ -107,8 +138,14 @@ def _unit_constants_as_scalars(mutator: relax.PyExprMutator, call: relax.Call) -
     changed = False
     for index, (arg, other) in enumerate(((args[0], args[1]), (args[1], args[0]))):
         ndim, other_ndim = getattr(arg.ty, "ndim", -1), getattr(other.ty, "ndim", -1)
-        if isinstance(arg, tvm.ir.GenericConst) and 0 < ndim <= other_ndim and arg.value.numpy().size == 1:
-            args[index] = relax.const(np.asarray(arg.value.numpy()).reshape(()), str(arg.ty.dtype))
+        if not isinstance(arg, tvm.ir.GenericConst) or not 0 < ndim <= other_ndim:
+            continue
+        values = arg.value.numpy()
+        if values.size == 1:
+            args[index] = relax.const(np.asarray(values).reshape(()), str(arg.ty.dtype))
+            changed = True
+        elif ndim < other_ndim:  # [C, 1, 1] against [N, C, H, W]: the same broadcast at the full rank
+            args[index] = relax.const(values.reshape((1,) * (other_ndim - ndim) + values.shape), str(arg.ty.dtype))
             changed = True
     return relax.Call(call.op, args, call.attrs) if changed else None
 

@@ -70,17 +70,22 @@ def _json_safe(value: Any) -> Any:
 
 
 def parse_pipeline(text: str | Sequence[PassSpec] | None) -> list[tuple[str, dict[str, Any]]]:
-    """'a,b,c' or ['a', ('b', {...})] → [(name, options)]; None means the default pipeline."""
+    """'a,b,c' or ['a', ('b', {...})] → [(name, options)]; None means the default pipeline. Every pass is
+    created once, so unknown names and bad options fail before any pass runs."""
+    specs = _split_pipeline(text)
+    for name, options in specs:
+        registry.create(name, options)
+    return specs
+
+
+def _split_pipeline(text: str | Sequence[PassSpec] | None) -> list[tuple[str, dict[str, Any]]]:
+    """The pipeline as [(name, options)], without creating the passes (a pass may read files when created, e.g.
+    calibration inputs: `run_pipeline` does that once)."""
     if text is None:
         text = DEFAULT_PIPELINE
     if isinstance(text, str):
         text = [part.strip() for part in text.split(",") if part.strip()]
-    specs = []
-    for item in text:
-        name, options = (item, {}) if isinstance(item, str) else (item[0], dict(item[1]))
-        registry.create(name, options)  # fail early on unknown names / bad options
-        specs.append((name, options))
-    return specs
+    return [(item, {}) if isinstance(item, str) else (item[0], dict(item[1])) for item in text]
 
 
 def insert_pass(
@@ -89,7 +94,7 @@ def insert_pass(
     """The pipeline with (`name`, options) where its phase puts it (see `registry.PHASES`): after the passes of
     its phase and earlier ones, before the first pass of a later phase; passes it `requires` that the pipeline
     lacks are inserted the same way. A pass asked for both in the list and as an option is refused."""
-    specs: list[PassSpec] = [(n, opts) for n, opts in parse_pipeline(pipeline)]
+    specs: list[PassSpec] = [(n, opts) for n, opts in _split_pipeline(pipeline)]
     if name in [n for n, _ in specs]:
         raise BadInputError(f"'{name}' asked for twice: in the pass list and as an option")
     item = registry.info(name)

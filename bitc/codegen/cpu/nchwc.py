@@ -40,7 +40,7 @@ def convert_conv_layout(mod: tvm.IRModule, block: int = BLOCK, refused: list[str
     mod = rewrite_calls(mod, _conv1d_as_conv2d)
     mod = rewrite_calls(mod, _upsampling_transpose_as_conv)
     mod = rewrite_calls(mod, _inference_batch_norm_as_scale_shift)
-    mod = rewrite_calls(mod, _unit_constants_as_scalars)
+    mod = rewrite_calls(mod, _constants_as_layout_friendly_operands)
     mod = rewrite_calls(mod, lambda mutator, call: _grouped_conv_as_convs(mutator, call, block))
     convert = relax.transform.ConvertLayout({}, layout_cb=lambda call: conv_layouts(call, block))
     # pieces: ConvertLayout's cost grows with the square of a function's length, and a failure stays local
@@ -123,7 +123,7 @@ _BROADCAST_BINARY = {
 }
 
 
-def _unit_constants_as_scalars(mutator: relax.PyExprMutator, call: relax.Call) -> relax.Expr | None:
+def _constants_as_layout_friendly_operands(mutator: relax.PyExprMutator, call: relax.Call) -> relax.Expr | None:
     """x ⊙ c with a constant c of one element (shape [1], [1, 1, 1] ...) as x ⊙ scalar, and a per-channel c of
     lower rank ([C, 1, 1] against [N, C, H, W]) at x's rank: the same values, and TVM's layout inference keeps a
     blocked x blocked only against a scalar or an operand of its own rank (HardSwish's `+ 3`, `/ 6`, or a

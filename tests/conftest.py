@@ -34,6 +34,36 @@ def run_onnxruntime(path: str | Path, inputs: dict[str, np.ndarray]) -> list[np.
     return session.run(None, inputs)
 
 
+def save_graph(
+    path: Path,
+    nodes: list,
+    inputs: dict[str, list[int]],
+    outputs: dict[str, list[int]],
+    initializers: list | tuple = (),
+    opset: int = 17,
+) -> Path:
+    """A graph of float32 inputs and outputs saved as an ONNX model at `path`."""
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info(name, TensorProto.FLOAT, shape) for name, shape in inputs.items()],
+        [helper.make_tensor_value_info(name, TensorProto.FLOAT, shape) for name, shape in outputs.items()],
+        list(initializers),
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)]), path)
+    return path
+
+
+def compile_matching_onnxruntime(path: Path, feeds: dict[str, np.ndarray], *, rtol: float, atol: float):
+    """Compile `path` next to itself, check its first output against onnxruntime's; returns the compile result."""
+    import bitc
+
+    result = bitc.compile(path, path.with_suffix(".bitc"))
+    got = next(iter(bitc.load(result.path).run(feeds).values()))
+    np.testing.assert_allclose(got, run_onnxruntime(path, feeds)[0], rtol=rtol, atol=atol)
+    return result
+
+
 def make_conv_bn_model(path: Path, *, channels: int = 8, with_constant_weights: bool = False) -> Path:
     """x[1,3,16,16] → Conv(3→channels) → BatchNormalization → Relu → GlobalAveragePool → Flatten → Gemm(→10)."""
     rng = np.random.default_rng(0)

@@ -10,7 +10,7 @@ import zipfile
 import numpy as np
 import pytest
 import torch
-from conftest import make_conv_bn_model, run_onnxruntime
+from conftest import compile_matching_onnxruntime, make_conv_bn_model, run_onnxruntime, save_graph
 
 import bitc
 from bitc.errors import BadInputError
@@ -233,30 +233,20 @@ def test_every_dynamic_input_is_named_in_one_message(tmp_path):
 def _generic_conv_model(path):
     """A grouped conv of 12 groups of 3 channels and a 1-D conv with 4 output channels, both over the size worth
     a warning: neither has a blocked kernel."""
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import helper, numpy_helper
 
     rng = np.random.default_rng(3)
     weights = [
         numpy_helper.from_array(rng.standard_normal((36, 3, 3, 3)).astype(np.float32), "w_grouped"),
         numpy_helper.from_array(rng.standard_normal((4, 36, 3)).astype(np.float32), "w_1d"),
+        numpy_helper.from_array(np.array([1, 36, 1024], np.int64), "shape"),
     ]
     nodes = [
         helper.make_node("Conv", ["x", "w_grouped"], ["g"], name="grouped", group=12, pads=[1, 1, 1, 1]),
         helper.make_node("Reshape", ["g", "shape"], ["r"], name="flatten_rows"),
         helper.make_node("Conv", ["r", "w_1d"], ["y"], name="conv1d"),
     ]
-    weights.append(numpy_helper.from_array(np.array([1, 36, 1024], np.int64), "shape"))
-    graph = helper.make_graph(
-        nodes,
-        "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 36, 32, 32])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 1022])],
-        weights,
-    )
-    import onnx
-
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
-    return path
+    return save_graph(path, nodes, {"x": [1, 36, 32, 32]}, {"y": [1, 4, 1022]}, weights)
 
 
 def test_convs_left_to_generic_code_are_named_on_the_terminal(tmp_path):
@@ -280,55 +270,32 @@ def test_convs_left_to_generic_code_are_named_on_the_terminal(tmp_path):
 
 def test_a_conv_over_a_one_pixel_wide_image_matches_onnxruntime(tmp_path):
     """W = 1 (a 1-D conv written as 2-D): the blocked conv's register tile runs over OH·OW together."""
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import helper, numpy_helper
 
     rng = np.random.default_rng(5)
     w = numpy_helper.from_array(rng.standard_normal((32, 16, 5, 1)).astype(np.float32), "w")
     b = numpy_helper.from_array(rng.standard_normal(32).astype(np.float32), "b")
     node = helper.make_node("Conv", ["x", "w", "b"], ["y"], pads=[2, 0, 2, 0], strides=[2, 1])
-    graph = helper.make_graph(
-        [node],
-        "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16, 37, 1])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 32, 19, 1])],
-        [w, b],
-    )
-    import onnx
-
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "narrow.onnx")
-    result = bitc.compile(tmp_path / "narrow.onnx", tmp_path / "narrow.bitc")
-    assert "generic_convs" not in result.manifest["codegen"]
+    path = save_graph(tmp_path / "narrow.onnx", [node], {"x": [1, 16, 37, 1]}, {"y": [1, 32, 19, 1]}, [w, b])
     x = rng.standard_normal((1, 16, 37, 1)).astype(np.float32)
-    expected = run_onnxruntime(tmp_path / "narrow.onnx", {"x": x})[0]
-    np.testing.assert_allclose(bitc.load(result.path)(x), expected, rtol=1e-4, atol=1e-4)
+    result = compile_matching_onnxruntime(path, {"x": x}, rtol=1e-4, atol=1e-4)
+    assert "generic_convs" not in result.manifest["codegen"]
 
 
 def test_a_1d_conv_runs_as_a_blocked_2d_conv_and_matches_onnxruntime(tmp_path):
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import helper, numpy_helper
 
     rng = np.random.default_rng(6)
     w = numpy_helper.from_array(rng.standard_normal((32, 16, 5)).astype(np.float32), "w")
     node = helper.make_node("Conv", ["x", "w"], ["y"], pads=[2, 1], strides=[2], dilations=[2])
-    graph = helper.make_graph(
-        [node],
-        "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 16, 100])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 32, 48])],
-        [w],
-    )
-    import onnx
-
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    onnx.save(model, tmp_path / "c1d.onnx")
-    result = bitc.compile(tmp_path / "c1d.onnx", tmp_path / "c1d.bitc")
-    assert "generic_convs" not in result.manifest["codegen"]
+    path = save_graph(tmp_path / "c1d.onnx", [node], {"x": [2, 16, 100]}, {"y": [2, 32, 48]}, [w])
     x = rng.standard_normal((2, 16, 100)).astype(np.float32)
-    expected = run_onnxruntime(tmp_path / "c1d.onnx", {"x": x})[0]
-    np.testing.assert_allclose(bitc.load(result.path)(x), expected, rtol=1e-4, atol=1e-4)
+    result = compile_matching_onnxruntime(path, {"x": x}, rtol=1e-4, atol=1e-4)
+    assert "generic_convs" not in result.manifest["codegen"]
 
 
 def test_a_grouped_conv_runs_as_blocked_convs_per_group_and_matches_onnxruntime(tmp_path):
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import helper, numpy_helper
 
     rng = np.random.default_rng(8)
     w = numpy_helper.from_array(rng.standard_normal((48, 8, 3, 3)).astype(np.float32), "w")
@@ -337,18 +304,7 @@ def test_a_grouped_conv_runs_as_blocked_convs_per_group_and_matches_onnxruntime(
         helper.make_node("Conv", ["x", "w", "b"], ["c"], group=3, pads=[1, 1, 1, 1], strides=[2, 2]),
         helper.make_node("Relu", ["c"], ["y"]),
     ]
-    graph = helper.make_graph(
-        nodes,
-        "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 24, 15, 15])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 48, 8, 8])],
-        [w, b],
-    )
-    import onnx
-
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "grouped.onnx")
-    result = bitc.compile(tmp_path / "grouped.onnx", tmp_path / "grouped.bitc")
-    assert "generic_convs" not in result.manifest["codegen"]
+    path = save_graph(tmp_path / "grouped.onnx", nodes, {"x": [1, 24, 15, 15]}, {"y": [1, 48, 8, 8]}, [w, b])
     x = rng.standard_normal((1, 24, 15, 15)).astype(np.float32)
-    expected = run_onnxruntime(tmp_path / "grouped.onnx", {"x": x})[0]
-    np.testing.assert_allclose(bitc.load(result.path)(x), expected, rtol=1e-4, atol=1e-4)
+    result = compile_matching_onnxruntime(path, {"x": x}, rtol=1e-4, atol=1e-4)
+    assert "generic_convs" not in result.manifest["codegen"]

@@ -5,12 +5,9 @@ each rule on the smallest graph that exercises it, compared with onnxruntime."""
 from __future__ import annotations
 
 import numpy as np
-import onnx
 import pytest
-from conftest import run_onnxruntime
-from onnx import TensorProto, helper, numpy_helper
-
-import bitc
+from conftest import compile_matching_onnxruntime, save_graph
+from onnx import helper, numpy_helper
 
 
 def _conv_act_conv(path, activation: list, channels: int = 16):
@@ -29,15 +26,7 @@ def _conv_act_conv(path, activation: list, channels: int = 16):
         *activation,
         helper.make_node("Conv", ["b", "w2"], ["y"]),
     ]
-    graph = helper.make_graph(
-        nodes,
-        "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 12, 12])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, channels, 12, 12])],
-        inits,
-    )
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
-    return path
+    return save_graph(path, nodes, {"x": [1, 8, 12, 12]}, {"y": [1, channels, 12, 12]}, inits)
 
 
 ACTIVATIONS = {
@@ -80,11 +69,9 @@ def _runtime_layout_transforms(path) -> int:
 def test_activations_between_convs_stay_blocked_and_match_onnxruntime(tmp_path, activation):
     path = _conv_act_conv(tmp_path / "m.onnx", ACTIVATIONS[activation])
     assert _runtime_layout_transforms(path) == 2  # into the blocked layout at the input, out of it at the output
-    result = bitc.compile(path, tmp_path / "m.bitc")
     x = np.random.default_rng(0).standard_normal((1, 8, 12, 12)).astype(np.float32) * 3
     x[0, 0, 0, :4] = [-3.0, 3.0, 0.0, np.nan]  # the clip's edges, and NaN through it as onnxruntime does
-    expected = run_onnxruntime(path, {"x": x})[0]
-    np.testing.assert_allclose(bitc.load(result.path)(x), expected, rtol=1e-4, atol=1e-4)
+    compile_matching_onnxruntime(path, {"x": x}, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize(("kernel", "group"), [(2, 1), (3, 1), (2, 2)])
@@ -95,20 +82,11 @@ def test_transposed_convs_match_onnxruntime(tmp_path, kernel, group):
     b = numpy_helper.from_array(rng.standard_normal(24).astype(np.float32), "b")
     node = helper.make_node("ConvTranspose", ["x", "w", "b"], ["y"], strides=[2, 2], group=group)
     size = (9 - 1) * 2 + kernel
-    graph = helper.make_graph(
-        [node],
-        "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 16, 9, 9])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 24, size, size])],
-        [w, b],
-    )
-    path = tmp_path / "t.onnx"
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
-    result = bitc.compile(path, tmp_path / "t.bitc")
+    path = save_graph(tmp_path / "t.onnx", [node], {"x": [2, 16, 9, 9]}, {"y": [2, 24, size, size]}, [w, b])
+    x = rng.standard_normal((2, 16, 9, 9)).astype(np.float32)
+    result = compile_matching_onnxruntime(path, {"x": x}, rtol=1e-4, atol=1e-4)
     upsampling = kernel == 2 and group == 1
     assert ("generic_convs" not in result.manifest["codegen"]) == upsampling
-    x = rng.standard_normal((2, 16, 9, 9)).astype(np.float32)
-    np.testing.assert_allclose(bitc.load(result.path)(x), run_onnxruntime(path, {"x": x})[0], rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("op", ["Softmax", "LogSoftmax", "LayerNormalization"])
@@ -121,18 +99,10 @@ def test_a_single_row_reduction_computes_each_reduction_once_and_matches_onnxrun
     if op == "LayerNormalization":
         inits = [numpy_helper.from_array(np.full(1000, 1.5, np.float32), "g")]
         inputs = ["x", "g"]
-    graph = helper.make_graph(
-        [helper.make_node(op, inputs, ["y"], axis=-1)],
-        "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1000])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1000])],
-        inits,
-    )
-    path = tmp_path / "r.onnx"
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
-    result = bitc.compile(path, tmp_path / "r.bitc")
+    node = helper.make_node(op, inputs, ["y"], axis=-1)
+    path = save_graph(tmp_path / "r.onnx", [node], {"x": [1, 1000]}, {"y": [1, 1000]}, inits)
     x = np.random.default_rng(0).standard_normal((1, 1000)).astype(np.float32) * 4
-    np.testing.assert_allclose(bitc.load(result.path)(x), run_onnxruntime(path, {"x": x})[0], rtol=1e-4, atol=1e-5)
+    compile_matching_onnxruntime(path, {"x": x}, rtol=1e-4, atol=1e-5)
 
     from tvm import te, topi
 
@@ -149,19 +119,11 @@ def test_a_grouped_conv_with_small_groups_runs_as_one_block_diagonal_conv(tmp_pa
     """4 groups of 34 channels (ShuffleNet): no block divides 34, but 136 takes one; zeros between groups."""
     rng = np.random.default_rng(13)
     w = numpy_helper.from_array(rng.standard_normal((136, 34, 1, 1)).astype(np.float32), "w")
-    graph = helper.make_graph(
-        [helper.make_node("Conv", ["x", "w"], ["y"], group=4)],
-        "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 136, 10, 10])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 136, 10, 10])],
-        [w],
-    )
-    path = tmp_path / "g.onnx"
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
-    result = bitc.compile(path, tmp_path / "g.bitc")
-    assert "generic_convs" not in result.manifest["codegen"]
+    node = helper.make_node("Conv", ["x", "w"], ["y"], group=4)
+    path = save_graph(tmp_path / "g.onnx", [node], {"x": [1, 136, 10, 10]}, {"y": [1, 136, 10, 10]}, [w])
     x = rng.standard_normal((1, 136, 10, 10)).astype(np.float32)
-    np.testing.assert_allclose(bitc.load(result.path)(x), run_onnxruntime(path, {"x": x})[0], rtol=1e-4, atol=1e-4)
+    result = compile_matching_onnxruntime(path, {"x": x}, rtol=1e-4, atol=1e-4)
+    assert "generic_convs" not in result.manifest["codegen"]
 
 
 @pytest.mark.parametrize("normalisation", ["BatchNormalization", "MulAdd"])
@@ -192,16 +154,7 @@ def test_a_per_channel_affine_after_a_concat_stays_blocked_and_matches_onnxrunti
         helper.make_node("Relu", ["n"], ["b"]),
         helper.make_node("Conv", ["b", "w2"], ["y"]),
     ]
-    graph = helper.make_graph(
-        nodes,
-        "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 12, 12])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16, 12, 12])],
-        inits,
-    )
-    path = tmp_path / "m.onnx"
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    path = save_graph(tmp_path / "m.onnx", nodes, {"x": [1, 8, 12, 12]}, {"y": [1, 16, 12, 12]}, inits)
     assert _runtime_layout_transforms(path) == 2
-    result = bitc.compile(path, tmp_path / "m.bitc")
     x = rng.standard_normal((1, 8, 12, 12)).astype(np.float32)
-    np.testing.assert_allclose(bitc.load(result.path)(x), run_onnxruntime(path, {"x": x})[0], rtol=1e-4, atol=1e-4)
+    compile_matching_onnxruntime(path, {"x": x}, rtol=1e-4, atol=1e-4)

@@ -29,25 +29,36 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         return int(args.handler(args) or 0)
-    except BitcError as exc:
+    except (KeyboardInterrupt, Exception) as exc:
+        if isinstance(exc, KeyboardInterrupt) or _interrupt_delivered:
+            # native code (TVM's compile) turns an interrupt raised in a Python callback into its own error
+            _error("interrupted; no output was written")
+            return 130
+        return _report_error(exc, verbose=getattr(args, "verbose", False))
+
+
+_interrupt_delivered = False
+
+
+def _report_error(exc: Exception, *, verbose: bool) -> int:
+    """One line on stderr for a failure; the exit code."""
+    if isinstance(exc, BitcError):
         _error(str(exc))
         return exc.exit_code
-    except KeyboardInterrupt:
-        _error("interrupted; no output was written")
-        return 130
-    except OSError as exc:  # the file system refused: a full disk, a permission, a path that became a folder
+    if isinstance(exc, OSError):  # the file system refused: a full disk, a permission, a path that became a folder
         _error(f"{exc.filename + ': ' if exc.filename else ''}{exc.strerror or first_line(exc)}")
         return 1
-    except Exception as exc:
-        if getattr(args, "verbose", False):
-            traceback.print_exc()
-        _error(f"internal error: {type(exc).__name__}: {first_line(exc)} (rerun with --verbose for details)")
-        return 1
+    if verbose:
+        traceback.print_exception(exc)
+    _error(f"internal error: {type(exc).__name__}: {first_line(exc)} (rerun with --verbose for details)")
+    return 1
 
 
 def _raise_interrupt(signum: int, frame: Any) -> None:
     # once: LLVM's own handler re-raises the signal after its clean-up, and a second interrupt escaping after
     # main() returned would end the process by SIGINT instead of exit code 130
+    global _interrupt_delivered
+    _interrupt_delivered = True
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     raise KeyboardInterrupt
 

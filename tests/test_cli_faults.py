@@ -484,3 +484,25 @@ def test_inspect_json_of_hostile_names_is_valid_json(tmp_path, capsys):
     source = identity_model(tmp_path / "names.onnx", x=HOSTILE_INPUT, op_name=HOSTILE_OP)
     code, out, _ = run_cli(capsys, "inspect", str(source), "--json")
     assert code == 0 and json.loads(out)["inputs"][0]["name"] == HOSTILE_INPUT
+
+
+def test_an_interrupt_that_native_code_turns_into_an_error_still_exits_130(tmp_path, capsys, monkeypatch):
+    """SIGTERM while TVM runs a Python callback: TVM turns the KeyboardInterrupt into its own RuntimeError, which
+    the build reports as a CompileError. The command still says it was interrupted and exits 130, not 1."""
+    from bitc import compiler
+    from bitc.errors import CompileError
+
+    def compile_interrupted_inside_native_code(*args, **kwargs):
+        try:
+            cli._raise_interrupt(signal.SIGTERM, None)  # what the signal handler does
+        except KeyboardInterrupt:
+            raise CompileError("m.onnx: TVM compilation failed: RuntimeError") from None
+
+    monkeypatch.setattr(compiler, "compile", compile_interrupted_inside_native_code)
+    monkeypatch.setattr(cli, "_interrupt_delivered", False)
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        code, _, err = run_cli(capsys, "compile", str(identity_model(tmp_path / "m.onnx")))
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert code == 130 and one_line_error(err) == "bitc: error: interrupted; no output was written"

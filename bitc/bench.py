@@ -37,28 +37,59 @@ def bench_artifact(
     runs: int = 50,
     warmup: int = 5,
     onnx_path: str | None = None,
+    sizes: Sequence[int] | None = None,
 ) -> list[dict[str, Any]]:
-    """One row per thread count: bitc's latency, and onnxruntime's and the speed ratio when `onnx_path` is set."""
+    """One row per thread count (and per compiled input size: every one, or those listed in `sizes`): bitc's
+    latency, and onnxruntime's and the speed ratio when `onnx_path` is set."""
     if onnx_path is not None:
         check_onnx_file(onnx_path, "--onnx")
+    shapes = compiled_sizes(artifact)
+    chosen = list(range(len(shapes))) if sizes is None else list(sizes)
+    for index in chosen:
+        if type(index) is not int or not 0 <= index < len(shapes):
+            raise BadInputError(f"--size must be 0..{len(shapes) - 1} (the artifact's input sizes), got {index}")
     rows = []
-    for count in threads:
-        n = count or physical_cores()
-        if n < 1:
-            raise BadInputError(f"thread counts must be >= 1, got {count}")
-        row: dict[str, Any] = {"threads": n, "runs": runs}
-        row["bitc"] = measure_in_subprocess("bitc", artifact, artifact, n, runs, warmup)
-        if onnx_path:
-            row["onnxruntime"] = measure_in_subprocess("onnxruntime", onnx_path, artifact, n, runs, warmup)
-            row["speedup_vs_onnxruntime"] = row["onnxruntime"]["median_ms"] / row["bitc"]["median_ms"]
-        rows.append(row)
+    for index in chosen:
+        for count in threads:
+            n = count or physical_cores()
+            if n < 1:
+                raise BadInputError(f"thread counts must be >= 1, got {count}")
+            row: dict[str, Any] = {"threads": n, "runs": runs}
+            if len(shapes) > 1:
+                row["size"], row["input_shapes"] = index, shapes[index]
+            row["bitc"] = measure_in_subprocess("bitc", artifact, artifact, n, runs, warmup, size=index)
+            if onnx_path:
+                row["onnxruntime"] = measure_in_subprocess(
+                    "onnxruntime", onnx_path, artifact, n, runs, warmup, size=index
+                )
+                row["speedup_vs_onnxruntime"] = row["onnxruntime"]["median_ms"] / row["bitc"]["median_ms"]
+            rows.append(row)
     return rows
 
 
-def measure_in_subprocess(engine: str, model: str, artifact: str, threads: int, runs: int, warmup: int) -> dict:
-    """Time `model` with `engine` in a fresh process on inputs made from `artifact`'s manifest (seed 0)."""
+def compiled_sizes(artifact: str) -> list[str]:
+    """Each compiled input size of the artifact as 'x[1,3,48,320]' (one entry for a single-size artifact)."""
+    from bitc.runtime.artifact import read_manifest
+
+    variants = read_manifest(artifact).get("variants")
+    if not isinstance(variants, list) or len(variants) < 2:
+        return ["(its one size)"]
+    described = []
+    for variant in variants:
+        inputs = variant.get("inputs") if isinstance(variant, dict) else None
+        specs = inputs if isinstance(inputs, list) else []
+        described.append(" ".join(f"{t.get('name')}{t.get('shape')}" for t in specs if isinstance(t, dict)))
+    return described
+
+
+def measure_in_subprocess(
+    engine: str, model: str, artifact: str, threads: int, runs: int, warmup: int, size: int = 0
+) -> dict:
+    """Time `model` with `engine` in a fresh process on inputs made from `artifact`'s manifest (seed 0), at its
+    `size`-th compiled input size."""
     env = dict(os.environ, TVM_NUM_THREADS=str(threads), OMP_NUM_THREADS=str(threads))
     args = [sys.executable, "-m", "bitc.bench", engine, model, artifact, str(threads), str(runs), str(warmup)]
+    args.append(str(size))
     done = subprocess.run(args, capture_output=True, text=True, env=env)
     if done.returncode == BadInputError.exit_code and done.stderr.strip():
         raise BadInputError(done.stderr.strip().splitlines()[-1])  # the worker's own one-line refusal
@@ -76,11 +107,13 @@ def check_onnx_file(path: str | os.PathLike, option: str) -> None:
         raise BadInputError(f"{option} {path}: not a regular file")
 
 
-def _measure(engine: str, model: str, artifact: str, threads: int, runs: int, warmup: int) -> dict[str, float]:
+def _measure(
+    engine: str, model: str, artifact: str, threads: int, runs: int, warmup: int, size: int = 0
+) -> dict[str, float]:
     from bitc.runtime import load
 
     compiled = load(artifact, num_threads=threads)
-    inputs = compiled.random_inputs(seed=0)
+    inputs = compiled.random_inputs(seed=0, size=size)
     if engine == "bitc":
         return summarize(compiled.benchmark(inputs, runs=runs, warmup=warmup))
     session = onnxruntime_session(model, threads)
@@ -109,9 +142,10 @@ def _worker_main() -> int:
     parser.add_argument("threads", type=int)
     parser.add_argument("runs", type=int)
     parser.add_argument("warmup", type=int)
+    parser.add_argument("size", type=int, nargs="?", default=0)
     a = parser.parse_args()
     try:
-        print(json.dumps(_measure(a.engine, a.model, a.artifact, a.threads, a.runs, a.warmup)))
+        print(json.dumps(_measure(a.engine, a.model, a.artifact, a.threads, a.runs, a.warmup, a.size)))
     except BitcError as exc:
         print(str(exc), file=sys.stderr)
         return exc.exit_code

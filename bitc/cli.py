@@ -105,7 +105,20 @@ def _parser(pass_flags: bool = True) -> argparse.ArgumentParser:
         help="cpu (this machine), cpu:<llvm cpu name>, cuda (this GPU, else sm_80) or cuda:sm_XY (default: cpu)",
     )
     p.add_argument("--passes", help="comma-separated pass pipeline (default: the standard clean-ups); see 'passes'")
-    p.add_argument("--input-shape", action="append", default=[], metavar="NAME=D0,D1,...", help="fix input shapes")
+    p.add_argument(
+        "--input-shape",
+        action="append",
+        default=[],
+        metavar="NAME=D0,D1,...",
+        help="fix an input's shape; given again for the same input, compiles one more size into the artifact",
+    )
+    p.add_argument(
+        "--dim",
+        action="append",
+        default=[],
+        metavar="NAME=N[,N...]",
+        help="fix a named dynamic dimension in every input that has it; several sizes compile one size each",
+    )
     if pass_flags:
         _add_pass_flags(p)
     p.add_argument("--tune-trials", type=int, metavar="N", help="MetaSchedule trials to run (default 0)")
@@ -147,6 +160,7 @@ def _parser(pass_flags: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--threads", default=None, help="comma-separated thread counts, e.g. 1,2 (default: all cores)")
     p.add_argument("--onnx", metavar="MODEL.onnx", help="also time this ONNX model with onnxruntime, same inputs")
+    p.add_argument("--size", type=int, action="append", help="only this compiled input size (index; default: all)")
     p.add_argument("--json", action="store_true")
     p.add_argument("-v", "--verbose", action="store_true")
     p.set_defaults(handler=_bench)
@@ -194,6 +208,11 @@ def _compile(args: argparse.Namespace) -> int:
         "tuning": result.manifest["tuning"],
         "generic_convs": result.manifest["codegen"].get("generic_convs", []),
     }
+    if "variants" in result.manifest:
+        summary["variants"] = [
+            {"library": v["library"], "inputs": v["inputs"], "outputs": v["outputs"]}
+            for v in result.manifest["variants"]
+        ]
     if args.json:
         print(json.dumps(summary, indent=2))
     else:
@@ -211,7 +230,8 @@ def _compile_options(args: argparse.Namespace) -> dict[str, Any]:
     flags = {
         "target": args.target,
         "passes": args.passes,
-        "input_shapes": dict(_parse_shape(item) for item in args.input_shape) or None,
+        "input_shapes": _shape_lists(args.input_shape) or None,
+        "dims": _dim_values(args.dim) or None,
         "tune_trials": args.tune_trials,
         "tuning_db": args.tuning_db,
         "use_tuning_db": False if args.no_tuning_db else None,
@@ -412,7 +432,9 @@ def _bench(args: argparse.Namespace) -> int:
     threads = _thread_counts(args.threads) if args.threads is not None else [None]
     if args.runs < 1 or args.warmup < 0:
         raise BadInputError("--runs must be >= 1 and --warmup >= 0")
-    rows = bench_artifact(args.artifact, threads=threads, runs=args.runs, warmup=args.warmup, onnx_path=args.onnx)
+    rows = bench_artifact(
+        args.artifact, threads=threads, runs=args.runs, warmup=args.warmup, onnx_path=args.onnx, sizes=args.size
+    )
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
@@ -504,6 +526,31 @@ def _parse_shape(item: str) -> tuple[str, list[int]]:
     if not name or not shape:
         raise BadInputError(f"--input-shape expects NAME=D0,D1,..., got '{item}'")
     return name, shape
+
+
+def _shape_lists(items: list[str]) -> dict[str, list[list[int]]]:
+    """--input-shape flags as {input: [shape, ...]}: an input given twice is two sizes, never the last one wins."""
+    lists: dict[str, list[list[int]]] = {}
+    for item in items:
+        name, shape = _parse_shape(item)
+        if shape not in lists.setdefault(name, []):
+            lists[name].append(shape)
+    return lists
+
+
+def _dim_values(items: list[str]) -> dict[str, list[int]]:
+    """--dim NAME=N[,N...] flags as {name: [sizes]}."""
+    values: dict[str, list[int]] = {}
+    for item in items:
+        name, _, sizes = item.partition("=")
+        try:
+            parsed = [int(v) for v in sizes.split(",") if v.strip()]
+        except ValueError:
+            parsed = []
+        if not name or not parsed or any(v <= 0 for v in parsed):
+            raise BadInputError(f"--dim expects NAME=N or NAME=N1,N2,... with positive sizes, got '{item}'")
+        values.setdefault(name, []).extend(v for v in parsed if v not in values.get(name, []))
+    return values
 
 
 def _safe_name(name: str) -> str:

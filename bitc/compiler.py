@@ -18,11 +18,11 @@ import numpy as np
 import onnx_ir as ir
 
 from bitc.atomic import check_output_path, process_temp_dir
-from bitc.codegen.build import build
+from bitc.codegen.build import BuildResult, build
 from bitc.codegen.cpu import tuning
-from bitc.codegen.target import parse_target
+from bitc.codegen.target import Target, parse_target
 from bitc.errors import BadInputError
-from bitc.frontend import from_torch, load_onnx, normalize, onnx_lowering
+from bitc.frontend import from_torch, load_onnx, normalize, onnx_lowering, shape_variants
 from bitc.frontend.index_ranges import input_index_ranges
 from bitc.frontend.narrow_types import narrow_io
 from bitc.ir.shapes import infer_shapes, static_shape
@@ -51,7 +51,8 @@ def compile(
     reorder: Mapping[str, Any] | bool | None = None,
     lowbit_linear: Mapping[str, Any] | int | str | None = None,
     kv_compress: Mapping[str, Any] | int | None = None,
-    input_shapes: Mapping[str, Sequence[int]] | None = None,
+    input_shapes: Mapping[str, Any] | Sequence[Mapping[str, Sequence[int]]] | None = None,
+    dims: Mapping[str, int | Sequence[int]] | None = None,
     example_inputs: Sequence[Any] | None = None,
     tune_trials: int = 0,
     tuning_db: str | os.PathLike | None = None,
@@ -77,6 +78,10 @@ def compile(
     then runs through `bitc.load(path).session()`.
     Any other registered pass is asked for the same way, by its name: `bitc.compile(..., my_pass={...})`; each
     requested pass goes where its phase puts it in the pipeline.
+    `input_shapes` fixes dynamic input dims ({"x": [1, 3, 224, 224]}); a list of shapes for an input
+    ({"x": [[1, 3, 48, 320], [1, 3, 48, 640]]}) or a list of such dicts compiles one artifact for several sizes.
+    `dims` sets named dynamic dims in every input that has them ({"batch": 1, "seq": [128, 256]}): each value is
+    one more size. The runtime picks the size whose shapes match a call and refuses others.
     `check_exact` (default on; CLI `--no-verify` turns it off) checks on seeded inputs that the exact passes kept the
     model's outputs: a violation is a CompileError and no artifact is written.
     `on_pass`, `on_tuning(done, total)` and `on_stage(name)` report progress (the CLI draws it).
@@ -88,15 +93,7 @@ def compile(
         raise BadInputError(f"--tune-trials must be >= 0, got {tune_trials}")
 
     output_path = _output_path(output, model)
-    stage("loading")
-    start = time.perf_counter()
-    ir_model, source, source_sha = _load(model, input_shapes, example_inputs)
-    _check_static_inputs(ir_model)
-    _check_io_types(ir_model)
-    timings["frontend"] = time.perf_counter() - start
-
-    stage("passes")
-    start = time.perf_counter()
+    sizes = _requested_sizes(model, input_shapes, dims, example_inputs)
     requested = {
         "prune": prune,
         "reorder": reorder,
@@ -106,33 +103,44 @@ def compile(
         **pass_options,
     }
     passes = _with_requested_passes(passes, requested)
-    ir_model, records = run_pipeline(
-        ir_model, passes, dump_dir=dump_ir, verify_numerics=verify, check_exact=check_exact, on_pass=on_pass
-    )
-    # forms whose shapes only became static once the passes folded their shape subgraphs (an LSTM after a Pad
-    # whose pads are computed from constants): lowered now, instead of refused at import
-    if onnx_lowering.lower_unsupported_forms(ir_model):
-        infer_shapes(ir_model, source=source)
-    timings["passes"] = time.perf_counter() - start
-
     options = tuning.TuningOptions(
         trials=tune_trials,
         database_dir=Path(tuning_db) if tuning_db else None,
         use_database=use_tuning_db,
         on_progress=on_tuning,
     )
-    stage("tuning and building" if tune_trials else "building (TVM)")
-    built = build(ir_model, build_target, tuning_options=options, source=source)
-    timings["build"] = built.seconds
-
+    compiled: list[_CompiledSize] = []
+    for index, shapes in enumerate(sizes):
+        if len(sizes) > 1:
+            stage(f"size {index + 1} of {len(sizes)}: {describe_shapes(shapes)}")
+        dump_dir = Path(dump_ir) / f"size{index}" if dump_ir and len(sizes) > 1 else dump_ir
+        compiled.append(
+            _compile_size(
+                model,
+                shapes,
+                example_inputs,
+                passes,
+                build_target,
+                options,
+                copy_model=len(sizes) > 1,
+                dump_dir=dump_dir,
+                verify=verify,
+                check_exact=check_exact,
+                on_pass=on_pass,
+                stage=stage,
+                timings=timings,
+            )
+        )
+    first = compiled[0]
+    ir_model, records, built = first.model, first.records, first.built
     layers = layer_table(ir_model)
     manifest = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "entry": "main",
-        "source": {"name": source, "sha256": source_sha},
-        "inputs": _input_specs(ir_model),
-        "outputs": _output_specs(ir_model),
+        "source": {"name": first.source, "sha256": first.source_sha},
+        "inputs": first.inputs,
+        "outputs": first.outputs,
         "target": build_target.to_manifest(),
         "versions": _versions(ir_model),
         "passes": [r.to_json(timing=False) for r in records],
@@ -145,13 +153,135 @@ def compile(
     if built.kernels:
         manifest["kernels"] = built.kernels
     if (kv_cache := ir_model.metadata_props.get(KV_METADATA_KEY)) is not None:
+        if len(compiled) > 1:
+            raise BadInputError("a decoder with a runtime-owned KV cache is compiled for one input size only")
         manifest["kv_cache"] = json.loads(kv_cache)
+    members = {LIBRARY_NAME: built.library, **built.members}
+    if len(compiled) > 1:
+        manifest["variants"] = _size_entries(compiled, members)
     _reinstall_python_signal_handlers()
     stage("writing")
     start = time.perf_counter()
-    write_artifact(output_path, manifest, {LIBRARY_NAME: built.library, **built.members})
+    write_artifact(output_path, manifest, members)
     timings["write"] = time.perf_counter() - start
     return CompileResult(path=output_path, manifest=manifest, pass_log=records, seconds=timings)
+
+
+@dataclass
+class _CompiledSize:
+    """One input size's compile: the model after the passes, the pass log, the build and the I/O specs."""
+
+    model: ir.Model
+    records: list[PassRecord]
+    built: BuildResult
+    source: str
+    source_sha: str
+    inputs: list[dict[str, Any]]
+    outputs: list[dict[str, Any]]
+
+
+def _compile_size(
+    model: Any,
+    shapes: Mapping[str, Sequence[Any]] | None,
+    example_inputs: Sequence[Any] | None,
+    passes: Any,
+    build_target: Target,
+    options: tuning.TuningOptions,
+    *,
+    copy_model: bool,
+    dump_dir: str | os.PathLike | None,
+    verify: bool,
+    check_exact: bool,
+    on_pass: Callable[[PassRecord], None] | None,
+    stage: Callable[[str], None],
+    timings: dict[str, float],
+) -> _CompiledSize:
+    """Load with `shapes` fixed, run the passes, build: everything one input size needs."""
+    stage("loading")
+    start = time.perf_counter()
+    if copy_model and isinstance(model, ir.Model):  # every size starts from the model as given
+        model = ir.from_proto(ir.to_proto(model))
+    ir_model, source, source_sha = _load(model, shapes, example_inputs)
+    _check_static_inputs(ir_model)
+    _check_io_types(ir_model)
+    _add_time(timings, "frontend", start)
+
+    stage("passes")
+    start = time.perf_counter()
+    ir_model, records = run_pipeline(
+        ir_model, passes, dump_dir=dump_dir, verify_numerics=verify, check_exact=check_exact, on_pass=on_pass
+    )
+    # forms whose shapes only became static once the passes folded their shape subgraphs (an LSTM after a Pad
+    # whose pads are computed from constants): lowered now, instead of refused at import
+    if onnx_lowering.lower_unsupported_forms(ir_model):
+        infer_shapes(ir_model, source=source)
+    _add_time(timings, "passes", start)
+
+    stage("tuning and building" if options.trials else "building (TVM)")
+    built = build(ir_model, build_target, tuning_options=options, source=source)
+    timings["build"] = timings.get("build", 0.0) + built.seconds
+    return _CompiledSize(ir_model, records, built, source, source_sha, _input_specs(ir_model), _output_specs(ir_model))
+
+
+def _add_time(timings: dict[str, float], stage: str, start: float) -> None:
+    timings[stage] = timings.get(stage, 0.0) + time.perf_counter() - start
+
+
+def _requested_sizes(
+    model: Any, input_shapes: Any, dims: Any, example_inputs: Sequence[Any] | None
+) -> list[dict[str, list[Any]] | None]:
+    """The input sizes to compile: [None] when the model's own shapes are used, else one {input: dims} each."""
+    lists = shape_variants.shape_lists(input_shapes)
+    if not lists and not dims:
+        return [None]
+    if not isinstance(model, str | os.PathLike | ir.Model):
+        raise BadInputError(
+            "input_shapes/dims apply to ONNX models; a torch module is compiled at its example_inputs' shapes"
+        )
+    if not dims and all(len(shapes) == 1 for shapes in lists.values()):
+        return [{name: shapes[0] for name, shapes in lists.items()}]  # one size: the loader checks the names
+    if isinstance(model, ir.Model):
+        declared = shape_variants.declared_dims(model)
+    else:
+        declared = shape_variants.declared_file_dims(model)
+    return list(shape_variants.variants(declared, lists, dims)) or [None]
+
+
+def describe_shapes(shapes: Mapping[str, Sequence[Any]] | None) -> str:
+    """'x[1,3,48,320] mask[1,320]': the sizes one compile fixes."""
+    if not shapes:
+        return "the model's own shapes"
+    return " ".join(f"{name}[{','.join(str(d) for d in dims)}]" for name, dims in shapes.items())
+
+
+def _size_entries(compiled: Sequence[_CompiledSize], members: dict[str, bytes]) -> list[dict[str, Any]]:
+    """The manifest's `variants`: each size's library (the first is the artifact's main library), its own CUDA
+    kernels under a folder of its own, and its input/output specs. The names, dtypes and order of inputs and
+    outputs must agree across sizes (one call signature); only dims may differ."""
+    signature = _signature(compiled[0])
+    entries: list[dict[str, Any]] = []
+    for index, size in enumerate(compiled):
+        if _signature(size) != signature:
+            raise BadInputError(
+                f"input size {index + 1} gives the model other inputs or outputs (names/dtypes {_signature(size)} "
+                f"vs {signature}); one artifact needs one signature"
+            )
+        prefix = "" if index == 0 else f"size{index}/"
+        if index:
+            members[prefix + LIBRARY_NAME] = size.built.library
+            members.update({prefix + name: data for name, data in size.built.members.items()})
+        entry: dict[str, Any] = {"library": prefix + LIBRARY_NAME, "inputs": size.inputs, "outputs": size.outputs}
+        if size.built.kernels:
+            entry["kernels"] = {
+                key: prefix + value if value in size.built.members else value
+                for key, value in size.built.kernels.items()
+            }
+        entries.append(entry)
+    return entries
+
+
+def _signature(size: _CompiledSize) -> list[tuple[str, str, int]]:
+    return [(spec["name"], spec["dtype"], len(spec["shape"])) for spec in [*size.inputs, *size.outputs]]
 
 
 def _reinstall_python_signal_handlers() -> None:
@@ -210,14 +340,21 @@ def _output_path(output: str | os.PathLike | None, model: Any) -> Path:
 
 
 def _check_static_inputs(model: ir.Model) -> None:
-    """Every input with a dynamic dimension named in one message, with the flag that fixes each."""
+    """Every input with a dynamic dimension named in one message, with the flags that fix them: --dim for a
+    named dimension (it fixes that dimension in every input), --input-shape for the rest."""
     dynamic = [v for v in model.graph.inputs if v.shape is None or not v.shape.is_static()]
-    if len(dynamic) == 1:
-        static_shape(dynamic[0])
-    if dynamic:
-        names = ", ".join(f"'{v.name}' {v.shape}" for v in dynamic)
-        flags = " ".join(f"--input-shape {v.name}=d0,d1,..." for v in dynamic)
-        raise BadInputError(f"{len(dynamic)} inputs have dynamic shapes: {names}; fix them with {flags}")
+    if not dynamic:
+        return
+    names = ", ".join(f"'{v.name}' {v.shape}" for v in dynamic)
+    named = sorted({d.value for v in dynamic for d in v.shape or [] if isinstance(getattr(d, "value", None), str)})
+    unnamed = [v for v in dynamic if v.shape is None or any(getattr(d, "value", 0) is None for d in v.shape)]
+    fixes = [f"--dim {name}=N" for name in named] + [f"--input-shape {v.name}=d0,d1,..." for v in unnamed]
+    count = "1 input has a dynamic shape" if len(dynamic) == 1 else f"{len(dynamic)} inputs have dynamic shapes"
+    raise BadInputError(
+        f"{count}: {names}; fix them with {' '.join(fixes) or '--input-shape NAME=d0,d1,...'} "
+        "(each flag may be given several times, or --dim with several sizes, to compile one artifact for several "
+        "sizes)"
+    )
 
 
 def _check_io_types(model: ir.Model) -> None:

@@ -5,7 +5,10 @@
     verify = true
     passes = ["fold_constants", "fold_batchnorm", "remove_unused"]   # or [[passes]] tables with options
     [input_shapes]
-    image = [1, 3, 224, 224]
+    image = [1, 3, 224, 224]   # or a list of shapes: one artifact for several sizes
+    [dims]                     # named dynamic dims, in every input that has them
+    batch = 1
+    seq = [128, 256]           # several sizes: one compiled size each
     reorder = true             # sort channels by importance (exact)
     [prune]                    # structured pruning (the `prune` pass's options)
     ratio = 0.3
@@ -72,23 +75,45 @@ def load_config(path: str | os.PathLike) -> dict[str, Any]:
             options[keyword] = str(path.parent / value) if key in ("tuning_db", "dump_ir") else value
         elif key == "input_shapes":
             options["input_shapes"] = _input_shapes(path, value)
+        elif key == "dims":
+            options["dims"] = _dims(path, value)
         elif key == "passes":
             options["passes"] = _passes(path, value)
         elif key in (passes := registry.passes()):
             options[key] = _pass_table(path, passes[key], value)
         else:
-            known = sorted([*_SCALARS, "input_shapes", "passes", *passes])
+            known = sorted([*_SCALARS, "input_shapes", "dims", "passes", *passes])
             raise BadInputError(f"{path}: unknown key '{key}'; known keys: {', '.join(known)}")
     return options
 
 
-def _input_shapes(path: Path, value: Any) -> dict[str, list[int]]:
-    if not isinstance(value, dict) or not all(
-        isinstance(dims, list) and dims and all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in dims)
-        for dims in value.values()
-    ):
-        raise BadInputError(f"{path}: [input_shapes] maps input names to lists of integers, e.g. x = [1, 3, 224, 224]")
-    return {name: list(dims) for name, dims in value.items()}
+def _input_shapes(path: Path, value: Any) -> dict[str, list[list[int]]]:
+    """{input: [shape, ...]}: a shape, or a list of shapes (one artifact for several sizes)."""
+    if not isinstance(value, dict) or not all(_is_shape(dims) or _is_shape_list(dims) for dims in value.values()):
+        raise BadInputError(
+            f"{path}: [input_shapes] maps input names to lists of integers, e.g. x = [1, 3, 224, 224], or to lists "
+            "of them (one artifact for several sizes)"
+        )
+    return {name: [list(d) for d in dims] if _is_shape_list(dims) else [list(dims)] for name, dims in value.items()}
+
+
+def _dims(path: Path, value: Any) -> dict[str, list[int]]:
+    """{dimension name: [size, ...]} from a [dims] table (batch = 1, seq = [128, 256])."""
+    if not isinstance(value, dict) or not all(_is_size(v) or _is_shape(v) for v in value.values()):
+        raise BadInputError(f"{path}: [dims] maps dimension names to a size or a list of sizes, e.g. seq = [128, 256]")
+    return {name: list(v) if isinstance(v, list) else [v] for name, v in value.items()}
+
+
+def _is_size(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def _is_shape(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and all(_is_size(d) for d in value)
+
+
+def _is_shape_list(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and all(_is_shape(d) for d in value)
 
 
 def _passes(path: Path, value: Any) -> list[Any]:

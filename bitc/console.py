@@ -125,6 +125,8 @@ def print_compile_summary(summary: dict[str, Any], verbose: bool = False) -> Non
         f": {summary['size_bytes'] / 1e6:.2f} MB for {summary['target']} "
         f"in {total:.1f} s ({', '.join(f'{k} {v:.1f} s' for k, v in seconds.items())})",
     )
+    if len(summary.get("variants") or []) > 1:
+        _print(f"compiled for {len(summary['variants'])} input sizes: {_sizes_line(summary['variants'])}")
     for p in summary["passes"]:
         details = p.get("details") or {}
         if p["name"] == "binarize":
@@ -163,12 +165,14 @@ def print_compile_summary(summary: dict[str, Any], verbose: bool = False) -> Non
 
 def print_bench_table(artifact: str, rows: list[dict[str, Any]]) -> None:
     has_ort = any("onnxruntime" in r for r in rows)
-    columns = ["threads", "bitc median ms", "bitc p90 ms"]
+    has_sizes = any("input_shapes" in r for r in rows)
+    columns = [*(["input size"] if has_sizes else []), "threads", "bitc median ms", "bitc p90 ms"]
     if has_ort:
         columns += ["onnxruntime median ms", "speed-up vs ort"]
     table = Table(*columns, title=_text(f"{artifact} ({rows[0]['runs']} runs)"))
     for r in rows:
-        cells = [str(r["threads"]), f"{r['bitc']['median_ms']:.3f}", f"{r['bitc']['p90_ms']:.3f}"]
+        cells = [*([r.get("input_shapes", "")] if has_sizes else []), str(r["threads"])]
+        cells += [f"{r['bitc']['median_ms']:.3f}", f"{r['bitc']['p90_ms']:.3f}"]
         if has_ort:
             cells += [f"{r['onnxruntime']['median_ms']:.3f}", f"{r['speedup_vs_onnxruntime']:.2f}×"]
         table.add_row(*_cells(*cells))
@@ -182,6 +186,8 @@ def print_inspect(info: dict[str, Any], verbose: bool = False) -> None:
         _print(f"source: {m['source']['name']}  target: {_target_line(m['target'])}")
         _print(f"versions: {', '.join(f'{k} {v}' for k, v in m['versions'].items())}")
         _print_values(m["inputs"], m["outputs"])
+        if len(variants := m.get("variants") or []) > 1:
+            _print(f"compiled for {len(variants)} input sizes (a call must match one): {_sizes_line(variants)}")
         _print(f"passes: {', '.join(str(p['name']) for p in m['passes'])}")
         _print(f"conv layout: {m.get('codegen', {}).get('conv_layout', '?')}")
         for line in m.get("codegen", {}).get("generic_convs", []):
@@ -207,17 +213,29 @@ def print_inspect(info: dict[str, Any], verbose: bool = False) -> None:
     _print_readiness(info)
 
 
+_UNNAMED = ("None", "?", "")  # how a dimension without a name prints
+
+
 def _print_readiness(info: dict[str, Any]) -> None:
     """What `bitc compile` will ask for or refuse: dynamic inputs (with the flag) and unsupported nodes."""
     dynamic = info.get("dynamic_inputs") or []
     if dynamic:
-        flags = " ".join(f"--input-shape {v['name']}=..." for v in dynamic)
+        named = sorted({d for v in dynamic for d in v["shape"] or [] if isinstance(d, str) and d not in _UNNAMED})
+        unnamed = [v for v in dynamic if v["shape"] is None or any(d in _UNNAMED for d in v["shape"])]
+        flags = " ".join([*(f"--dim {d}=N" for d in named), *(f"--input-shape {v['name']}=..." for v in unnamed)])
         shapes = ", ".join(f"{v['name']} {v['shape']}" for v in dynamic)
         _print(f"dynamic inputs: {shapes}; compile with {flags}")
     for entry in info.get("unsupported") or []:
         _print(f"unsupported: {entry['op']} (domain {entry['domain']}, node '{entry['node']}'): {entry['reason']}")
     if not dynamic and not info.get("unsupported"):
         _print("static input shapes; every op has a lowering")
+
+
+def _sizes_line(variants: list[dict[str, Any]]) -> str:
+    """'x[1,3,48,320]; x[1,3,48,640]': each compiled size's input shapes."""
+    return "; ".join(
+        " ".join(f"{t['name']}[{','.join(map(str, t['shape']))}]" for t in variant["inputs"]) for variant in variants
+    )
 
 
 def _target_line(target: dict[str, Any]) -> str:

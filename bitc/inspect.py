@@ -91,7 +91,19 @@ def displayable_manifest(path: Path, manifest: dict[str, Any]) -> dict[str, Any]
     }
     if shown.get("kv_cache") is not None:
         _check_kv_cache(path, shown["kv_cache"])
+    if "variants" in shown:
+        variants = _typed(path, "variants", shown["variants"], list)
+        shown["variants"] = [_variant(path, i, entry) for i, entry in enumerate(variants)]
     return shown
+
+
+def _variant(path: Path, index: int, value: Any) -> dict[str, Any]:
+    """One compiled input size: its library and its (checked) input specs."""
+    entry = dict(_typed(path, f"variants[{index}]", value, dict))
+    entry["library"] = _typed(path, f"variants[{index}].library", entry.get("library", "?"), str)
+    inputs = _typed(path, f"variants[{index}].inputs", entry.get("inputs", []), list)
+    entry["inputs"] = [_entry(path, f"variants[{index}].inputs[{i}]", t, "tensor") for i, t in enumerate(inputs)]
+    return entry
 
 
 def _typed(path: Path, key: str, value: Any, kind: type | tuple[type, ...]) -> Any:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import ctypes.util
+import dataclasses
 import hashlib
 import json
 import subprocess
@@ -454,7 +455,7 @@ def loaded_model(tmp_path_factory):
     def native_code_reached(*args):
         raise AssertionError("bad inputs reached native code")
 
-    model._main = native_code_reached
+    model._sizes = [dataclasses.replace(size, main=native_code_reached) for size in model._sizes]
     return model
 
 

@@ -170,5 +170,5 @@ def test_inspect_onnx_names_dynamic_inputs_and_unsupported_ops_before_compiling(
     result = bitc("inspect", str(path))
     assert result.returncode == 0, result.stderr
     out = " ".join(result.stdout.split())
-    assert "dynamic inputs: x ['n', 3, 3]; compile with --input-shape x=..." in out
+    assert "dynamic inputs: x ['n', 3, 3]; compile with --dim n=N" in out
     assert "unsupported: Det (domain ai.onnx, node 'determinant')" in out

@@ -4,6 +4,7 @@ the right numbers or a one-line BitcError naming what was wrong, never a crash, 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import json
@@ -126,7 +127,7 @@ def test_models_loaded_per_thread_run_in_parallel_with_the_same_results(compiled
 def test_calls_into_one_model_never_overlap(model, monkeypatch):
     """The lock itself: a stand-in VM entry that notices when a second call enters before the first left."""
     inside, overlaps = [0], [0]
-    real = model._main
+    real = model._sizes[0].main
 
     def entry(*tensors):
         inside[0] += 1
@@ -137,7 +138,7 @@ def test_calls_into_one_model_never_overlap(model, monkeypatch):
         finally:
             inside[0] -= 1
 
-    monkeypatch.setattr(model, "_main", entry)
+    monkeypatch.setattr(model, "_sizes", [dataclasses.replace(model._sizes[0], main=entry)])
     x = inputs()
     _, errors = _hammer(lambda i: model(x), [x] * 4, calls=10)
     assert not errors and overlaps[0] == 0

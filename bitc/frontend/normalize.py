@@ -96,7 +96,8 @@ def _static_bytes(value: ir.Value) -> int | None:
     return (math.prod(int(d) for d in value.shape) * bits + 7) // 8
 
 
-def set_input_shapes(model: ir.Model, input_shapes: Mapping[str, Sequence[int]], *, source: str) -> None:
+def set_input_shapes(model: ir.Model, input_shapes: Mapping[str, Sequence[int | str | None]], *, source: str) -> None:
+    """Fix the given inputs' dims (an int fixes one; a name or None leaves the model's own dim in place)."""
     inputs = {value.name: value for value in model.graph.inputs}
     for name, dims in input_shapes.items():
         if name not in inputs:
@@ -106,9 +107,11 @@ def set_input_shapes(model: ir.Model, input_shapes: Mapping[str, Sequence[int]],
             raise BadInputError(
                 f"{source}: input '{name}' has rank {len(value.shape)}, --input-shape gives {len(dims)} dims"
             )
-        if any(int(d) <= 0 for d in dims):
+        if any(type(d) is int and d <= 0 for d in dims):
             raise BadInputError(f"{source}: input '{name}': dimensions must be positive, got {list(dims)}")
-        value.shape = ir.Shape([int(d) for d in dims])
+        # a dim given as a name or None keeps the model's own (a named --dim fixed only the others)
+        kept = value.shape or [None] * len(dims)
+        value.shape = ir.Shape([int(d) if isinstance(d, int) else old for d, old in zip(dims, kept, strict=True)])
     # shapes recorded for the exported input size are stale now: inference derives them again
     for node in model.graph.all_nodes():
         for output in node.outputs:

@@ -93,8 +93,6 @@ class Model:
         artifact = read_artifact(path)
         self.path = artifact.path
         self.manifest = artifact.manifest
-        self.inputs = _specs(self.path, self.manifest, "inputs")
-        self.outputs = _specs(self.path, self.manifest, "outputs")
         self._device = _check_target(self.path, self.manifest.get("target", {}))
         if num_threads is not None:
             tvm_loader.set_num_threads(num_threads)
@@ -102,26 +100,43 @@ class Model:
         if not isinstance(entry, str):
             raise BadInputError(f"{self.path}: manifest 'entry' is malformed (not a string)")
         self._lock = threading.Lock()
+        self._sizes = [self._open_size(artifact, entry, size) for size in _size_entries(self.path, self.manifest)]
+        first = self._sizes[0]
+        self.inputs, self.outputs = first.inputs, first.outputs
+        self._vm, self._main = first.vm, first.main
+
+    def _open_size(self, artifact: Any, entry: str, size: Mapping[str, Any]) -> CompiledSize:
+        """One compiled input size: its specs checked, its library loaded into a VM of its own."""
+        inputs = _specs(self.path, size, "inputs")
+        outputs = _specs(self.path, size, "outputs")
+        library = artifact.members[size["library"]]
         if self._device == tvm_loader.DL_CPU:
-            self._vm, self._main = _open_vm(self.path, artifact.library, entry, self._device)
+            vm, main = _open_vm(self.path, library, entry, self._device)
         else:
-            sha256, fatbin = _cuda_kernels(artifact)
+            sha256, fatbin = _cuda_kernels(artifact, size.get("kernels"))
             with tvm_loader.prebuilt_cuda_kernels(sha256, fatbin):
-                self._vm, self._main = _open_vm(self.path, artifact.library, entry, self._device)
-        _check_parameters(self.path, self._vm, entry, self.inputs)
+                vm, main = _open_vm(self.path, library, entry, self._device)
+        _check_parameters(self.path, vm, entry, inputs)
+        return CompiledSize(inputs, outputs, vm, main)
+
+    @property
+    def sizes(self) -> list[dict[str, tuple[int, ...]]]:
+        """The input shapes the artifact was compiled for ({input: shape} per size); a call must match one."""
+        return [{spec.name: spec.shape for spec in size.inputs} for size in self._sizes]
 
     def __repr__(self) -> str:
         ins = ", ".join(map(str, self.inputs))
         outs = ", ".join(map(str, self.outputs))
-        return f"<bitc.Model {self.path.name} ({ins}) -> ({outs}) on {self.manifest['target'].get('name', '?')}>"
+        more = f", {len(self._sizes)} input sizes" if len(self._sizes) > 1 else ""
+        return f"<bitc.Model {self.path.name} ({ins}) -> ({outs}){more} on {self.manifest['target'].get('name', '?')}>"
 
-    def _call(self, tensors: Sequence[Any], collect: Callable[[Any], Any]) -> Any:
-        """The compiled entry on `tensors`, `collect` applied to its result, both under the model's lock; a
+    def _call(self, size: CompiledSize, tensors: Sequence[Any], collect: Callable[[Any], Any]) -> Any:
+        """`size`'s compiled entry on `tensors`, `collect` applied to its result, both under the model's lock; a
         failure inside the library is one line naming the artifact (inputs were already checked against the
         manifest, so a refusal there means the manifest does not describe the library)."""
         with self._lock:
             try:
-                return collect(self._main(*tensors))
+                return collect(size.main(*tensors))
             except BitcError:
                 raise
             except Exception as exc:  # tvm_ffi raises builtin exception types carrying C++ text
@@ -146,7 +161,8 @@ class Model:
                 f"run() takes a dict of input name -> array, got {type(inputs).__name__} "
                 f"(call the model itself, model(x, ...), to pass inputs positionally); inputs: {self._names()}"
             )
-        return self._call(self._prepare(inputs), self._collect)
+        size, tensors = self._prepare(inputs)
+        return self._call(size, tensors, lambda raw: _collect(self.path, size.outputs, raw))
 
     @property
     def device(self) -> str:
@@ -160,10 +176,10 @@ class Model:
                 raise BadInputError(f"benchmark: {name} must be an integer >= {least}, got {count!r}")
         if not isinstance(inputs, Mapping):
             raise BadInputError(f"benchmark() takes a dict of input name -> array, got {type(inputs).__name__}")
-        tensors = self._prepare(inputs)
+        size, tensors = self._prepare(inputs)
 
         def call() -> None:
-            self._call(tensors, lambda _: tvm_loader.synchronize(self._device))
+            self._call(size, tensors, lambda _: tvm_loader.synchronize(self._device))
 
         return time_calls(call, runs=runs, warmup=warmup)
 
@@ -172,7 +188,7 @@ class Model:
         arrays are handed to the compiled step once, as zero-copy views, and updated in place."""
         if self._device != tvm_loader.DL_CPU:
             raise BadInputError(f"{self.path}: decoder sessions run CPU artifacts; compile it for --target cpu")
-        if "kv_cache" not in self.manifest:
+        if "kv_cache" not in self.manifest or len(self._sizes) > 1:
             raise BadInputError(
                 f"{self.path}: not a decoder with a runtime-owned KV cache (compile it with --kv-bits / kv_compress)"
             )
@@ -196,26 +212,31 @@ class Model:
             raise BadInputError(f"{self.path}: the decoder's inputs {missing} are not part of its KV cache layout")
         ffi = tvm_loader.ffi()
         tensors = [ffi.from_dlpack(_checked(spec, feeds[spec.name])) for spec in self.inputs]
-        return lambda: self._call(tensors, lambda raw: [np.from_dlpack(value) for value in raw])
+        return lambda: self._call(self._sizes[0], tensors, lambda raw: [np.from_dlpack(value) for value in raw])
 
     def set_instrument(self, callback: Any | None) -> None:
         """Call `callback(func, symbol, before, ret, *args)` around every VM call (None removes it): profiling."""
         with self._lock:
-            self._vm["set_instrument"](callback)
+            for size in self._sizes:
+                size.vm["set_instrument"](callback)
 
-    def random_inputs(self, seed: int = 0) -> dict[str, np.ndarray]:
-        """Inputs of the right names, shapes and dtypes (normal floats, small non-negative integers)."""
+    def random_inputs(self, seed: int = 0, size: int = 0) -> dict[str, np.ndarray]:
+        """Inputs of the right names, shapes and dtypes (normal floats, small non-negative integers), for the
+        `size`-th compiled input size (see `sizes`)."""
+        if type(size) is not int or not 0 <= size < len(self._sizes):
+            raise BadInputError(f"{self.path}: size must be 0..{len(self._sizes) - 1}, got {size!r}")
         rng = np.random.default_rng(seed)
+        specs = self._sizes[size].inputs
         try:
-            return {spec.name: _random_input(rng, spec) for spec in self.inputs}
+            return {spec.name: _random_input(rng, spec) for spec in specs}
         except MemoryError:
-            sizes = [math.prod(spec.shape) * spec.compiled_dtype.itemsize for spec in self.inputs]
+            sizes = [math.prod(spec.shape) * spec.compiled_dtype.itemsize for spec in specs]
             raise BadInputError(f"{self.path}: not enough memory for random inputs of {sum(sizes):,} bytes") from None
 
     def _names(self) -> list[str]:
         return [spec.name for spec in self.inputs]
 
-    def _prepare(self, inputs: Mapping[str, np.ndarray]) -> list[Any]:
+    def _prepare(self, inputs: Mapping[str, np.ndarray]) -> tuple[CompiledSize, list[Any]]:
         expected = [spec.name for spec in self.inputs]
         missing = [n for n in expected if n not in inputs]
         unknown = [n for n in inputs if n not in expected]
@@ -223,26 +244,97 @@ class Model:
             raise BadInputError(
                 f"inputs do not match the model: missing {missing}, unknown {unknown}; expected {expected}"
             )
+        size = self._size_for(inputs)
         # CPU kernels read the array in place (64-byte aligned); a GPU gets a copy in its own (aligned) memory
         host = _aligned if self._device == tvm_loader.DL_CPU else _contiguous
-        return [tvm_loader.device_tensor(host(_checked(spec, inputs[spec.name])), self._device) for spec in self.inputs]
+        tensors = [
+            tvm_loader.device_tensor(host(_checked(spec, inputs[spec.name])), self._device) for spec in size.inputs
+        ]
+        return size, tensors
 
-    def _collect(self, raw: Any) -> dict[str, np.ndarray]:
-        values = list(raw) if isinstance(raw, Sequence) or not hasattr(raw, "__dlpack__") else [raw]
-        if len(values) != len(self.outputs):
+    def _size_for(self, inputs: Mapping[str, Any]) -> CompiledSize:
+        """The compiled size whose input shapes are the call's; with one size, that one (its checks then say
+        what differs); with several and no match, a refusal listing them."""
+        if len(self._sizes) == 1:
+            return self._sizes[0]
+        shapes = {}
+        for name, value in inputs.items():
+            try:
+                shapes[name] = tuple(np.shape(value))
+            except (ValueError, TypeError):
+                return self._sizes[0]  # not an array: _checked says so
+        for size in self._sizes:
+            if all(shapes[spec.name] == spec.shape for spec in size.inputs):
+                return size
+        given = " ".join(f"{name}{list(shape)}" for name, shape in shapes.items())
+        compiled = "; ".join(" ".join(f"{n}{list(s)}" for n, s in size.items()) for size in self.sizes)
+        raise BadInputError(
+            f"input shapes {given} match none of the sizes the artifact was compiled for: {compiled} "
+            "(compile with --input-shape/--dim for this size too)"
+        )
+
+
+@dataclass(frozen=True)
+class CompiledSize:
+    """One input size the artifact holds: its input/output specs and the VM running its library."""
+
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    vm: Any
+    main: Any
+
+
+def _collect(path: Any, specs: Sequence[TensorSpec], raw: Any) -> dict[str, np.ndarray]:
+    values = list(raw) if isinstance(raw, Sequence) or not hasattr(raw, "__dlpack__") else [raw]
+    if len(values) != len(specs):
+        raise BadInputError(f"{path}: model returned {len(values)} outputs, manifest lists {len(specs)}")
+    outputs = {spec.name: tvm_loader.host_array(v) for spec, v in zip(specs, values, strict=True)}
+    for spec, value in zip(specs, outputs.values(), strict=True):
+        if value.shape != spec.shape or value.dtype != spec.compiled_dtype:
             raise BadInputError(
-                f"{self.path}: model returned {len(values)} outputs, manifest lists {len(self.outputs)}"
+                f"{path}: the artifact's manifest does not match its library (output '{spec.name}' is "
+                f"{value.dtype}{list(value.shape)}, the manifest says {spec.compiled_dtype}{list(spec.shape)})"
             )
-        outputs = {spec.name: tvm_loader.host_array(v) for spec, v in zip(self.outputs, values, strict=True)}
-        for spec, value in zip(self.outputs, outputs.values(), strict=True):
-            if value.shape != spec.shape or value.dtype != spec.compiled_dtype:
-                raise BadInputError(
-                    f"{self.path}: the artifact's manifest does not match its library (output '{spec.name}' is "
-                    f"{value.dtype}{list(value.shape)}, the manifest says {spec.compiled_dtype}{list(spec.shape)})"
-                )
-            if spec.carrier:
-                outputs[spec.name] = narrow_dtypes.from_carrier(value, spec.dtype)
-        return outputs
+        if spec.carrier:
+            outputs[spec.name] = narrow_dtypes.from_carrier(value, spec.dtype)
+    return outputs
+
+
+MAX_SIZES = 64  # compiled input sizes one artifact may list (bitc writes at most 16)
+
+
+def _size_entries(path: Any, manifest: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """The manifest's compiled sizes: its top-level library and specs, or its `variants` (the first of which
+    must be that same library and those same specs). Every size takes the same inputs and returns the same
+    outputs (names, dtypes, ranks); only dims differ."""
+    main = {"library": LIBRARY_NAME, "inputs": manifest.get("inputs"), "outputs": manifest.get("outputs")}
+    if "kernels" in manifest:
+        main["kernels"] = manifest["kernels"]
+    if "variants" not in manifest:
+        return [main]
+    listed = manifest["variants"]
+    members = manifest.get("members")
+    problem = None
+    if not isinstance(listed, list) or not 1 <= len(listed) <= MAX_SIZES:
+        problem = f"not a list of 1 to {MAX_SIZES} sizes"
+    elif not all(isinstance(entry, Mapping) and isinstance(entry.get("library"), str) for entry in listed):
+        problem = "each size is an object naming its library"
+    elif not all(isinstance(members, Mapping) and entry["library"] in members for entry in listed):
+        problem = "a size names a library the artifact does not hold"
+    elif any(listed[0].get(key) != main.get(key) for key in main):
+        problem = "the first size is not the artifact's main library and specs"
+    else:
+        signature = _signature(path, listed[0])
+        if any(_signature(path, entry) != signature for entry in listed[1:]):
+            problem = "the sizes do not share one signature (input/output names, dtypes and ranks)"
+    if problem:
+        raise BadInputError(f"{path}: manifest 'variants' is malformed ({problem})")
+    return listed
+
+
+def _signature(path: Any, entry: Mapping[str, Any]) -> list[tuple[str, str, int]]:
+    specs = [*_specs(path, entry, "inputs"), *_specs(path, entry, "outputs")]
+    return [(spec.name, spec.dtype, len(spec.shape)) for spec in specs]
 
 
 def _specs(path: Any, manifest: Mapping[str, Any], key: str) -> list[TensorSpec]:
@@ -369,9 +461,9 @@ def _aligned(array: np.ndarray) -> np.ndarray:
     return out
 
 
-def _cuda_kernels(artifact: Any) -> tuple[str, bytes]:
-    """The artifact's prebuilt kernels (sha256 of their source, fatbin), after checking the GPU against its arch."""
-    kernels = artifact.manifest.get("kernels")
+def _cuda_kernels(artifact: Any, kernels: Any) -> tuple[str, bytes]:
+    """One size's prebuilt kernels (sha256 of their source, fatbin; `kernels` is its manifest entry), after
+    checking the GPU against the artifact's arch."""
     fatbin = kernels.get("fatbin") if isinstance(kernels, Mapping) else None
     if not isinstance(fatbin, str) or fatbin not in artifact.members:
         raise BadInputError(f"{artifact.path}: CUDA artifact without its compiled kernels (manifest 'kernels')")

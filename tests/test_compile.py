@@ -144,7 +144,7 @@ def test_dynamic_inputs_need_a_shape(tmp_path):
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4])],
     )
     save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "m.onnx")
-    with pytest.raises(BadInputError, match="--input-shape x="):
+    with pytest.raises(BadInputError, match=r"'x' \[n,4\]; fix them with --dim n=N \("):
         bitc.compile(tmp_path / "m.onnx", tmp_path / "m.bitc")
     result = bitc.compile(tmp_path / "m.onnx", tmp_path / "m.bitc", input_shapes={"x": [3, 4]})
     x = np.linspace(-1, 1, 12, dtype=np.float32).reshape(3, 4)
@@ -226,7 +226,11 @@ def test_every_dynamic_input_is_named_in_one_message(tmp_path):
         [helper.make_tensor_value_info("c", TensorProto.FLOAT, ["n", 3])],
     )
     save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "m.onnx")
-    with pytest.raises(BadInputError, match=r"2 inputs .*'a'.*'b'.*--input-shape a=.*--input-shape b="):
+    with pytest.raises(BadInputError, match=r"2 inputs .*'a'.*'b'.*fix them with --dim n=N \("):
+        bitc.compile(tmp_path / "m.onnx", tmp_path / "m.bitc")
+    graph.input[1].type.tensor_type.shape.dim[0].Clear()  # no name: only --input-shape can fix it
+    save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "m.onnx")
+    with pytest.raises(BadInputError, match=r"2 inputs .*'a'.*'b'.*--dim n=N --input-shape b=d0,d1,\.\.\. \("):
         bitc.compile(tmp_path / "m.onnx", tmp_path / "m.bitc")
 
 

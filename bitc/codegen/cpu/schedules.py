@@ -133,16 +133,32 @@ def schedule_anchor(func: tirx.PrimFunc, num_cores: int, vector_lanes: int) -> s
     else:
         vectors = 1 if is_conv or is_depthwise else _matmul_vectors(extents[-1] // lanes)
     vec_outer, vec_inner = sch.split(spatial[-1], [None, lanes * vectors])
-    register_cap = 7 if is_depthwise else 14 if vectors == 1 else 6 if vectors == 2 else 4
-    rows = _largest_divisor(extents[-2], register_cap)
-    if rows < 4 < extents[-2]:
-        rows = _largest_divisor(extents[-2], 16)
+    channel_tile: list[LoopRV] = []
+    if is_conv and len(spatial) >= 4 and extents[-1] == lanes:
+        # a register tile of several output-channel blocks × rows: each broadcast input value feeds one FMA per
+        # channel block, each weight vector one per row (one block × 14 rows loads once per FMA)
+        # AVX-512 only: AVX2's 16 ymm registers leave a multi-block tile 8 accumulators, too few to hide the FMA
+        # latency (measured 10-13 % slower on 3×3 and 1×1 convs at 56×56 than one block × 14 rows)
+        registers = 32 if vector_lanes >= 16 else 0
+        blocks_tiled, rows = _conv_register_tile(extents[1], extents[-2], registers)
+    else:
+        blocks_tiled = 1
+        register_cap = 7 if is_depthwise else 14 if vectors == 1 else 6 if vectors == 2 else 4
+        rows = _largest_divisor(extents[-2], register_cap)
+        if rows < 4 < extents[-2]:
+            rows = _largest_divisor(extents[-2], 16)
+    if blocks_tiled > 1:
+        channel_outer, channel_inner = sch.split(spatial[1], [None, blocks_tiled])
+        spatial = [spatial[0], channel_outer, *spatial[2:]]
+        channel_tile = [channel_inner]
     row_outer, row_inner = sch.split(spatial[-2], [None, rows])
     outer = spatial[:-2]
     # matmul: column tiles outside row tiles, so a K × (vector tile) panel of B stays in L2 while all rows pass
     # (B re-read per row tile would move cols/rows = 16× more data; that limited two-thread scaling)
     tiles = [row_outer, vec_outer] if is_conv or is_depthwise else [vec_outer, row_outer]
-    sch.reorder(*outer, *tiles, *reduce, row_inner, vec_inner)
+    # rows outside channel blocks: a row's broadcast input stays in one register while the blocks' weights
+    # (kept in registers across rows) multiply it
+    sch.reorder(*outer, *tiles, *reduce, row_inner, *channel_tile, vec_inner)
     if is_depthwise and outer:  # serial column tiles keep the padding conditions simple for LLVM
         parallel, tile = sch.fuse(*outer), tiles[-1]
     else:  # column tiles in parallel too: a GEMV (M = 1) has a single row tile
@@ -159,6 +175,8 @@ def schedule_anchor(func: tirx.PrimFunc, num_cores: int, vector_lanes: int) -> s
         else:  # padding: its own parallel loop (inlining puts branches in the inner loop)
             _try(_parallel_vectorized, sch, producer, lanes)
     sch.parallel(parallel)
+    for loop in channel_tile:
+        sch.unroll(loop)
     sch.unroll(row_inner)
     lane_outer, lane_inner = sch.split(vec_inner, [None, lanes])
     if not is_gemv:
@@ -416,6 +434,27 @@ def _gemv_vectors(blocks: int, num_cores: int, cap: int = 256) -> int:
     accumulators (a stack buffer) within `cap` vectors."""
     strips = next(d for d in range(min(num_cores, blocks), blocks + 1) if blocks % d == 0 and blocks // d <= cap)
     return blocks // strips
+
+
+_MAX_CHANNEL_BLOCKS = 4
+
+
+def _conv_register_tile(channel_blocks: int, row_extent: int, registers: int) -> tuple[int, int]:
+    """(output-channel blocks, rows) of a conv register tile: the accumulators, one weight vector per block and
+    one broadcast input must fit the vector registers; among the tiles that do, the fewest loads per FMA
+    (1/blocks + 1/rows). ResNet-50's 1×1 convs went from ~60-75 % to ~90 % of the FMA peak."""
+    rows = _largest_divisor(row_extent, 14)
+    if rows < 4 < row_extent:
+        rows = _largest_divisor(row_extent, 16)
+    best = (1.0 + 1.0 / rows, 1, rows)
+    for blocks in range(2, min(_MAX_CHANNEL_BLOCKS, channel_blocks) + 1):
+        if channel_blocks % blocks or (registers - 1 - blocks) // blocks < 2:
+            continue
+        rows = _largest_divisor(row_extent, min(14, (registers - 1 - blocks) // blocks))
+        cost = 1.0 / blocks + 1.0 / rows
+        if cost < best[0] - 1e-9:
+            best = (cost, blocks, rows)
+    return best[1], best[2]
 
 
 def _largest_divisor(n: int, cap: int) -> int:

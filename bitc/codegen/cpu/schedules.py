@@ -166,7 +166,11 @@ def schedule_anchor(func: tirx.PrimFunc, num_cores: int, vector_lanes: int) -> s
 
     accumulator = sch.cache_write(block, 0, "local")
     consumers = sch.get_consumers(accumulator)
-    while len(consumers) == 1 and _try(sch.reverse_compute_inline, consumers[0], ok=True):
+    while (
+        len(consumers) == 1
+        and _same_domain(sch, accumulator, consumers[0])
+        and _try(sch.reverse_compute_inline, consumers[0], ok=True)
+    ):
         consumers = sch.get_consumers(accumulator)
     sch.reverse_compute_at(accumulator, tile)
     for producer in sch.get_producers(block):
@@ -409,6 +413,21 @@ def _blocks(sch: s_tir.Schedule) -> list[SBlockRV]:
         return list(sch.get_child_blocks(sch.get_sblock("root")))
     except Exception:
         return []
+
+
+def _same_domain(sch: s_tir.Schedule, producer: SBlockRV, consumer: SBlockRV) -> bool:
+    """Whether `consumer` iterates over as many points as `producer`. TVM's reverse_compute_inline accepts a
+    consumer that reads only part of the producer (a slice of its first columns) and then writes the whole
+    producer domain through the consumer's indices: out of bounds. An epilogue (bias, activation, reshape) covers
+    the domain; a slice does not, and stays a block of its own."""
+    import math
+
+    def points(block: SBlockRV) -> int | None:
+        extents = [getattr(iv.dom.extent, "value", None) for iv in sch.get(block).iter_vars]
+        return None if None in extents else math.prod(extents)
+
+    size = points(producer)
+    return size is not None and size == points(consumer)
 
 
 def _has_reduction(block: s_tir.SBlock) -> bool:

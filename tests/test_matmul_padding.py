@@ -1,0 +1,30 @@
+"""A MatMul by constant weights whose column count no vector width divides runs padded to whole vectors and
+sliced back: the same values as onnxruntime, and nothing written past the real columns."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import compile_matching_onnxruntime, save_graph
+from onnx import helper, numpy_helper
+
+
+@pytest.mark.parametrize(("rows", "depth", "columns"), [(4, 32, 100), (40, 96, 1001), (1, 64, 203)])
+def test_padded_matmul_matches_onnxruntime(tmp_path, rows, depth, columns):
+    rng = np.random.default_rng(columns)
+    weights = numpy_helper.from_array(rng.standard_normal((depth, columns)).astype(np.float32), "W")
+    bias = numpy_helper.from_array(rng.standard_normal(columns).astype(np.float32), "B")
+    nodes = [helper.make_node("MatMul", ["x", "W"], ["m"]), helper.make_node("Add", ["m", "B"], ["y"])]
+    path = save_graph(tmp_path / "mm.onnx", nodes, {"x": [1, rows, depth]}, {"y": [1, rows, columns]}, [weights, bias])
+    x = rng.standard_normal((1, rows, depth)).astype(np.float32)
+    compile_matching_onnxruntime(path, {"x": x}, rtol=1e-4, atol=1e-4)
+
+
+def test_padded_matmul_then_softmax_matches_onnxruntime(tmp_path):
+    """The classifier head of a text recognizer: the padded columns must not reach the softmax."""
+    rng = np.random.default_rng(0)
+    weights = numpy_helper.from_array(rng.standard_normal((48, 661)).astype(np.float32), "W")
+    nodes = [helper.make_node("MatMul", ["x", "W"], ["m"]), helper.make_node("Softmax", ["m"], ["y"], axis=-1)]
+    path = save_graph(tmp_path / "head.onnx", nodes, {"x": [1, 8, 48]}, {"y": [1, 8, 661]}, [weights])
+    x = rng.standard_normal((1, 8, 48)).astype(np.float32)
+    compile_matching_onnxruntime(path, {"x": x}, rtol=1e-5, atol=1e-6)

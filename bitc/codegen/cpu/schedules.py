@@ -44,6 +44,7 @@ def default_schedule_pass(target: CpuTarget) -> tvm.transform.Pass:
         _rule("BitcAnchor", lambda func: schedule_anchor(func, cores, lanes)),
         _rule("BitcElementwise", lambda func: schedule_elementwise(func, cores, lanes)),
         _rule("BitcSingleRowReduction", lambda func: schedule_single_row_reduction(func, lanes)),
+        _rule("BitcRaggedRowReduction", lambda func: schedule_ragged_row_reduction(func, cores, lanes)),
         *(_declining_on_error(rule) for rule in (dlight.cpu.GEMV(), dlight.cpu.Reduction())),
     ]
 
@@ -227,6 +228,52 @@ def schedule_single_row_reduction(func: tirx.PrimFunc, vector_lanes: int) -> s_t
         if int(sch.get(inner).extent) >= vector_lanes:
             _, lanes = sch.split(inner, [None, vector_lanes])
             sch.vectorize(lanes)
+    return sch
+
+
+def schedule_ragged_row_reduction(func: tirx.PrimFunc, num_cores: int, vector_lanes: int) -> s_tir.Schedule | None:
+    """Row-wise reductions and elementwise stages (softmax, layer norm over the last axis) whose row length no
+    vector divides: rows in parallel, each stage its own loop over the row, elementwise stages vectorised over
+    whole vectors with the remainder as a scalar loop. dlight's rule predicates every vector on the row length,
+    which LLVM turns into scalar code (a [40, 6625] softmax took 1.1 ms)."""
+    import math
+
+    from tvm import tirx
+    from tvm.s_tir import Schedule
+
+    sch = Schedule(_module(func))
+    blocks = _blocks(sch)
+    reductions = [b for b in blocks if _has_reduction(sch.get(b))]
+    if len(blocks) < 2 or not reductions or _has_reduction(sch.get(blocks[-1])):
+        return None
+    loops = sch.get_loops(blocks[-1])
+    if len(loops) < 2 or len(loops) != len(sch.get(blocks[-1]).iter_vars):
+        return None
+    length = int(sch.get(loops[-1]).extent)
+    if length % vector_lanes == 0 or length < vector_lanes:
+        return None  # whole vectors: dlight's rule vectorises it as it is
+    rows = math.prod(int(sch.get(lp).extent) for lp in loops[:-1])
+    for block in reductions:  # one value per row: the reduction runs along the row and nothing else
+        spatial = [iv for iv in sch.get(block).iter_vars if iv.iter_type == tirx.IterVar.DataPar]
+        if math.prod(int(iv.dom.extent) for iv in spatial) != rows:
+            return None
+    row = sch.fuse(*loops[:-1]) if len(loops) > 2 else loops[0]
+    for block in reversed(blocks[:-1]):
+        sch.compute_at(block, row, preserve_unit_loops=True)
+    if num_cores > 1 and rows >= 2:
+        sch.parallel(row)
+    for block in blocks:
+        if _has_reduction(sch.get(block)):
+            continue
+        inner = sch.get_loops(block)[-1]
+        extent = int(sch.get(inner).extent)
+        whole = extent // vector_lanes * vector_lanes
+        if whole == 0:
+            continue
+        if whole != extent:
+            inner = sch.loop_partition(inner, [whole, None])[0]
+        _, lanes = sch.split(inner, [None, vector_lanes])
+        sch.vectorize(lanes)
     return sch
 
 

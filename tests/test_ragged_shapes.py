@@ -1,5 +1,6 @@
-"""A MatMul by constant weights whose column count no vector width divides runs padded to whole vectors and
-sliced back: the same values as onnxruntime, and nothing written past the real columns."""
+"""Shapes no vector width divides: a MatMul by constant weights runs padded to whole vectors and sliced back
+(nothing written past the real columns), row-wise softmax / layer norm run whole vectors plus a scalar
+remainder; all match onnxruntime."""
 
 from __future__ import annotations
 
@@ -28,3 +29,24 @@ def test_padded_matmul_then_softmax_matches_onnxruntime(tmp_path):
     path = save_graph(tmp_path / "head.onnx", nodes, {"x": [1, 8, 48]}, {"y": [1, 8, 661]}, [weights])
     x = rng.standard_normal((1, 8, 48)).astype(np.float32)
     compile_matching_onnxruntime(path, {"x": x}, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(("rows", "length"), [(3, 37), (40, 661), (1, 1001)])
+def test_softmax_over_rows_no_vector_divides(tmp_path, rows, length):
+    nodes = [helper.make_node("Softmax", ["x"], ["y"], axis=-1)]
+    path = save_graph(tmp_path / "sm.onnx", nodes, {"x": [2, rows, length]}, {"y": [2, rows, length]})
+    x = np.random.default_rng(length).standard_normal((2, rows, length)).astype(np.float32) * 4
+    compile_matching_onnxruntime(path, {"x": x}, rtol=1e-5, atol=1e-7)
+
+
+def test_layer_norm_and_mean_over_rows_no_vector_divides(tmp_path):
+    rng = np.random.default_rng(1)
+    scale = numpy_helper.from_array(rng.standard_normal(1001).astype(np.float32), "g")
+    shift = numpy_helper.from_array(rng.standard_normal(1001).astype(np.float32), "b")
+    nodes = [
+        helper.make_node("LayerNormalization", ["x", "g", "b"], ["n"], axis=-1),
+        helper.make_node("Relu", ["n"], ["y"]),
+    ]
+    path = save_graph(tmp_path / "ln.onnx", nodes, {"x": [2, 50, 1001]}, {"y": [2, 50, 1001]}, [scale, shift])
+    x = rng.standard_normal((2, 50, 1001)).astype(np.float32)
+    compile_matching_onnxruntime(path, {"x": x}, rtol=1e-4, atol=1e-5)

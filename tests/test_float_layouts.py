@@ -158,3 +158,53 @@ def test_a_per_channel_affine_after_a_concat_stays_blocked_and_matches_onnxrunti
     assert _runtime_layout_transforms(path) == 2
     x = rng.standard_normal((1, 8, 12, 12)).astype(np.float32)
     compile_matching_onnxruntime(path, {"x": x}, rtol=1e-4, atol=1e-4)
+
+
+def _shuffle_model(path, groups: int, channels: int, reshape_to, perm):
+    """x → conv → relu → Reshape(reshape_to) → Transpose(perm) → Reshape back → conv → y (random weights)."""
+    rng = np.random.default_rng(groups * channels)
+    inits = [
+        numpy_helper.from_array(rng.standard_normal((channels, 8, 3, 3)).astype(np.float32) * 0.3, "w1"),
+        numpy_helper.from_array(rng.standard_normal((channels, channels, 1, 1)).astype(np.float32) * 0.3, "w2"),
+        numpy_helper.from_array(np.array(reshape_to, np.int64), "split_shape"),
+        numpy_helper.from_array(np.array([1, channels, 12, 12], np.int64), "back_shape"),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["a"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["a"], ["r"]),
+        helper.make_node("Reshape", ["r", "split_shape"], ["s"]),
+        helper.make_node("Transpose", ["s"], ["t"], perm=perm),
+        helper.make_node("Reshape", ["t", "back_shape"], ["b"]),
+        helper.make_node("Conv", ["b", "w2"], ["y"]),
+    ]
+    return save_graph(path, nodes, {"x": [1, 8, 12, 12]}, {"y": [1, channels, 12, 12]}, inits)
+
+
+@pytest.mark.parametrize(("groups", "channels"), [(4, 32), (3, 48), (2, 64)])
+def test_a_channel_shuffle_between_blocked_convs_is_one_gather_and_matches_onnxruntime(tmp_path, groups, channels):
+    path = _shuffle_model(
+        tmp_path / "shuffle.onnx", groups, channels, [1, groups, channels // groups, 12, 12], [0, 2, 1, 3, 4]
+    )
+    x = np.random.default_rng(5).standard_normal((1, 8, 12, 12)).astype(np.float32)
+    compile_matching_onnxruntime(path, {"x": x}, rtol=1e-4, atol=1e-4)
+    assert _runtime_layout_transforms(path) == 2  # the model's input and output only
+
+
+def test_a_reshape_transpose_that_mixes_pixels_is_not_a_channel_gather(tmp_path):
+    """Channels and rows swapped: not a channel permutation, so the chain stays (and still matches)."""
+    path = _shuffle_model(tmp_path / "mix.onnx", 1, 16, [1, 16, 12, 12], [0, 2, 1, 3])
+    x = np.random.default_rng(6).standard_normal((1, 8, 12, 12)).astype(np.float32)
+    compile_matching_onnxruntime(path, {"x": x}, rtol=1e-4, atol=1e-4)
+    assert _runtime_layout_transforms(path) > 2
+
+
+def test_a_grouped_conv_with_odd_group_widths_runs_as_one_block_diagonal_conv(tmp_path):
+    """4 groups of 28 channels (ShuffleNet's first unit): 14-wide blocks would split it into 4 convs with a layout
+    transform each; one block-diagonal conv keeps the blocked layout."""
+    rng = np.random.default_rng(17)
+    w = numpy_helper.from_array(rng.standard_normal((112, 28, 1, 1)).astype(np.float32), "w")
+    node = helper.make_node("Conv", ["x", "w"], ["y"], group=4)
+    path = save_graph(tmp_path / "g.onnx", [node], {"x": [1, 112, 10, 10]}, {"y": [1, 112, 10, 10]}, [w])
+    x = rng.standard_normal((1, 112, 10, 10)).astype(np.float32)
+    compile_matching_onnxruntime(path, {"x": x}, rtol=1e-4, atol=1e-4)
+    assert _runtime_layout_transforms(path) == 2

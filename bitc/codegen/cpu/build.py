@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 import onnx_ir as ir
 
-from bitc.codegen.cpu import fast_math, matmul_padding, nchwc, tuning
+from bitc.codegen.cpu import channel_gather, fast_math, matmul_padding, nchwc, tuning
 from bitc.codegen.cpu.schedules import default_schedule_pass
 from bitc.codegen.relax import half_accumulation, nan_semantics
 from bitc.codegen.relax.legalize_cache import Legalizer
@@ -62,6 +62,7 @@ def lower_to_fused_tir(mod: tvm.IRModule, target: CpuTarget) -> tuple[tvm.IRModu
         except Exception as exc:
             conv_layout = f"NCHW (layout conversion refused: {first_line(exc, 160)})"
         mod = nchwc.cancel_layout_round_trips(mod)
+        mod = channel_gather.gather_channel_permutations(mod)
         mod = matmul_padding.pad_matmul_columns(mod, target.vector_lanes)
         generic = nchwc.generic_convs(mod)
         lowered = tvm.transform.Sequential(legalize_and_fuse(legalize_map(), fold_call_tirs=True))(mod)

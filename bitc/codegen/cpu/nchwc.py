@@ -202,8 +202,13 @@ def _grouped_conv_as_convs(mutator: relax.PyExprMutator, call: relax.Call, block
     blockable = _channel_block(group_outputs, block) is not None and _channel_block(group_inputs, block) is not None
     if depthwise or groups > MAX_SPLIT_GROUPS or str(attrs.out_layout) != "NCHW":
         return None
-    if not blockable:
-        return _grouped_conv_as_dense(call, block)
+    # per-group counts no multiple of 8 (odd blocks) or too few: the split costs a layout transform per group and
+    # odd-width kernels; one block-diagonal dense conv stays in the blocked layout
+    whole_vectors = group_outputs % 8 == 0 and group_inputs % 8 == 0
+    if not blockable or not whole_vectors:
+        dense = _grouped_conv_as_dense(call, block)
+        if dense is not None or not blockable:
+            return dense
     data = mutator.builder_.emit(relax.op.split(call.args[0], groups, axis=1))
     weights = mutator.builder_.emit(relax.op.split(call.args[1], groups, axis=0))
     out_dtype = str(attrs.out_dtype) if str(attrs.out_dtype) not in ("", "None", "void") else None

@@ -208,3 +208,27 @@ def test_a_grouped_conv_with_odd_group_widths_runs_as_one_block_diagonal_conv(tm
     x = rng.standard_normal((1, 112, 10, 10)).astype(np.float32)
     compile_matching_onnxruntime(path, {"x": x}, rtol=1e-4, atol=1e-4)
     assert _runtime_layout_transforms(path) == 2
+
+
+@pytest.mark.parametrize("then", ["pool", "conv"])
+def test_a_deep_conv_with_unblocked_output_channels_runs_padded_and_matches_onnxruntime(tmp_path, then):
+    """100 output channels (no 16-block) over 32·3·3 inputs: zero filters up to 112, the real 100 sliced back."""
+    rng = np.random.default_rng(23)
+    inits = [
+        numpy_helper.from_array(rng.standard_normal((100, 32, 3, 3)).astype(np.float32) * 0.2, "w"),
+        numpy_helper.from_array(rng.standard_normal(100).astype(np.float32), "bias"),
+        numpy_helper.from_array(rng.standard_normal((24, 100, 1, 1)).astype(np.float32) * 0.2, "w2"),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["x", "w", "bias"], ["c"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c"], ["r"]),
+    ]
+    if then == "pool":
+        nodes.append(helper.make_node("GlobalAveragePool", ["r"], ["y"]))
+        out = [1, 100, 1, 1]
+    else:
+        nodes.append(helper.make_node("Conv", ["r", "w2"], ["y"]))
+        out = [1, 24, 13, 13]
+    path = save_graph(tmp_path / "pad.onnx", nodes, {"x": [1, 32, 13, 13]}, {"y": out}, inits)
+    x = rng.standard_normal((1, 32, 13, 13)).astype(np.float32)
+    compile_matching_onnxruntime(path, {"x": x}, rtol=1e-4, atol=1e-4)

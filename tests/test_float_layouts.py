@@ -232,3 +232,42 @@ def test_a_deep_conv_with_unblocked_output_channels_runs_padded_and_matches_onnx
     path = save_graph(tmp_path / "pad.onnx", nodes, {"x": [1, 32, 13, 13]}, {"y": out}, inits)
     x = rng.standard_normal((1, 32, 13, 13)).astype(np.float32)
     compile_matching_onnxruntime(path, {"x": x}, rtol=1e-4, atol=1e-4)
+
+
+def _runtime_kernels(path) -> list[str]:
+    """The kernels the lowered model calls at run time, in order."""
+    from tvm import relax
+
+    from bitc.codegen.cpu.build import lower_to_fused_tir
+    from bitc.codegen.relax_import import to_relax
+    from bitc.codegen.target import parse_target
+    from bitc.frontend import load_onnx
+    from bitc.passes import run_pipeline
+
+    target = parse_target("cpu", None)
+    model, _ = run_pipeline(load_onnx(path), None, check_exact=False)
+    mod, _, _ = lower_to_fused_tir(to_relax(model, "m", target), target)
+    called = []
+
+    def visit(expr):
+        if isinstance(expr, relax.Call) and getattr(expr.op, "name", "") == "relax.call_tir":
+            called.append(expr.args[0].name_hint)
+
+    relax.analysis.post_order_visit(mod["main"].body, visit)
+    return called
+
+
+@pytest.mark.parametrize("activation", ["silu", "add_clip_mul_div"])
+def test_an_epilogue_that_reads_the_conv_twice_joins_the_conv_kernel(tmp_path, activation):
+    """x·sigmoid(x) and x·clip(x+3, 0, 6)/6 read the conv's result twice; TVM's fusion stops there, the epilogue
+    fusion joins them to the conv: each conv is one kernel with its activation, and the values match."""
+    nodes = {
+        "silu": [helper.make_node("Sigmoid", ["a"], ["s"]), helper.make_node("Mul", ["a", "s"], ["b"])],
+        "add_clip_mul_div": ACTIVATIONS["add_clip_mul_div"],
+    }[activation]
+    path = _conv_act_conv(tmp_path / f"{activation}.onnx", nodes)
+    x = np.random.default_rng(3).standard_normal((1, 8, 12, 12)).astype(np.float32)
+    compile_matching_onnxruntime(path, {"x": x}, rtol=1e-4, atol=1e-4)
+    convs = [name for name in _runtime_kernels(path) if "conv2d" in name]
+    assert len(convs) == 2 and any("multiply" in name for name in convs), _runtime_kernels(path)
+    assert len(_runtime_kernels(path)) == 4  # input transform, conv + activation, conv, output transform

@@ -626,6 +626,33 @@ def legalize_layout_transform(bb: relax.BlockBuilder, call: relax.Call) -> relax
     return relax.call_tir(gvar, args, [relax.TensorType(shape, "bool")])
 
 
+def legalize_bijective_layout_transform(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
+    """A blocking layout transform without padding (NCHW → NCHW16c) as a compute over the *output* index space:
+    each output element reads the input element the inverse map names. TVM's own iterates over the input and
+    writes through the map, so its vectors scatter their stores (stride 16) with per-lane div/mod: a
+    [1, 256, 100, 76] transform took 3.9 ms, 0.9 ms over the output. Unblocking keeps TVM's (it reads whole
+    vectors of the input; over the output it would gather with stride 16: 2.4x slower)."""
+    import tvm
+    from tvm import te
+
+    default = tvm.ir.Op.get("relax.layout_transform").get_attr("FLegalize")
+    data = call.args[0]
+    try:
+        shape = [int(d) for d in data.ty.shape]
+        inverse, padding = call.attrs.index_map.non_surjective_inverse(shape)
+        exact = call.attrs.pad_value is None and isinstance(padding, tvm.tirx.IntImm) and not padding.value
+    except Exception:  # symbolic shapes, maps without an inverse: TVM's own
+        exact = False
+    out_shape = [int(d) for d in call.attrs.index_map.map_shape(shape)] if exact else []
+    if not exact or len(out_shape) <= len(shape):  # unblocking reads whole input vectors already: TVM's own
+        return default(bb, call)
+
+    def compute(x: te.Tensor) -> te.Tensor:
+        return te.compute(out_shape, lambda *i: x(*inverse.map_indices(list(i))), name="te_layout_transform")
+
+    return bb.call_te(compute, data, primfunc_name_hint="te_layout_transform")
+
+
 def to_blocked(x: relax.Expr, block: int) -> relax.Expr:
     """NCHW → NCHW{block}c. `cancel_layout_round_trips` removes it where the producer is blocked already."""
     from tvm import relax

@@ -109,6 +109,7 @@ def schedule_anchor(func: tirx.PrimFunc, num_cores: int, vector_lanes: int) -> s
     if len(reductions) != 1:
         return None
     block = reductions[0]
+    _inline_epilogue(sch, block)
     iter_vars = sch.get(block).iter_vars
     loops = sch.get_loops(block)
     if len(loops) != len(iter_vars):
@@ -194,10 +195,27 @@ def schedule_anchor(func: tirx.PrimFunc, num_cores: int, vector_lanes: int) -> s
     write_loops = sch.get_loops(accumulator)
     _, write_inner = sch.split(write_loops[-1], [None, lanes])
     sch.vectorize(write_inner)
+    for epilogue in sch.get_consumers(accumulator):  # one the write-back could not take in (reads it twice)
+        if _same_domain(sch, accumulator, epilogue) and _try(sch.reverse_compute_at, epilogue, tile, ok=True):
+            _, epilogue_inner = sch.split(sch.get_loops(epilogue)[-1], [None, lanes])
+            sch.vectorize(epilogue_inner)
     if is_depthwise:
         for loop in reduce:
             sch.unroll(loop)
     return sch
+
+
+def _inline_epilogue(sch: s_tir.Schedule, anchor: SBlockRV) -> None:
+    """Elementwise stages after the anchor that read its result more than once (HardSwish, SiLU: joined by
+    `epilogue_fusion`) inlined into the last one, so the epilogue is a single consumer that the accumulator
+    write-back can take in (bounded by `_inlined_producers`: no exponential copies)."""
+    blocks = _blocks(sch)
+    position = next((i for i, b in enumerate(blocks) if sch.get(b).same_as(sch.get(anchor))), None)
+    after = blocks[position + 1 :] if position is not None else []
+    if len(after) < 2 or any(_has_reduction(sch.get(b)) for b in after):
+        return
+    for stage in _inlined_producers(sch, after):
+        _try(sch.compute_inline, stage, ok=True)
 
 
 def schedule_single_row_reduction(func: tirx.PrimFunc, vector_lanes: int) -> s_tir.Schedule | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from bitc.codegen.relax.fold_call_tir import fold_call_tir_pass
@@ -11,9 +12,12 @@ if TYPE_CHECKING:
     import tvm
 
 
-def legalize_and_fuse(legalize_map: dict[str, Legalizer], *, fold_call_tirs: bool) -> list[tvm.transform.Pass]:
+def legalize_and_fuse(
+    legalize_map: dict[str, Legalizer], *, fold_call_tirs: bool, after_fuse_ops: Sequence[tvm.transform.Pass] = ()
+) -> list[tvm.transform.Pass]:
     """Decompose and legalize every op to TIR (`legalize_map` over TVM's own, each distinct call once), fold
-    constants and fuse operators. `fold_call_tirs` folds the all-constant call_tirs first, one build per PrimFunc."""
+    constants and fuse operators. `fold_call_tirs` folds the all-constant call_tirs first, one build per PrimFunc;
+    `after_fuse_ops` run on the fused groups before they become PrimFuncs."""
     from tvm import relax
 
     return [
@@ -29,5 +33,6 @@ def legalize_and_fuse(legalize_map: dict[str, Legalizer], *, fold_call_tirs: boo
         *([fold_call_tir_pass()] if fold_call_tirs else []),
         relax.transform.FoldConstant(),
         relax.transform.FuseOps(),
+        *after_fuse_ops,
         relax.transform.FuseTIR(),
     ]

@@ -114,7 +114,9 @@ def broadcast_binary(fn: Callable[..., tirx.Expr], a: te.Tensor, b: te.Tensor | 
     shapes = [list(x.shape) if isinstance(x, te.Tensor) else [] for x in (a, b)]
     shape = _broadcast_shape(*shapes)
     dtype = str(a.dtype)
-    return te.compute(shape, lambda *i: fn(_element(a, i), _element(b, i), dtype), name=name, tag="broadcast")
+    return te.compute(
+        shape, lambda *i: fn(_element(a, i, shape), _element(b, i, shape), dtype), name=name, tag="broadcast"
+    )
 
 
 def _broadcast_shape(a: Sequence[Any], b: Sequence[Any]) -> list[Any]:
@@ -124,14 +126,17 @@ def _broadcast_shape(a: Sequence[Any], b: Sequence[Any]) -> list[Any]:
     return [y if _is_one(x) else x for x, y in zip(a, b, strict=True)]
 
 
-def _element(x: te.Tensor | tirx.Expr | float, index: Sequence[tirx.Var]) -> tirx.Expr | float:
-    """x at the broadcast output index: trailing axes aligned, size-1 axes read at 0."""
+def _element(x: te.Tensor | tirx.Expr | float, index: Sequence[tirx.Var], shape: Sequence[Any]) -> tirx.Expr | float:
+    """x at the broadcast output index: trailing axes aligned, axes broadcast from size 1 read at 0. An axis of
+    size 1 in the output too keeps its index variable: fused with a producer that reads it by that variable, one
+    index form per element keeps the region analysis of the fused epilogue exact."""
     from tvm import te
 
     if not isinstance(x, te.Tensor):
         return x
     tail = index[len(index) - len(x.shape) :]
-    return x(*[0 if _is_one(dim) else i for dim, i in zip(x.shape, tail, strict=True)])
+    out = shape[len(shape) - len(x.shape) :]
+    return x(*[0 if _is_one(dim) and not _is_one(o) else i for dim, i, o in zip(x.shape, tail, out, strict=True)])
 
 
 def _is_one(dim: int | tirx.Expr) -> bool:

@@ -271,3 +271,64 @@ def test_an_epilogue_that_reads_the_conv_twice_joins_the_conv_kernel(tmp_path, a
     convs = [name for name in _runtime_kernels(path) if "conv2d" in name]
     assert len(convs) == 2 and any("multiply" in name for name in convs), _runtime_kernels(path)
     assert len(_runtime_kernels(path)) == 4  # input transform, conv + activation, conv, output transform
+
+
+@pytest.mark.parametrize("form", ["erf", "tanh"])
+def test_a_matmul_with_a_gelu_epilogue_matches_onnxruntime(tmp_path, form):
+    """GELU reads the matmul's result several times: the joined epilogue must compute it as the graph does."""
+    rng = np.random.default_rng(29)
+    inits = [
+        numpy_helper.from_array(rng.standard_normal((64, 48)).astype(np.float32) * 0.2, "w"),
+        numpy_helper.from_array(rng.standard_normal(48).astype(np.float32), "bias"),
+        numpy_helper.from_array(np.array(0.5, np.float32), "half"),
+        numpy_helper.from_array(np.array(1.0, np.float32), "one"),
+        numpy_helper.from_array(np.array(2**-0.5, np.float32), "rsqrt2"),
+        numpy_helper.from_array(np.array(0.044715, np.float32), "c"),
+        numpy_helper.from_array(np.array((2 / np.pi) ** 0.5, np.float32), "k"),
+    ]
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["m"]), helper.make_node("Add", ["m", "bias"], ["a"])]
+    if form == "erf":
+        nodes += [
+            helper.make_node("Mul", ["a", "rsqrt2"], ["s"]),
+            helper.make_node("Erf", ["s"], ["e"]),
+        ]
+    else:
+        nodes += [
+            helper.make_node("Mul", ["a", "a"], ["a2"]),
+            helper.make_node("Mul", ["a2", "a"], ["a3"]),
+            helper.make_node("Mul", ["a3", "c"], ["ca3"]),
+            helper.make_node("Add", ["a", "ca3"], ["inner"]),
+            helper.make_node("Mul", ["inner", "k"], ["s"]),
+            helper.make_node("Tanh", ["s"], ["e"]),
+        ]
+    nodes += [
+        helper.make_node("Add", ["e", "one"], ["e1"]),
+        helper.make_node("Mul", ["a", "e1"], ["ae"]),
+        helper.make_node("Mul", ["ae", "half"], ["y"]),
+    ]
+    path = save_graph(tmp_path / "gelu.onnx", nodes, {"x": [1, 16, 64]}, {"y": [1, 16, 48]}, inits)
+    x = rng.standard_normal((1, 16, 64)).astype(np.float32)
+    compile_matching_onnxruntime(path, {"x": x}, rtol=1e-4, atol=1e-5)
+
+
+def test_a_squeeze_excitation_block_matches_onnxruntime(tmp_path):
+    """conv → (global pool → 1×1 convs → HardSigmoid) → Mul back onto the conv's [N, C, H, W] result: the Mul
+    broadcasts a [N, C, 1, 1] gate, which must not be joined to the small conv that makes the gate."""
+    rng = np.random.default_rng(31)
+    inits = [
+        numpy_helper.from_array(rng.standard_normal((32, 8, 3, 3)).astype(np.float32) * 0.3, "w1"),
+        numpy_helper.from_array(rng.standard_normal((8, 32, 1, 1)).astype(np.float32) * 0.3, "w2"),
+        numpy_helper.from_array(rng.standard_normal((32, 8, 1, 1)).astype(np.float32) * 0.3, "w3"),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["a"], pads=[1, 1, 1, 1]),
+        helper.make_node("GlobalAveragePool", ["a"], ["p"]),
+        helper.make_node("Conv", ["p", "w2"], ["q"]),
+        helper.make_node("Relu", ["q"], ["r"]),
+        helper.make_node("Conv", ["r", "w3"], ["g"]),
+        helper.make_node("HardSigmoid", ["g"], ["h"]),
+        helper.make_node("Mul", ["a", "h"], ["y"]),
+    ]
+    path = save_graph(tmp_path / "se.onnx", nodes, {"x": [1, 8, 12, 12]}, {"y": [1, 32, 12, 12]}, inits)
+    x = rng.standard_normal((1, 8, 12, 12)).astype(np.float32)
+    compile_matching_onnxruntime(path, {"x": x}, rtol=1e-4, atol=1e-5)

@@ -199,6 +199,8 @@ def schedule_anchor(func: tirx.PrimFunc, num_cores: int, vector_lanes: int) -> s
         if _same_domain(sch, accumulator, epilogue) and _try(sch.reverse_compute_at, epilogue, tile, ok=True):
             _, epilogue_inner = sch.split(sch.get_loops(epilogue)[-1], [None, lanes])
             sch.vectorize(epilogue_inner)
+        elif len(sch.get_loops(epilogue)) > 1:  # over another domain (an SE gate times the activation): its own
+            _try(_parallel_vectorized, sch, epilogue, lanes)  # parallel, vectorised loop, not a serial one
     if is_depthwise:
         for loop in reduce:
             sch.unroll(loop)
@@ -209,10 +211,17 @@ def _inline_epilogue(sch: s_tir.Schedule, anchor: SBlockRV) -> None:
     """Elementwise stages after the anchor that read its result more than once (HardSwish, SiLU: joined by
     `epilogue_fusion`) inlined into the last one, so the epilogue is a single consumer that the accumulator
     write-back can take in (bounded by `_inlined_producers`: no exponential copies)."""
+    import math
+
+    from tvm import tirx
+
     blocks = _blocks(sch)
     position = next((i for i, b in enumerate(blocks) if sch.get(b).same_as(sch.get(anchor))), None)
     after = blocks[position + 1 :] if position is not None else []
     if len(after) < 2 or any(_has_reduction(sch.get(b)) for b in after):
+        return
+    outputs = math.prod(int(iv.dom.extent) for iv in sch.get(anchor).iter_vars if iv.iter_type == tirx.IterVar.DataPar)
+    if any(_points(sch, b) != outputs for b in after):  # a broadcast (SE gate × activation): left as is
         return
     for stage in _inlined_producers(sch, after):
         _try(sch.compute_inline, stage, ok=True)
@@ -485,14 +494,16 @@ def _same_domain(sch: s_tir.Schedule, producer: SBlockRV, consumer: SBlockRV) ->
     consumer that reads only part of the producer (a slice of its first columns) and then writes the whole
     producer domain through the consumer's indices: out of bounds. An epilogue (bias, activation, reshape) covers
     the domain; a slice does not, and stays a block of its own."""
+    size = _points(sch, producer)
+    return size is not None and size == _points(sch, consumer)
+
+
+def _points(sch: s_tir.Schedule, block: SBlockRV) -> int | None:
+    """How many points `block` iterates over (None when an extent is not a constant)."""
     import math
 
-    def points(block: SBlockRV) -> int | None:
-        extents = [getattr(iv.dom.extent, "value", None) for iv in sch.get(block).iter_vars]
-        return None if None in extents else math.prod(extents)
-
-    size = points(producer)
-    return size is not None and size == points(consumer)
+    extents = [getattr(iv.dom.extent, "value", None) for iv in sch.get(block).iter_vars]
+    return None if None in extents else math.prod(extents)
 
 
 def _has_reduction(block: s_tir.SBlock) -> bool:

@@ -549,7 +549,7 @@ def _dim_values(items: list[str]) -> dict[str, list[int]]:
             parsed = []
         if not name or not parsed or any(v <= 0 for v in parsed):
             raise BadInputError(f"--dim expects NAME=N or NAME=N1,N2,... with positive sizes, got '{item}'")
-        values.setdefault(name, []).extend(v for v in parsed if v not in values.get(name, []))
+        values.setdefault(name, []).extend(parsed)  # repeats are dropped with the other checks, in dim_values
     return values
 
 

@@ -42,8 +42,8 @@ ACTIVATIONS = {
 }
 
 
-def _runtime_layout_transforms(path) -> int:
-    """Layout transforms left in the lowered model that run at run time (constant ones are folded away)."""
+def _runtime_kernels(path) -> list[str]:
+    """The kernels the lowered model calls at run time, in order."""
     from tvm import relax
 
     from bitc.codegen.cpu.build import lower_to_fused_tir
@@ -62,7 +62,12 @@ def _runtime_layout_transforms(path) -> int:
             called.append(expr.args[0].name_hint)
 
     relax.analysis.post_order_visit(mod["main"].body, visit)
-    return sum(name.startswith("te_layout_transform") for name in called)
+    return called
+
+
+def _runtime_layout_transforms(path) -> int:
+    """Layout transforms left in the lowered model that run at run time (constant ones are folded away)."""
+    return sum(name.startswith("te_layout_transform") for name in _runtime_kernels(path))
 
 
 @pytest.mark.parametrize("activation", sorted(ACTIVATIONS))
@@ -234,29 +239,6 @@ def test_a_deep_conv_with_unblocked_output_channels_runs_padded_and_matches_onnx
     compile_matching_onnxruntime(path, {"x": x}, rtol=1e-4, atol=1e-4)
 
 
-def _runtime_kernels(path) -> list[str]:
-    """The kernels the lowered model calls at run time, in order."""
-    from tvm import relax
-
-    from bitc.codegen.cpu.build import lower_to_fused_tir
-    from bitc.codegen.relax_import import to_relax
-    from bitc.codegen.target import parse_target
-    from bitc.frontend import load_onnx
-    from bitc.passes import run_pipeline
-
-    target = parse_target("cpu", None)
-    model, _ = run_pipeline(load_onnx(path), None, check_exact=False)
-    mod, _, _ = lower_to_fused_tir(to_relax(model, "m", target), target)
-    called = []
-
-    def visit(expr):
-        if isinstance(expr, relax.Call) and getattr(expr.op, "name", "") == "relax.call_tir":
-            called.append(expr.args[0].name_hint)
-
-    relax.analysis.post_order_visit(mod["main"].body, visit)
-    return called
-
-
 @pytest.mark.parametrize("activation", ["silu", "add_clip_mul_div"])
 def test_an_epilogue_that_reads_the_conv_twice_joins_the_conv_kernel(tmp_path, activation):
     """x·sigmoid(x) and x·clip(x+3, 0, 6)/6 read the conv's result twice; TVM's fusion stops there, the epilogue
@@ -268,9 +250,10 @@ def test_an_epilogue_that_reads_the_conv_twice_joins_the_conv_kernel(tmp_path, a
     path = _conv_act_conv(tmp_path / f"{activation}.onnx", nodes)
     x = np.random.default_rng(3).standard_normal((1, 8, 12, 12)).astype(np.float32)
     compile_matching_onnxruntime(path, {"x": x}, rtol=1e-4, atol=1e-4)
-    convs = [name for name in _runtime_kernels(path) if "conv2d" in name]
-    assert len(convs) == 2 and any("multiply" in name for name in convs), _runtime_kernels(path)
-    assert len(_runtime_kernels(path)) == 4  # input transform, conv + activation, conv, output transform
+    kernels = _runtime_kernels(path)
+    convs = [name for name in kernels if "conv2d" in name]
+    assert len(convs) == 2 and any("multiply" in name for name in convs), kernels
+    assert len(kernels) == 4  # input transform, conv + activation, conv, output transform
 
 
 @pytest.mark.parametrize("form", ["erf", "tanh"])

@@ -21,7 +21,6 @@ from bitc.errors import BadInputError
 MAX_VARIANTS = 16  # each size is a full compile and a library of its own (weights included)
 
 Shapes = dict[str, list[Any]]  # an input's dims: sizes, or a declared name / None left dynamic
-DeclaredDims = Mapping[str, Sequence[int | str | None] | None]  # an input's dims: a number, a name, or unknown
 
 
 def shape_lists(input_shapes: Any) -> dict[str, list[list[int]]]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from bitc.codegen.relax.rewrite import rewrite_calls
+from bitc.codegen.relax.rewrite import declared_out_dtype, rewrite_calls
 
 if TYPE_CHECKING:
     import tvm
@@ -47,6 +47,6 @@ def _padded(mutator: relax.PyExprMutator, call: relax.Call, lanes: int) -> relax
         return None
     padded = np.zeros((values.shape[0], padded_columns), dtype=values.dtype)
     padded[:, :columns] = values
-    out_dtype = call.attrs.out_dtype if str(call.attrs.out_dtype) not in ("", "void", "None") else None
+    out_dtype = declared_out_dtype(call.attrs)
     product = mutator.builder_.emit(relax.op.matmul(call.args[0], relax.const(padded), out_dtype=out_dtype))
     return relax.op.strided_slice(product, axes=[data_ndim - 1], begin=[0], end=[columns])

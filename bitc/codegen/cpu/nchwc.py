@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from bitc.codegen.cpu.layout_segments import apply_isolating_failures
-from bitc.codegen.relax.rewrite import rewrite_calls
+from bitc.codegen.relax.rewrite import declared_out_dtype, rewrite_calls
 
 if TYPE_CHECKING:
     import tvm
@@ -76,7 +76,7 @@ def _conv1d_as_conv2d(mutator: relax.PyExprMutator, call: relax.Call) -> relax.E
         return None
     (stride,), (dilation,) = (int(v) for v in attrs.strides), (int(v) for v in attrs.dilation)
     begin, end = (int(v) for v in attrs.padding)
-    out_dtype = str(attrs.out_dtype) if str(attrs.out_dtype) not in ("", "None", "void") else None
+    out_dtype = declared_out_dtype(attrs)
     conv = relax.op.nn.conv2d(
         relax.op.expand_dims(call.args[0], [3]),
         relax.op.expand_dims(call.args[1], [3]),
@@ -176,8 +176,7 @@ def _upsampling_transpose_as_conv(mutator: relax.PyExprMutator, call: relax.Call
     weight = relax.op.reshape(
         relax.op.permute_dims(call.args[1], [1, 2, 3, 0]), [out_channels * kh * kw, in_channels, 1, 1]
     )
-    out_dtype = str(attrs.out_dtype) if str(attrs.out_dtype) not in ("", "None", "void") else None
-    conv = relax.op.nn.conv2d(call.args[0], weight, out_dtype=out_dtype)
+    conv = relax.op.nn.conv2d(call.args[0], weight, out_dtype=declared_out_dtype(attrs))
     shuffled = relax.op.permute_dims(relax.op.reshape(conv, [n, out_channels, kh, kw, h, w]), [0, 1, 4, 2, 5, 3])
     return relax.op.reshape(shuffled, [n, out_channels, h * kh, w * kw])
 
@@ -212,18 +211,8 @@ def _grouped_conv_as_convs(mutator: relax.PyExprMutator, call: relax.Call, block
             return dense
     data = mutator.builder_.emit(relax.op.split(call.args[0], groups, axis=1))
     weights = mutator.builder_.emit(relax.op.split(call.args[1], groups, axis=0))
-    out_dtype = str(attrs.out_dtype) if str(attrs.out_dtype) not in ("", "None", "void") else None
     convs = [
-        mutator.builder_.emit(
-            relax.op.nn.conv2d(
-                relax.TupleGetItem(data, index),
-                relax.TupleGetItem(weights, index),
-                strides=attrs.strides,
-                padding=attrs.padding,
-                dilation=attrs.dilation,
-                out_dtype=out_dtype,
-            )
-        )
+        mutator.builder_.emit(_conv_like(call, relax.TupleGetItem(data, index), relax.TupleGetItem(weights, index)))
         for index in range(groups)
     ]
     return relax.op.concat(convs, axis=1)
@@ -254,14 +243,21 @@ def _grouped_conv_as_dense(call: relax.Call, block: int) -> relax.Expr | None:
     for g in range(groups):
         rows = slice(g * per_group, (g + 1) * per_group)
         dense[rows, g * group_inputs : (g + 1) * group_inputs] = values[rows]
-    out_dtype = str(attrs.out_dtype) if str(attrs.out_dtype) not in ("", "None", "void") else None
+    return _conv_like(call, call.args[0], relax.const(dense))
+
+
+def _conv_like(call: relax.Call, data: relax.Expr, weight: relax.Expr) -> relax.Expr:
+    """An ungrouped NCHW conv2d over `data` and `weight` with `call`'s strides, padding, dilation and out_dtype."""
+    from tvm import relax
+
+    attrs = call.attrs
     return relax.op.nn.conv2d(
-        call.args[0],
-        relax.const(dense),
+        data,
+        weight,
         strides=attrs.strides,
         padding=attrs.padding,
         dilation=attrs.dilation,
-        out_dtype=out_dtype,
+        out_dtype=declared_out_dtype(attrs),
     )
 
 
@@ -296,17 +292,7 @@ def _output_channels_padded(mutator: relax.PyExprMutator, call: relax.Call, bloc
         return None
     padded = np.zeros((padded_channels, *values.shape[1:]), values.dtype)
     padded[:out_channels] = values
-    out_dtype = str(attrs.out_dtype) if str(attrs.out_dtype) not in ("", "None", "void") else None
-    conv = mutator.builder_.emit(
-        relax.op.nn.conv2d(
-            call.args[0],
-            relax.const(padded),
-            strides=attrs.strides,
-            padding=attrs.padding,
-            dilation=attrs.dilation,
-            out_dtype=out_dtype,
-        )
-    )
+    conv = mutator.builder_.emit(_conv_like(call, call.args[0], relax.const(padded)))
     return relax.op.strided_slice(conv, axes=[1], begin=[0], end=[out_channels])
 
 

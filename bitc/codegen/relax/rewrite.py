@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import tvm
@@ -29,3 +29,10 @@ def rewrite_calls(
         if isinstance(func, relax.Function):
             rewriter.builder_.update_func(gvar, rewriter.visit_expr(func))
     return rewriter.builder_.get()
+
+
+def declared_out_dtype(attrs: Any) -> str | None:
+    """A conv's or matmul's `out_dtype` attribute for rebuilding the call, None where it is unset (the op then
+    keeps its input's dtype)."""
+    text = str(attrs.out_dtype)
+    return text if text not in ("", "None", "void") else None

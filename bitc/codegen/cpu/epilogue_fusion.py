@@ -10,6 +10,7 @@ one; the anchor schedule then computes the epilogue in registers as it writes th
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -63,22 +64,28 @@ def _merge_block(
     removed: set[Any] = set()
     replaced: dict[Any, Any] = {}
     joined: dict[tuple[str, str, int], Any] = {}
+    added: dict[Any, relax.Function] = {}  # joined functions, in the builder's module only
+
+    def function(gvar: relax.GlobalVar) -> Any:
+        return added[gvar] if gvar in added else mod[gvar]
+
     for binding in bindings:
-        epilogue = _primitive(mod, binding.value)
+        epilogue = _primitive(function, binding.value)
         if epilogue is None or not _only_elementwise(mod, epilogue):
             continue
         for index, arg in enumerate(binding.value.args):
             source = producer_of.get(arg) if isinstance(arg, relax.Var) else None
             if source is None or source.var in removed or uses.get(arg, 0) != 1:
                 continue
-            anchor = _primitive(mod, replaced.get(source.var, source).value)
+            anchor_call = replaced.get(source.var, source).value  # a group joined earlier is an anchor group too
+            anchor = _primitive(function, anchor_call)
             if anchor is None or not _has_one_anchor(mod, anchor) or not _same_shape(source.var, binding.var):
                 continue
-            anchor_call = replaced.get(source.var, source).value
             merged, args = _joined(mod, anchor, anchor_call.args, epilogue, binding.value.args, index)
             key = (anchor_call.op.name_hint, binding.value.op.name_hint, index)
             if key not in joined:  # the same pair again (a repeated block) calls the same function
                 joined[key] = builder.add_func(merged, f"{key[0]}_{key[1].removeprefix('fused_')}")
+                added[joined[key]] = merged
             call = relax.Call(joined[key], args, ret_ty=binding.value.ty)
             replaced[binding.var] = relax.VarBinding(binding.var, call)
             removed.add(source.var)
@@ -140,13 +147,13 @@ def _renamed(expr: Any, remap: dict[Any, Any]) -> Any:
     return expr
 
 
-def _primitive(mod: tvm.IRModule, value: Any) -> relax.Function | None:
-    """The fused (Primitive) Relax function `value` calls, if it is such a call."""
+def _primitive(function: Callable[[relax.GlobalVar], Any], value: Any) -> relax.Function | None:
+    """The fused (Primitive) Relax function `value` calls (`function` looks it up), if it is such a call."""
     from tvm import relax
 
     if not isinstance(value, relax.Call) or not isinstance(value.op, relax.GlobalVar):
         return None
-    func = mod[value.op]
+    func = function(value.op)
     attrs = func.attrs if isinstance(func, relax.Function) else None
     if attrs is None or not attrs.get("Primitive"):
         return None

@@ -121,6 +121,12 @@ def _parser(pass_flags: bool = True) -> argparse.ArgumentParser:
     )
     if pass_flags:
         _add_pass_flags(p)
+    p.add_argument(
+        "--prefill-chunk",
+        type=int,
+        metavar="S",
+        help="a decoder with a dynamic token count: prompt tokens per prefill step (default 32; 1: none)",
+    )
     p.add_argument("--tune-trials", type=int, metavar="N", help="MetaSchedule trials to run (default 0)")
     p.add_argument("--tuning-db", metavar="DIR", help="tuning database folder (default: ~/.cache/bitc/tuning)")
     p.add_argument("--no-tuning-db", action="store_true", help="ignore tuned schedules (default schedules only)")
@@ -233,6 +239,7 @@ def _compile_options(args: argparse.Namespace) -> dict[str, Any]:
         "input_shapes": _shape_lists(args.input_shape) or None,
         "dims": _dim_values(args.dim) or None,
         "tune_trials": args.tune_trials,
+        "prefill_chunk": args.prefill_chunk,
         "tuning_db": args.tuning_db,
         "use_tuning_db": False if args.no_tuning_db else None,
         "dump_ir": args.dump_ir,

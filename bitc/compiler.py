@@ -18,18 +18,22 @@ import numpy as np
 import onnx_ir as ir
 
 from bitc.atomic import check_output_path, process_temp_dir
-from bitc.codegen.build import BuildResult, build
-from bitc.codegen.cpu import tuning
-from bitc.codegen.target import Target, parse_target
+from bitc.codegen.build import BuildResult, build, build_sizes
+from bitc.codegen.cpu import float_gemv, tuning
+from bitc.codegen.relax import module_merge
+from bitc.codegen.target import CpuTarget, Target, parse_target
 from bitc.errors import BadInputError
 from bitc.frontend import from_torch, load_onnx, normalize, onnx_lowering, shape_variants
 from bitc.frontend.index_ranges import input_index_ranges
 from bitc.frontend.narrow_types import narrow_io
 from bitc.ir.shapes import infer_shapes, static_shape
 from bitc.layers import layer_table, summarize_layers
-from bitc.passes import PassRecord, insert_pass, registry, run_pipeline
+from bitc.passes import PassRecord, insert_pass, parse_pipeline, registry, run_pipeline
 from bitc.runtime.artifact import FORMAT, FORMAT_VERSION, LIBRARY_NAME, write_artifact
 from bitc.runtime.kv_cache import METADATA_KEY as KV_METADATA_KEY
+
+DEFAULT_PREFILL_CHUNK = 32  # prompt tokens per prefill step (the cache quantizes groups of 32 tokens)
+MAX_PREFILL_CHUNK = float_gemv.GEMM_MAX_ROWS  # the few-row GEMM's limit: longer chunks would lose its speed
 
 
 @dataclass
@@ -61,6 +65,7 @@ def compile(
     verify: bool = False,
     check_exact: bool = True,
     num_cores: int | None = None,
+    prefill_chunk: int | None = None,
     on_pass: Callable[[PassRecord], None] | None = None,
     on_tuning: Callable[[int, int], None] | None = None,
     on_stage: Callable[[str], None] | None = None,
@@ -75,7 +80,9 @@ def compile(
     gives MatMul/Gemm layers low-bit weights with float activations: a plane count, "ternary", or the
     `lowbit_linear` pass's options (group_size, salient, calibration, ...). `kv_compress` compresses a decoder's
     KV cache: a bit width or the `kv_compress` pass's options (residual, key_group, pre_rope, ...); the artifact
-    then runs through `bitc.load(path).session()`.
+    then runs through `bitc.load(path).session()`; a decoder exported with a dynamic token count (ids [1, S]) gets
+    a one-token decode step and a `prefill_chunk`-token prefill step in one artifact (weights shared), and the
+    session feeds prompts through the prefill step.
     Any other registered pass is asked for the same way, by its name: `bitc.compile(..., my_pass={...})`; each
     requested pass goes where its phase puts it in the pipeline.
     `input_shapes` fixes dynamic input dims ({"x": [1, 3, 224, 224]}); a list of shapes for an input
@@ -93,7 +100,6 @@ def compile(
         raise BadInputError(f"--tune-trials must be >= 0, got {tune_trials}")
 
     output_path = _output_path(output, model)
-    sizes = _requested_sizes(model, input_shapes, dims, example_inputs)
     requested = {
         "prune": prune,
         "reorder": reorder,
@@ -103,25 +109,37 @@ def compile(
         **pass_options,
     }
     passes = _with_requested_passes(passes, requested)
+    sizes = _requested_sizes(model, input_shapes, dims, example_inputs)
+    decoder = "kv_compress" in [name for name, _ in parse_pipeline(passes)]
+    if sizes == [None] and decoder:
+        sizes = _decoder_sizes(model, DEFAULT_PREFILL_CHUNK if prefill_chunk is None else prefill_chunk)
+        if sizes == [None] and prefill_chunk is not None and prefill_chunk > 1:
+            raise BadInputError(
+                f"--prefill-chunk {prefill_chunk}: the decoder's token input has a fixed size, so it has no prefill "
+                "step; export it with a dynamic token count (ids [1, S]) to get one"
+            )
+    elif prefill_chunk is not None:
+        raise BadInputError(
+            "--prefill-chunk applies to a decoder compiled with a runtime-owned KV cache (--kv-bits) whose token "
+            "count is dynamic, without --input-shape / --dim (those give the sizes themselves)"
+        )
     options = tuning.TuningOptions(
         trials=tune_trials,
         database_dir=Path(tuning_db) if tuning_db else None,
         use_database=use_tuning_db,
         on_progress=on_tuning,
     )
-    compiled: list[_CompiledSize] = []
+    prepared: list[_PreparedSize] = []
     for index, shapes in enumerate(sizes):
         if len(sizes) > 1:
             stage(f"size {index + 1} of {len(sizes)}: {describe_shapes(shapes)}")
         dump_dir = Path(dump_ir) / f"size{index}" if dump_ir and len(sizes) > 1 else dump_ir
-        compiled.append(
-            _compile_size(
+        prepared.append(
+            _prepare_size(
                 model,
                 shapes,
                 example_inputs,
                 passes,
-                build_target,
-                options,
                 copy_model=len(sizes) > 1,
                 dump_dir=dump_dir,
                 verify=verify,
@@ -131,6 +149,9 @@ def compile(
                 timings=timings,
             )
         )
+    _check_decoder_sizes(prepared)
+    stage("tuning and building" if options.trials else "building (TVM)")
+    compiled = _build_sizes(prepared, build_target, options, timings)
     first = compiled[0]
     ir_model, records, built = first.model, first.records, first.built
     layers = layer_table(ir_model)
@@ -153,8 +174,6 @@ def compile(
     if built.kernels:
         manifest["kernels"] = built.kernels
     if (kv_cache := ir_model.metadata_props.get(KV_METADATA_KEY)) is not None:
-        if len(compiled) > 1:
-            raise BadInputError("a decoder with a runtime-owned KV cache is compiled for one input size only")
         manifest["kv_cache"] = json.loads(kv_cache)
     members = {LIBRARY_NAME: built.library, **built.members}
     if len(compiled) > 1:
@@ -168,25 +187,30 @@ def compile(
 
 
 @dataclass
-class _CompiledSize:
-    """One input size's compile: the model after the passes, the pass log, the build and the I/O specs."""
+class _PreparedSize:
+    """One input size after the passes: the model, the pass log, the source and the I/O specs."""
 
     model: ir.Model
     records: list[PassRecord]
-    built: BuildResult
     source: str
     source_sha: str
     inputs: list[dict[str, Any]]
     outputs: list[dict[str, Any]]
 
 
-def _compile_size(
+@dataclass
+class _CompiledSize(_PreparedSize):
+    """One input size's compile: its build, and the entry function that runs it in the build's library."""
+
+    built: BuildResult
+    entry: str = "main"
+
+
+def _prepare_size(
     model: Any,
     shapes: Mapping[str, Sequence[Any]] | None,
     example_inputs: Sequence[Any] | None,
     passes: Any,
-    build_target: Target,
-    options: tuning.TuningOptions,
     *,
     copy_model: bool,
     dump_dir: str | os.PathLike | None,
@@ -195,8 +219,8 @@ def _compile_size(
     on_pass: Callable[[PassRecord], None] | None,
     stage: Callable[[str], None],
     timings: dict[str, float],
-) -> _CompiledSize:
-    """Load with `shapes` fixed, run the passes, build: everything one input size needs."""
+) -> _PreparedSize:
+    """Load with `shapes` fixed and run the passes: everything one input size needs before the build."""
     stage("loading")
     start = time.perf_counter()
     if copy_model and isinstance(model, ir.Model):  # every size starts from the model as given
@@ -216,11 +240,29 @@ def _compile_size(
     if onnx_lowering.lower_unsupported_forms(ir_model):
         infer_shapes(ir_model, source=source)
     _add_time(timings, "passes", start)
+    return _PreparedSize(ir_model, records, source, source_sha, _input_specs(ir_model), _output_specs(ir_model))
 
-    stage("tuning and building" if options.trials else "building (TVM)")
-    built = build(ir_model, build_target, tuning_options=options, source=source)
-    timings["build"] = timings.get("build", 0.0) + built.seconds
-    return _CompiledSize(ir_model, records, built, source, source_sha, _input_specs(ir_model), _output_specs(ir_model))
+
+def _build_sizes(
+    prepared: Sequence[_PreparedSize], target: Target, options: tuning.TuningOptions, timings: dict[str, float]
+) -> list[_CompiledSize]:
+    """Build every size: on a CPU, several sizes as one library with an entry function each (weights shared);
+    otherwise (one size, or CUDA, whose kernels are compiled per size) one library per size."""
+    _check_signatures(prepared)
+    if len(prepared) > 1 and isinstance(target, CpuTarget):
+        models = [size.model for size in prepared]
+        built = build_sizes(models, target, tuning_options=options, source=prepared[0].source)
+        timings["build"] = timings.get("build", 0.0) + built.seconds
+        return [
+            _CompiledSize(**vars(size), built=built, entry=module_merge.entry_name(index))
+            for index, size in enumerate(prepared)
+        ]
+    compiled = []
+    for size in prepared:
+        built = build(size.model, target, tuning_options=options, source=size.source)
+        timings["build"] = timings.get("build", 0.0) + built.seconds
+        compiled.append(_CompiledSize(**vars(size), built=built))
+    return compiled
 
 
 def _add_time(timings: dict[str, float], stage: str, start: float) -> None:
@@ -247,6 +289,45 @@ def _requested_sizes(
     return list(shape_variants.variants(declared, lists, dims)) or [None]
 
 
+def _check_decoder_sizes(sizes: Sequence[_PreparedSize]) -> None:
+    """A decoder with a runtime-owned cache may hold several token counts (a decode step and prefill chunks)
+    over one cache layout, one of them a one-token step; anything else is refused before the build."""
+    layouts = [size.model.metadata_props.get(KV_METADATA_KEY) for size in sizes]
+    if len(sizes) == 1 or all(layout is None for layout in layouts):
+        return
+    if len(set(layouts)) != 1 or None in layouts:
+        raise BadInputError("the input sizes of a decoder with a runtime-owned KV cache must share one cache layout")
+    tokens = [size.inputs[0]["shape"][-1] if size.inputs[0]["shape"] else 0 for size in sizes]
+    if 1 not in tokens or any(len(size.inputs[0]["shape"]) != 2 for size in sizes):
+        raise BadInputError(
+            f"a decoder with a runtime-owned KV cache is compiled as a one-token step [1, 1] plus prefill chunks "
+            f"[1, S]; the sizes give token inputs {[size.inputs[0]['shape'] for size in sizes]}"
+        )
+
+
+def _decoder_sizes(model: Any, prefill_chunk: int) -> list[dict[str, list[Any]] | None]:
+    """A decoder whose only dynamic dim is the token count of its first input (ids [1, S]) compiles twice into
+    one artifact: a one-token decode step and a `prefill_chunk`-token prefill step (none when it is 1). Any other
+    decoder compiles at its own shapes."""
+    if type(prefill_chunk) is not int or not 1 <= prefill_chunk <= MAX_PREFILL_CHUNK:
+        raise BadInputError(f"--prefill-chunk must be 1..{MAX_PREFILL_CHUNK}, got {prefill_chunk!r}")
+    if isinstance(model, ir.Model):
+        declared = shape_variants.declared_dims(model)
+    elif isinstance(model, str | os.PathLike):
+        declared = shape_variants.declared_file_dims(model)
+    else:
+        return [None]
+    dynamic = [(name, axis) for name, dims in declared.items() for axis, d in enumerate(dims) if not isinstance(d, int)]
+    if not declared or len(dynamic) != 1:
+        return [None]
+    ids, tokens_axis = dynamic[0]
+    first = next(iter(declared))
+    if ids != first or tokens_axis != len(declared[first]) - 1:
+        return [None]
+    sizes = dict.fromkeys((1, prefill_chunk))
+    return [{ids: [*declared[ids][:-1], tokens]} for tokens in sizes]
+
+
 def describe_shapes(shapes: Mapping[str, Sequence[Any]] | None) -> str:
     """'x[1,3,48,320] mask[1,320]': the sizes one compile fixes."""
     if not shapes:
@@ -255,22 +336,18 @@ def describe_shapes(shapes: Mapping[str, Sequence[Any]] | None) -> str:
 
 
 def _size_entries(compiled: Sequence[_CompiledSize], members: dict[str, bytes]) -> list[dict[str, Any]]:
-    """The manifest's `variants`: each size's library (the first is the artifact's main library), its own CUDA
-    kernels under a folder of its own, and its input/output specs. The names, dtypes and order of inputs and
-    outputs must agree across sizes (one call signature); only dims may differ."""
-    signature = _signature(compiled[0])
+    """The manifest's `variants`: each size's library (the first is the artifact's main library) and entry
+    function in it, its own CUDA kernels under a folder of its own, and its input/output specs."""
     entries: list[dict[str, Any]] = []
     for index, size in enumerate(compiled):
-        if _signature(size) != signature:
-            raise BadInputError(
-                f"input size {index + 1} gives the model other inputs or outputs (names/dtypes {_signature(size)} "
-                f"vs {signature}); one artifact needs one signature"
-            )
-        prefix = "" if index == 0 else f"size{index}/"
-        if index:
+        shared = size.built is compiled[0].built  # sizes built into one library, an entry function each
+        prefix = "" if index == 0 or shared else f"size{index}/"
+        if prefix:
             members[prefix + LIBRARY_NAME] = size.built.library
             members.update({prefix + name: data for name, data in size.built.members.items()})
         entry: dict[str, Any] = {"library": prefix + LIBRARY_NAME, "inputs": size.inputs, "outputs": size.outputs}
+        if index:
+            entry["entry"] = size.entry
         if size.built.kernels:
             entry["kernels"] = {
                 key: prefix + value if value in size.built.members else value
@@ -280,7 +357,19 @@ def _size_entries(compiled: Sequence[_CompiledSize], members: dict[str, bytes]) 
     return entries
 
 
-def _signature(size: _CompiledSize) -> list[tuple[str, str, int]]:
+def _check_signatures(sizes: Sequence[_PreparedSize]) -> None:
+    """The names, dtypes and order of inputs and outputs must agree across sizes (one call signature); only dims
+    may differ."""
+    signature = _signature(sizes[0])
+    for index, size in enumerate(sizes):
+        if _signature(size) != signature:
+            raise BadInputError(
+                f"input size {index + 1} gives the model other inputs or outputs (names/dtypes {_signature(size)} "
+                f"vs {signature}); one artifact needs one signature"
+            )
+
+
+def _signature(size: _PreparedSize) -> list[tuple[str, str, int]]:
     return [(spec["name"], spec["dtype"], len(spec["shape"])) for spec in [*size.inputs, *size.outputs]]
 
 

@@ -3,6 +3,7 @@
     target = "cpu"
     tune_trials = 0
     verify = true
+    prefill_chunk = 32         # a decoder with a dynamic token count: prompt tokens per prefill step; 1: none
     passes = ["fold_constants", "fold_batchnorm", "remove_unused"]   # or [[passes]] tables with options
     [input_shapes]
     image = [1, 3, 224, 224]   # or a list of shapes: one artifact for several sizes
@@ -52,6 +53,7 @@ _SCALARS: dict[str, tuple[type | tuple[type, ...], str]] = {
     "verify": (bool, "verify"),
     "check_exact": (bool, "check_exact"),
     "num_cores": (int, "num_cores"),
+    "prefill_chunk": (int, "prefill_chunk"),
 }
 
 

@@ -187,18 +187,19 @@ def test_channel_counts_without_a_multiple_of_8_still_get_blocked_convs(tmp_path
     np.testing.assert_allclose(compiled(x), run_onnxruntime(path, {"x": x})[0], rtol=1e-5, atol=1e-5)
 
 
-def test_single_row_matmul_streams_reblocked_weights_and_matches_onnxruntime(tmp_path):
+def test_few_row_matmuls_run_over_reblocked_weights_and_match_onnxruntime(tmp_path):
     """A decode-style MatMul (one row × a large constant matrix, N not a multiple of the 64-column tile) goes to
-    the re-blocked GEMV kernel; a two-row one keeps the ordinary schedule. Both match onnxruntime."""
+    the re-blocked GEMV kernel, seven rows (a prefill chunk: one partial 6-row register tile) to the GEMM over
+    the same blocks, 65 rows keep the ordinary schedule. All match onnxruntime."""
     import onnx
     import onnx_ir as ir
     from onnx import TensorProto, helper, numpy_helper
 
-    from bitc.codegen.cpu.float_gemv import is_streamed_gemv
+    from bitc.codegen.cpu.float_gemv import blocked_rows, is_streamed_gemv
 
     rng = np.random.default_rng(0)
     weights = rng.standard_normal((320, 1000)).astype(np.float32)
-    for rows in (1, 2):
+    for rows in (1, 7, 65):
         graph = helper.make_graph(
             [helper.make_node("MatMul", ["x", "w"], ["y"]), helper.make_node("Relu", ["y"], ["z"])],
             "gemv",
@@ -209,7 +210,7 @@ def test_single_row_matmul_streams_reblocked_weights_and_matches_onnxruntime(tmp
         path = tmp_path / f"gemv{rows}.onnx"
         onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), path)
         matmul = next(node for node in ir.load(path).graph if node.op_type == "MatMul")
-        assert is_streamed_gemv(matmul) == (rows == 1)
+        assert is_streamed_gemv(matmul) == (rows == 1) and blocked_rows(matmul) == (rows if rows <= 64 else 0)
         x = rng.standard_normal((1, rows, 320)).astype(np.float32)
         result = bitc.compile(path, tmp_path / f"gemv{rows}.bitc")
         got = bitc.load(result.path)(x)

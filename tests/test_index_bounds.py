@@ -224,7 +224,7 @@ def tiny_decoder_artifact(tmp_path_factory) -> tuple:
         ("input_ids", 64, r"index out of range in Gather '\w*embedding\w*' on axis 0: valid \[-64, 64\)"),
         ("input_ids", -65, r"index out of range in Gather '\w*embedding\w*'"),
         ("input_ids", INT32_MIN, r"index out of range in Gather '\w*embedding\w*'"),
-        ("position", 10**7, r"index out of range in Gather '\w+' on axis 0: valid \[-128, 128\)"),  # RoPE tables
+        ("position", 10**7, r"index out of range in Gather(ND)? '\w+'.*: valid \[-128, 128\)"),  # RoPE tables
         ("kv_lengths", [10**6, 0], r"kv_lengths\[0\] \(quantized tokens\) must be a multiple of 32 in \[0, 96\]"),
         ("kv_lengths", [-32, 0], r"kv_lengths\[0\]"),
         ("kv_lengths", [0, 49], r"kv_lengths\[1\] \(window\) must be in \[0, 48\]"),

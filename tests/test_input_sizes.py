@@ -117,12 +117,37 @@ def test_every_compiled_size_matches_onnxruntime(three_sizes):
             np.testing.assert_allclose(value, expected, rtol=1e-4, atol=1e-4)
 
 
-def test_the_manifest_lists_each_size_with_its_own_library(three_sizes):
+def test_the_manifest_lists_each_size_as_an_entry_function_of_one_library(three_sizes):
     _, result = three_sizes
     variants_ = result.manifest["variants"]
-    assert [v["library"] for v in variants_] == [LIBRARY_NAME, f"size1/{LIBRARY_NAME}"]
+    assert [v["library"] for v in variants_] == [LIBRARY_NAME, LIBRARY_NAME]
+    assert [v.get("entry", "main") for v in variants_] == ["main", "size1"]
+    assert set(read_artifact(result.path).members) == {LIBRARY_NAME}
     assert [v["outputs"][1]["shape"] for v in variants_] == [[1, 8, 16, 16], [1, 8, 16, 24]]
     assert result.manifest["inputs"] == variants_[0]["inputs"]
+
+
+def test_sizes_share_one_copy_of_the_weights(tmp_path):
+    """A 1 MiB weight matrix read by two sizes (3 and 5 rows: the same re-blocked constant) is stored once."""
+    rng = np.random.default_rng(1)
+    weights = rng.standard_normal((512, 512)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["rows", 512])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["rows", 512])],
+        [numpy_helper.from_array(weights, "w")],
+    )
+    import onnx
+
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "m.onnx")
+    one = bitc.compile(tmp_path / "m.onnx", tmp_path / "one.bitc", dims={"rows": 3})
+    two = bitc.compile(tmp_path / "m.onnx", tmp_path / "two.bitc", dims={"rows": [3, 5]})
+    assert two.path.stat().st_size < one.path.stat().st_size + weights.nbytes // 4
+    model = bitc.load(two.path)
+    for rows in (3, 5):
+        x = rng.standard_normal((rows, 512)).astype(np.float32)
+        np.testing.assert_allclose(model(x), x @ weights, rtol=1e-4, atol=1e-3)
 
 
 def test_a_size_not_compiled_is_refused_before_native_code(three_sizes):
@@ -199,6 +224,16 @@ def test_bad_dim_flags_exit_2_with_one_line(tmp_path, flag, fragment):
     assert not (tmp_path / "a.bitc").exists()
 
 
+def test_a_size_naming_an_entry_the_library_lacks_is_refused_at_load(tmp_path, three_sizes):
+    artifact = read_artifact(three_sizes[1].path)
+    manifest = json.loads(json.dumps(artifact.manifest))
+    manifest.pop("members")
+    manifest["variants"][1]["entry"] = "size7"
+    path = write_artifact(tmp_path / "forged.bitc", manifest, artifact.members)
+    with pytest.raises(BadInputError, match=f"{path}: the library is not a runnable bitc model"):
+        bitc.load(path)
+
+
 @pytest.mark.parametrize(
     ("change", "fragment"),
     [
@@ -206,6 +241,7 @@ def test_bad_dim_flags_exit_2_with_one_line(tmp_path, flag, fragment):
         (lambda v: v[1]["inputs"][0].__setitem__("dtype", "int64"), "do not share one signature"),
         (lambda v: v.reverse(), "the first size is not the artifact's main library and specs"),
         (lambda v: v.clear(), "not a list of 1 to 64 sizes"),
+        (lambda v: v[1].__setitem__("entry", 7), "a size's entry function is not a name"),
     ],
 )
 def test_forged_size_tables_are_refused_at_load(tmp_path, three_sizes, change, fragment):

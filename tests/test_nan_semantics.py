@@ -1,5 +1,5 @@
-"""NaN and ±inf through max / min / relu / clip, the fast exp / tanh / erf, softmax, max / min reductions and
-max-pooling come out as IEEE and the ONNX reference say: NaN propagates, infinities stay infinite.
+"""NaN and ±inf through max / min / relu / clip, the fast exp / tanh / erf / sigmoid, softmax, max / min
+reductions and max-pooling come out as IEEE and the ONNX reference say: NaN propagates, infinities stay infinite.
 
 Elementwise ops and softmax are compared with onnxruntime. Its ReduceMax / ReduceMin and MaxPool skip a NaN
 unless it comes first in the window (an artefact of its compare-and-keep loops), so those are compared with numpy,
@@ -28,6 +28,7 @@ OPS = {
     "exp": ("Exp", ["x"], {}),
     "tanh": ("Tanh", ["x"], {}),
     "erf": ("Erf", ["x"], {}),
+    "sigmoid": ("Sigmoid", ["x"], {}),
     "softmax": ("Softmax", ["x"], {"axis": -1}),
     "softmax_odd": ("Softmax", ["x_odd"], {"axis": -1}),
     "softmax_axis0": ("Softmax", ["x"], {"axis": 0}),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -18,7 +19,9 @@ from bitc.atomic import process_temp_dir
 from bitc.codegen.cpu import build as cpu_build
 from bitc.codegen.cpu import tuning
 from bitc.codegen.cuda import build as cuda_build
-from bitc.codegen.target import CudaTarget, Target
+from bitc.codegen.relax import module_merge
+from bitc.codegen.target import CpuTarget, CudaTarget, Target
+from bitc.errors import CompileError, first_line
 
 if TYPE_CHECKING:
     from tvm import relax
@@ -61,6 +64,29 @@ def build(
     library = export_library(executable)
     seconds = time.perf_counter() - start
     return BuildResult(library, seconds, tuning_report, conv_layout, generic_convs=generic)
+
+
+def build_sizes(
+    models: Sequence[ir.Model],
+    target: CpuTarget,
+    *,
+    tuning_options: tuning.TuningOptions | None = None,
+    source: str = "model",
+) -> BuildResult:
+    """Several input sizes of one model (each already through the passes at its shapes) as one CPU library: size
+    i's entry function is `module_merge.entry_name(i)`, and the weights the sizes share are stored once."""
+    start = time.perf_counter()
+    tuning_options = tuning_options or tuning.TuningOptions()
+    scheduled = [cpu_build.schedule_model(model, target, tuning_options, source) for model in models]
+    try:
+        merged = module_merge.merge_sizes([mod for mod, *_ in scheduled])
+    except ValueError as exc:
+        raise CompileError(f"{source}: joining the compiled sizes failed: {first_line(exc)}") from None
+    executable = cpu_build.compile_module(merged, target, source)
+    _, tuning_report, conv_layout, _ = scheduled[0]
+    generic = list(dict.fromkeys(conv for *_, convs in scheduled for conv in convs))
+    library = export_library(executable)
+    return BuildResult(library, time.perf_counter() - start, tuning_report, conv_layout, generic_convs=generic)
 
 
 def export_library(executable: relax.VMExecutable) -> bytes:

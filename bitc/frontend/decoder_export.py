@@ -34,6 +34,7 @@ LOGITS_INPUTS = ("input_ids",)
 LOGITS_OUTPUTS = ("logits",)
 DECODER_INPUTS = ("input_ids", "position", "past_keys", "past_values")
 DECODER_OUTPUTS = ("logits", "present_keys", "present_values")
+MAX_STEP_TOKENS = 1024  # the most tokens one exported step may take (torch.export wants a bound)
 
 
 # ---------------------------------------------------------------------------------------------------- reference
@@ -202,14 +203,16 @@ class DecoderLayer(nn.Module):
         x: torch.Tensor,
         rope: tuple[torch.Tensor, torch.Tensor],
         allowed: torch.Tensor,
-        cache: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+        cache: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Returns the layer output and the keys/values attended over. `cache` = (past_k, past_v, slot): the new
-        key/value is written where `slot` (bool, broadcastable to [B, 1, L, 1]) is true."""
+        """Returns the layer output and the keys/values attended over. `cache` = (past_k, past_v, slot, placed):
+        the new keys/values [B, H, S, D] go to the slots `placed` [B, 1, L, S] (0/1) maps them to, where `slot`
+        (bool, [B, 1, L, 1]) is true."""
         q, k, v = self.self_attn.project(self.input_layernorm(x), *rope)
         if cache is not None:
-            past_k, past_v, slot = cache
-            k, v = torch.where(slot, k, past_k), torch.where(slot, v, past_v)
+            past_k, past_v, slot, placed = cache
+            k = torch.where(slot, torch.matmul(placed, k), past_k)
+            v = torch.where(slot, torch.matmul(placed, v), past_v)
         x = x + self.self_attn.attend(q, k, v, allowed)
         return x + self.mlp(self.post_attention_layernorm(x)), k, v
 
@@ -270,22 +273,25 @@ class CompactLlama(nn.Module):
     def decode(
         self, input_ids: torch.Tensor, position: torch.Tensor, past_keys: torch.Tensor, past_values: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """One token per sequence: input_ids [B, 1], position [B] (its index = tokens already cached), caches
-        [layers, B, kv_heads, L, D] → logits [B, 1, V] and the caches with slot `position` written (keys after
-        RoPE). Slots beyond `position` are masked out of attention, so their contents never matter. The cache is
-        one tensor per kind, not one per layer: four graph inputs and three outputs whatever the depth; each layer
-        reads its slice with a Gather and the new token is written with a Where (no Scatter). Needs position < L."""
+        """S tokens per sequence (one for a decode step, a chunk of the prompt for prefill): input_ids [B, S],
+        position [B] (the first token's index = tokens already cached), caches [layers, B, kv_heads, L, D] →
+        logits [B, S, V] and the caches with slots position..position+S-1 written (keys after RoPE). Token s
+        attends to every slot up to position + s; slots beyond are masked out, so their contents never matter.
+        The cache is one tensor per kind, not one per layer: four graph inputs and three outputs whatever the
+        depth; each layer reads its slice with a Gather, and the new tokens are placed by a 0/1 MatMul [L, S] and
+        written with a Where (no Scatter). Needs position + S <= L."""
+        seq = input_ids.shape[1]
         slots = torch.arange(past_keys.shape[3], device=position.device)
-        slot = (slots[None, :] == position[:, None])[:, None, :, None]  # [B, 1, L, 1]
-        allowed = (slots[None, :] <= position[:, None])[:, None, None, :]  # [B, 1, 1, L]
-        rope = (
-            self.rope_cos.index_select(0, position)[:, None, None, :],
-            self.rope_sin.index_select(0, position)[:, None, None, :],
-        )
+        positions = position[:, None] + torch.arange(seq, device=position.device)[None, :]  # [B, S]
+        placement = slots[None, :, None] == positions[:, None, :]  # [B, L, S]: slot l holds new token s
+        slot = placement.any(dim=2)[:, None, :, None]  # [B, 1, L, 1]
+        placed = placement.to(past_keys.dtype)[:, None]  # [B, 1, L, S]
+        allowed = (slots[None, None, :] <= positions[:, :, None]).repeat(1, self.dims.groups, 1)[:, None]
+        rope = (self.rope_cos[positions][:, :, None, :], self.rope_sin[positions][:, :, None, :])  # [B, S, 1, D]
         x = self.embed_tokens(input_ids)
         keys, values = [], []
         for index, layer in enumerate(self.layers):
-            x, k, v = layer(x, rope, allowed, (past_keys[index], past_values[index], slot))
+            x, k, v = layer(x, rope, allowed, (past_keys[index], past_values[index], slot, placed))
             keys.append(k)
             values.append(v)
         return self.lm_head(self.norm(x)), torch.stack(keys), torch.stack(values)
@@ -324,12 +330,19 @@ def export_logits_onnx(path: str | os.PathLike, seq_len: int) -> ExportResult:
 
 
 def export_decoder_onnx(path: str | os.PathLike, max_len: int) -> ExportResult:
-    """One decode step: input_ids int64 [1, 1], position int64 [1], past_keys / past_values float32
-    [layers, 1, kv_heads, max_len, head_dim] → logits [1, 1, V], present_keys, present_values (same shape)."""
+    """One step over S tokens (S dynamic, named "tokens": 1 to decode, a chunk of the prompt to prefill):
+    input_ids int64 [1, S], position int64 [1] (tokens cached before the step), past_keys / past_values float32
+    [layers, 1, kv_heads, max_len, head_dim] → logits [1, S, V], present_keys, present_values (same shape)."""
     model = load_compact_model(max(max_len, DEFAULT_MAX_POSITIONS))
     past_keys, past_values = model.empty_cache(1, max_len)
-    example = (torch.zeros(1, 1, dtype=torch.int64), torch.zeros(1, dtype=torch.int64), past_keys, past_values)
-    return export_module(model, example, path, DECODER_INPUTS, DECODER_OUTPUTS)
+    example = (torch.zeros(1, 2, dtype=torch.int64), torch.zeros(1, dtype=torch.int64), past_keys, past_values)
+    return export_module(model, example, path, DECODER_INPUTS, DECODER_OUTPUTS, dynamic_shapes=decoder_token_dim())
+
+
+def decoder_token_dim(max_tokens: int = MAX_STEP_TOKENS) -> tuple[Any, ...]:
+    """torch.export's dynamic_shapes for a decoder step's (input_ids, position, past_keys, past_values): the
+    token count of input_ids is symbolic ("tokens")."""
+    return ({1: torch.export.Dim("tokens", min=1, max=max_tokens)}, None, None, None)
 
 
 def export_module(
@@ -338,13 +351,16 @@ def export_module(
     path: str | os.PathLike,
     input_names: tuple[str, ...],
     output_names: tuple[str, ...],
+    dynamic_shapes: Any = None,
 ) -> ExportResult:
-    """Export a CompactLlama (or any module) on `example`, fold, name the weights, save as one file (< 2 GB, so
-    no external data)."""
+    """Export a CompactLlama (or any module) on `example` (dims in `dynamic_shapes` left symbolic), fold, name
+    the weights, save as one file (< 2 GB, so no external data)."""
     from bitc.passes.cleanup import FoldConstants, RemoveUnused  # the frontend's modules load no passes
 
     start = time.perf_counter()
-    model = from_torch(module, example, input_names=input_names, output_names=output_names)
+    model = from_torch(
+        module, example, input_names=input_names, output_names=output_names, dynamic_shapes=dynamic_shapes
+    )
     FoldConstants()(model)  # the exporter leaves the transpose of the tied lm_head (28M elements) unfolded
     RemoveUnused()(model)
     _name_weights(model)

@@ -21,8 +21,10 @@ def from_torch(
     input_names: Sequence[str] | None = None,
     output_names: Sequence[str] | None = None,
     opset: int = DEFAULT_OPSET,
+    dynamic_shapes: Any = None,
 ) -> ir.Model:
-    """Export `module` (in eval mode) on `example_inputs`; shapes are fixed to the examples' shapes."""
+    """Export `module` (in eval mode) on `example_inputs`; shapes are fixed to the examples' shapes except where
+    `dynamic_shapes` (torch.export's form: per input, {axis: torch.export.Dim}) leaves a dim symbolic."""
     try:
         import torch
     except ImportError:
@@ -40,6 +42,7 @@ def from_torch(
                 opset_version=opset,
                 input_names=list(input_names) if input_names else None,
                 output_names=list(output_names) if output_names else None,
+                dynamic_shapes=dynamic_shapes,
                 verbose=False,
             )
     except Exception as exc:

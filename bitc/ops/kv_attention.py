@@ -21,10 +21,11 @@ COS_SIN = ("rope_cos", "rope_sin")
 
 
 class KVAttention(BitcOp):
-    """query [1, kv_heads, groups, D] (the query heads of each key/value head), this step's key and value
-    [1, kv_heads, 1, D], then the cache state inputs (`kv_cache.STATE_NAMES`, stacked over layers), and with
-    `pre_rope` the rotary tables [positions, D] → softmax(scale · q·Kᵀ) · V [1, kv_heads, groups, D] over the cached
-    tokens and this one. The layout attributes are `KVCacheLayout`'s fields."""
+    """query [1, kv_heads, groups·S, D] (rows: each query head of a key/value head, then each of the step's S
+    tokens), the step's keys and values [1, kv_heads, S, D], then the cache state inputs (`kv_cache.STATE_NAMES`,
+    stacked over layers), and with `pre_rope` the rotary tables [positions, D] → softmax(scale · q·Kᵀ) · V
+    [1, kv_heads, groups·S, D]: token s attends to the cached tokens and the step's tokens 0..s (causal). S is 1
+    for a decode step and a chunk of the prompt for prefill. The layout attributes are `KVCacheLayout`'s fields."""
 
     name = "KVAttention"
     inputs = (*FIXED_INPUTS, *STATE_NAMES, *(f"{name}?" for name in COS_SIN))
@@ -47,9 +48,17 @@ class KVAttention(BitcOp):
         if len(input_shapes) != expected:
             raise ValueError(f"needs {expected} inputs, got {len(input_shapes)}")
         query, key, value = input_shapes[:3]
-        if len(query) != 4 or query[0] != 1 or key != (1, query[1], 1, query[3]) or value != key:
+        tokens = key[2] if len(key) == 4 else 0
+        if (
+            len(query) != 4
+            or query[0] != 1
+            or tokens < 1
+            or query[2] % tokens
+            or key != (1, query[1], tokens, query[3])
+            or value != key
+        ):
             raise ValueError(
-                f"query {list(query)}, key {list(key)}, value {list(value)}: want [1, H, G, D], [1, H, 1, D] twice"
+                f"query {list(query)}, key {list(key)}, value {list(value)}: want [1, H, G·S, D], [1, H, S, D] twice"
             )
         layers = input_shapes[len(FIXED_INPUTS)][0]
         layout = layout_of(attrs, layers=layers, kv_heads=query[1], head_dim=query[3])
@@ -67,15 +76,18 @@ class KVAttention(BitcOp):
         layers, heads, head_dim = state["kv_window_keys"].shape[0], query.shape[1], query.shape[3]
         layout = layout_of(attrs, layers=layers, kv_heads=heads, head_dim=head_dim)
         keys, values = dequantized_cache(layout, state, int(attrs["layer"]))
-        keys = np.concatenate([keys, key[0]], axis=1)  # [H, T+1, D]
+        cached, tokens = keys.shape[1], key.shape[2]
+        keys = np.concatenate([keys, key[0]], axis=1)  # [H, cached + S, D]
         values = np.concatenate([values, value[0]], axis=1)
         if layout.pre_rope:
             cos, sin = rest[len(STATE_NAMES) :]
             keys = rotate(keys, cos[: keys.shape[1]], sin[: keys.shape[1]])
-        scores = np.einsum("hgd,htd->hgt", query[0].astype(np.float32), keys) * np.float32(attrs["scale"])
+        scores = np.einsum("hrd,htd->hrt", query[0].astype(np.float32), keys) * np.float32(attrs["scale"])
+        step = np.arange(query.shape[2]) % tokens  # row g·S + s is token s
+        scores = np.where(np.arange(keys.shape[1])[None, :] <= cached + step[:, None], scores, -np.inf)
         scores = np.exp(scores - scores.max(axis=-1, keepdims=True))
         probs = scores / scores.sum(axis=-1, keepdims=True)
-        return (np.einsum("hgt,htd->hgd", probs, values)[None].astype(np.float32),)
+        return (np.einsum("hrt,htd->hrd", probs, values)[None].astype(np.float32),)
 
 
 def rotate(keys: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:

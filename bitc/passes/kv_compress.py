@@ -6,7 +6,9 @@ kv_heads, L, D], each layer's slice read by a Gather, the new key and value writ
 step's position, attention as MatMul(q, Kᵀ) · scale → mask → Softmax → MatMul(·, V), and the updated slices stacked
 into present outputs (`bitc.export_decoder_onnx` writes this form). The pass replaces the cache
 inputs with the compressed state inputs (`bitc.runtime.kv_cache.STATE_NAMES`) and the present outputs with
-new_keys / new_values [layers, 1, kv_heads, 1, D]: the step returns only what the runtime appends.
+new_keys / new_values [layers, 1, kv_heads, S, D]: the step returns only what the runtime appends. A step may
+take S tokens at once (prefill; the new tokens placed in the cache by a 0/1 MatMul): token s attends causally.
+The logits come back for one of the S rows, chosen by a `logits_row` input (the runtime asks for the last).
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from bitc.ops.kv_attention import KVAttention, layout_attributes
 from bitc.passes.options import configure, option
 from bitc.passes.registry import register
 from bitc.runtime.kv_cache import METADATA_KEY, STATE_NAMES, SUPPORTED_BITS, KVCacheLayout
+
+LOGITS_ROW = "logits_row"
 
 
 @dataclass
@@ -156,6 +160,7 @@ class KVCompress(ir.passes.InPlacePass):
             input_ids=graph.inputs[0].name or "input_ids",
             position=_position_input(graph, past_keys, past_values).name or "position",
             logits=graph.outputs[0].name or "logits",
+            logits_row=LOGITS_ROW if _last_projection(graph) is not None else "",
         )
         state = _add_state_inputs(graph, layout)
         rope = _rope_tables(graph, found) if layout.pre_rope else ()
@@ -174,6 +179,8 @@ class KVCompress(ir.passes.InPlacePass):
             _emit_new_entries(graph, attention, key, layout)
         graph.inputs.remove(past_keys)
         graph.inputs.remove(past_values)
+        if layout.logits_row:
+            _logits_of_one_row(graph, layout.logits_row)
         common.RemoveUnusedNodesPass()(model)
         model.opset_imports[ops.DOMAIN] = ops.DOMAIN_VERSION
         model.metadata_props[METADATA_KEY] = layout.to_metadata()
@@ -249,7 +256,9 @@ def _unmasked_scores(value: ir.Value) -> tuple[ir.Value | None, float]:
 
 
 def _cache_update(value: ir.Value) -> tuple[ir.Value, ir.Value, int] | None:
-    """Where(slot, new, Gather(past, layer)) → (new, past input, layer)."""
+    """Where(slot, new, Gather(past, layer)) → (new, past input, layer); `new` is the step's keys or values
+    [1, H, S, D] themselves (one token, broadcast over the slots) or placed into the slots by a MatMul with a
+    0/1 [.., L, S] matrix (S tokens)."""
     where = _producer(value, "Where")
     gather = _producer(where.inputs[2], "Gather") if where is not None else None
     if gather is None or gather.attributes.get_int("axis", 0) != 0:
@@ -258,9 +267,38 @@ def _cache_update(value: ir.Value) -> tuple[ir.Value, ir.Value, int] | None:
     if not past.is_graph_input() or index is None or index.size != 1 or past.shape is None or len(past.shape) != 5:
         return None
     new = where.inputs[1]
-    if new.shape is None or len(new.shape) != 4 or int(new.shape[2]) != 1:
+    if (placed := _producer(new, "MatMul")) is not None and _is_placement(placed.inputs[0], past):
+        new = placed.inputs[1]
+    elif new.shape is None or len(new.shape) != 4 or new.shape[2] != 1:
+        return None
+    if new.shape is None or len(new.shape) != 4 or not all(isinstance(d, int) for d in new.shape):
         return None
     return new, past, int(index.reshape(()))
+
+
+def _is_placement(value: ir.Value, past: ir.Value) -> bool:
+    """A run-time [1, 1, L, S] 0/1 matrix that puts S new tokens into the L cache slots: (a reshape of) a Cast of
+    Equal(slot indices 0..L-1, position + 0..S-1)."""
+    shape, slots = value.shape, int(past.shape[3])
+    if shape is None or len(shape) != 4 or shape[2] != slots or not isinstance(shape[3], int):
+        return False
+    node = value.producer()
+    while node is not None and node.op_type in ("Unsqueeze", "Reshape", "Cast"):
+        node = node.inputs[0].producer()
+    if node is None or node.op_type != "Equal":
+        return False
+    sides = [constant(v) for v in node.inputs]
+    indices = next((c for c in sides if c is not None), None)
+    others = [v for v, c in zip(node.inputs, sides, strict=True) if c is None]
+    if indices is None or len(others) != 1 or not np.array_equal(indices.reshape(-1), np.arange(slots)):
+        return False
+    tokens = int(shape[3])
+    positions = others[0].producer()
+    while positions is not None and positions.op_type in ("Unsqueeze", "Reshape"):
+        positions = positions.inputs[0].producer()
+    offsets = positions if positions is not None and positions.op_type == "Add" else None
+    steps = [constant(v) for v in offsets.inputs] if offsets is not None else []
+    return tokens == 1 or any(c is not None and np.array_equal(c.reshape(-1), np.arange(tokens)) for c in steps)
 
 
 def _cache_inputs(found: list[CacheAttention]) -> tuple[ir.Value, ir.Value]:
@@ -281,6 +319,32 @@ def _position_input(graph: ir.Graph, *caches: ir.Value) -> ir.Value:
 
 
 # ---------------------------------------------------------------------------------------------------- rewrite
+
+
+def _last_projection(graph: ir.Graph) -> ir.Node | None:
+    """The MatMul that makes the logits output from the hidden states [1, S, hidden] (the vocabulary head)."""
+    node = _producer(graph.outputs[0], "MatMul")
+    if node is None or node.inputs[0] is None or node.inputs[0].shape is None or len(node.inputs[0].shape) != 3:
+        return None
+    return node
+
+
+def _logits_of_one_row(graph: ir.Graph, name: str) -> None:
+    """Give the step an input `name` (int64 [1]) that picks the one token row whose logits it returns: a session
+    needs the next-token logits of the last prompt token only, and the vocabulary head is a fifth of a small
+    model's prefill work. The head reads Gather(hidden, row, axis 1); the logits become [1, 1, vocab]."""
+    head = _last_projection(graph)
+    assert head is not None
+    row = ir.Value(name=name, shape=ir.Shape([1]), type=ir.TensorType(ir.DataType.INT64))
+    graph.inputs.append(row)
+    hidden = head.inputs[0]
+    gather = ir.node("Gather", [hidden, row], attributes={"axis": 1}, name="kv_logits_row")
+    graph.insert_before(head, gather)
+    gather.outputs[0].dtype = hidden.dtype
+    gather.outputs[0].shape = ir.Shape([hidden.shape[0], 1, hidden.shape[2]])
+    head.replace_input_with(0, gather.outputs[0])
+    logits = graph.outputs[0]
+    logits.shape = ir.Shape([logits.shape[0], 1, logits.shape[2]])
 
 
 def _add_state_inputs(graph: ir.Graph, layout: KVCacheLayout) -> list[ir.Value]:
@@ -314,7 +378,7 @@ def _emit_new_entries(graph: ir.Graph, attention: CacheAttention, key: ir.Value,
             )
         stacks[0].replace_input_with(0, new)
         outputs[0].name = name
-        outputs[0].shape = ir.Shape([layout.layers, 1, layout.kv_heads, 1, layout.head_dim])
+        outputs[0].shape = ir.Shape([layout.layers, 1, layout.kv_heads, int(new.shape[2]), layout.head_dim])
 
 
 def _rotation(key: ir.Value) -> tuple[ir.Value, ir.Node, np.ndarray, np.ndarray] | None:
@@ -344,11 +408,11 @@ def _rotation(key: ir.Value) -> tuple[ir.Value, ir.Node, np.ndarray, np.ndarray]
 
 
 def _table_behind(value: ir.Value | None) -> np.ndarray | None:
-    """The constant [positions, D] table behind `Unsqueeze(Gather(table, position))`."""
+    """The constant [positions, D] table behind `Unsqueeze(Gather(table, position))` (or a GatherND of its rows)."""
     node = value.producer() if value is not None else None
     while node is not None and node.op_type in ("Unsqueeze", "Reshape", "Expand"):
         node = node.inputs[0].producer()
-    if node is not None and node.op_type == "Gather" and (table := constant(node.inputs[0])) is not None:
+    if node is not None and node.op_type in ("Gather", "GatherND") and (table := constant(node.inputs[0])) is not None:
         return table if table.ndim == 2 else None
     return None
 

@@ -62,6 +62,7 @@ class KVCacheLayout:
     input_ids: str = "input_ids"
     position: str = "position"
     logits: str = "logits"
+    logits_row: str = ""  # an input choosing the one row of a step's S tokens whose logits it returns ("": none)
     new_keys: str = "new_keys"
     new_values: str = "new_values"
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import threading
@@ -100,22 +101,29 @@ class Model:
         if not isinstance(entry, str):
             raise BadInputError(f"{self.path}: manifest 'entry' is malformed (not a string)")
         self._lock = threading.Lock()
+        self._vms: dict[str, Any] = {}  # one VM per library: sizes built together are entry functions of one
         self._sizes = [self._open_size(artifact, entry, size) for size in _size_entries(self.path, self.manifest)]
         first = self._sizes[0]
         self.inputs, self.outputs = first.inputs, first.outputs
         self._vm, self._main = first.vm, first.main
 
     def _open_size(self, artifact: Any, entry: str, size: Mapping[str, Any]) -> CompiledSize:
-        """One compiled input size: its specs checked, its library loaded into a VM of its own."""
+        """One compiled input size: its specs checked, its entry function found in its library's VM (a library
+        is loaded once, however many sizes it holds)."""
         inputs = _specs(self.path, size, "inputs")
         outputs = _specs(self.path, size, "outputs")
-        library = artifact.members[size["library"]]
-        if self._device == tvm_loader.DL_CPU:
-            vm, main = _open_vm(self.path, library, entry, self._device)
-        else:
-            sha256, fatbin = _cuda_kernels(artifact, size.get("kernels"))
-            with tvm_loader.prebuilt_cuda_kernels(sha256, fatbin):
-                vm, main = _open_vm(self.path, library, entry, self._device)
+        entry = size.get("entry", entry)
+        name = size["library"]
+        if name not in self._vms:
+            library = artifact.members[name]
+            if self._device == tvm_loader.DL_CPU:
+                self._vms[name] = _open_vm(self.path, library, self._device)
+            else:
+                sha256, fatbin = _cuda_kernels(artifact, size.get("kernels"))
+                with tvm_loader.prebuilt_cuda_kernels(sha256, fatbin):
+                    self._vms[name] = _open_vm(self.path, library, self._device)
+        vm = self._vms[name]
+        main = _entry_function(self.path, vm, entry)
         _check_parameters(self.path, vm, entry, inputs)
         return CompiledSize(inputs, outputs, vm, main)
 
@@ -185,10 +193,11 @@ class Model:
 
     def session(self) -> DecoderSession:
         """A decoder session that owns this model's KV cache (models compiled with `kv_compress`). The cache
-        arrays are handed to the compiled step once, as zero-copy views, and updated in place."""
+        arrays are handed to the compiled steps once, as zero-copy views, and updated in place; the one-token step
+        decodes, the prefill steps (sizes with more tokens, when compiled) take the prompt."""
         if self._device != tvm_loader.DL_CPU:
             raise BadInputError(f"{self.path}: decoder sessions run CPU artifacts; compile it for --target cpu")
-        if "kv_cache" not in self.manifest or len(self._sizes) > 1:
+        if "kv_cache" not in self.manifest:
             raise BadInputError(
                 f"{self.path}: not a decoder with a runtime-owned KV cache (compile it with --kv-bits / kv_compress)"
             )
@@ -196,7 +205,24 @@ class Model:
             layout = KVCacheLayout.from_json(self.manifest["kv_cache"])
         except (TypeError, ValueError) as exc:
             raise BadInputError(f"{self.path}: manifest 'kv_cache' is malformed ({first_line(exc)})") from None
-        return DecoderSession(layout, self._bind, allocate=aligned_zeros, vocab_size=self._vocab_size(layout))
+        steps = {self._token_count(size, layout): size for size in self._sizes}
+        if 1 not in steps:
+            raise BadInputError(f"{self.path}: the decoder has no one-token step ('{layout.input_ids}' [1, 1])")
+        chunks = {tokens: functools.partial(self._bind, size) for tokens, size in steps.items() if tokens > 1}
+        return DecoderSession(
+            layout,
+            functools.partial(self._bind, steps[1]),
+            allocate=aligned_zeros,
+            vocab_size=self._vocab_size(layout),
+            chunks=chunks,
+        )
+
+    def _token_count(self, size: CompiledSize, layout: KVCacheLayout) -> int:
+        """Tokens one call of a decoder size takes: its token input is [1, S]."""
+        ids = [spec for spec in size.inputs if spec.name == layout.input_ids]
+        if not ids or len(ids[0].shape) != 2 or ids[0].shape[0] != 1 or ids[0].shape[1] < 1:
+            raise BadInputError(f"{self.path}: the decoder's '{layout.input_ids}' input is not [1, S] in every size")
+        return ids[0].shape[1]
 
     def _vocab_size(self, layout: KVCacheLayout) -> int:
         """Token ids a session may feed: the logits' last dimension (the embedding has a row for each of them)."""
@@ -205,20 +231,20 @@ class Model:
             raise BadInputError(f"{self.path}: the decoder has no '{layout.logits}' output with a vocabulary axis")
         return logits[0].shape[-1]
 
-    def _bind(self, feeds: Mapping[str, np.ndarray]) -> Any:
-        """The compiled step over `feeds`, converted to TVM tensors once (zero-copy views of the arrays)."""
-        missing = [spec.name for spec in self.inputs if spec.name not in feeds]
+    def _bind(self, size: CompiledSize, feeds: Mapping[str, np.ndarray]) -> Any:
+        """`size`'s compiled step over `feeds`, converted to TVM tensors once (zero-copy views of the arrays)."""
+        missing = [spec.name for spec in size.inputs if spec.name not in feeds]
         if missing:
             raise BadInputError(f"{self.path}: the decoder's inputs {missing} are not part of its KV cache layout")
         ffi = tvm_loader.ffi()
-        tensors = [ffi.from_dlpack(_checked(spec, feeds[spec.name])) for spec in self.inputs]
-        return lambda: self._call(self._sizes[0], tensors, lambda raw: [np.from_dlpack(value) for value in raw])
+        tensors = [ffi.from_dlpack(_checked(spec, feeds[spec.name])) for spec in size.inputs]
+        return lambda: self._call(size, tensors, lambda raw: [np.from_dlpack(value) for value in raw])
 
     def set_instrument(self, callback: Any | None) -> None:
         """Call `callback(func, symbol, before, ret, *args)` around every VM call (None removes it): profiling."""
         with self._lock:
-            for size in self._sizes:
-                size.vm["set_instrument"](callback)
+            for vm in self._vms.values():
+                vm["set_instrument"](callback)
 
     def random_inputs(self, seed: int = 0, size: int = 0) -> dict[str, np.ndarray]:
         """Inputs of the right names, shapes and dtypes (normal floats, small non-negative integers), for the
@@ -319,6 +345,8 @@ def _size_entries(path: Any, manifest: Mapping[str, Any]) -> list[Mapping[str, A
         problem = f"not a list of 1 to {MAX_SIZES} sizes"
     elif not all(isinstance(entry, Mapping) and isinstance(entry.get("library"), str) for entry in listed):
         problem = "each size is an object naming its library"
+    elif not all(isinstance(entry.get("entry", "main"), str) for entry in listed):
+        problem = "a size's entry function is not a name"
     elif not all(isinstance(members, Mapping) and entry["library"] in members for entry in listed):
         problem = "a size names a library the artifact does not hold"
     elif any(listed[0].get(key) != main.get(key) for key in main):
@@ -367,14 +395,21 @@ def _call_failure(exc: Exception) -> str:
     return f"running the compiled model failed ({type(exc).__name__}: {text})"
 
 
-def _open_vm(path: Any, library: bytes, entry: Any, device_type: int) -> tuple[Any, Any]:
-    """The Relax VM over the artifact's library and its entry function; a library that loads but is no bitc
-    model (no VM executable, no such entry) is refused with the artifact's name."""
+def _open_vm(path: Any, library: bytes, device_type: int) -> Any:
+    """The Relax VM over one of the artifact's libraries; a library that loads but is no bitc model (no VM
+    executable) is refused with the artifact's name."""
     try:
-        vm = tvm_loader.create_vm(tvm_loader.load_library(library, LIBRARY_NAME), device_type)
-        return vm, vm[entry]
+        return tvm_loader.create_vm(tvm_loader.load_library(library, LIBRARY_NAME), device_type)
     except BitcError as exc:
         raise type(exc)(f"{path}: {exc}") from None
+    except Exception as exc:  # the FFI raises AttributeError/RuntimeError subclasses with C++ text
+        raise BadInputError(f"{path}: the library is not a runnable bitc model ({first_line(exc)})") from None
+
+
+def _entry_function(path: Any, vm: Any, entry: str) -> Any:
+    """The VM's entry function `entry`; a library without it is refused with the artifact's name."""
+    try:
+        return vm[entry]
     except Exception as exc:  # the FFI raises AttributeError/RuntimeError subclasses with C++ text
         raise BadInputError(f"{path}: the library is not a runnable bitc model ({first_line(exc)})") from None
 

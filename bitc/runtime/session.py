@@ -1,8 +1,10 @@
 """A stateful decoder session: owns the (compressed) KV cache, runs prefill and decode steps, generates tokens.
 
 The compiled step reads the cache state arrays in place (they are handed to the model once, as zero-copy views)
-and returns only logits and the step's new keys and values; the session appends those to the cache. Prefill feeds
-the prompt through the same one-token step.
+and returns only logits and the step's new keys and values; the session appends those to the cache. A decoder
+compiled with prefill chunks (a step over S tokens at once, weights shared with the one-token step) takes the
+prompt S tokens per call, each chunk cut where the cache would quantize its window, so every token sees the
+cache exactly as the one-token steps would have left it; without them the prompt goes one token at a time.
 """
 
 from __future__ import annotations
@@ -38,17 +40,24 @@ class DecoderSession:
         bind: Binder,
         allocate: Callable[..., np.ndarray] = np.zeros,
         vocab_size: int | None = None,
+        chunks: Mapping[int, Binder] | None = None,
     ):
         """`bind(feeds)` gets the step's input arrays once (they are updated in place before every step) and
-        returns the function that runs one step on them: (logits, new_keys, new_values, ...). Token ids must be in
-        0..vocab_size-1 (the embedding's rows): the compiled gather does not check them."""
+        returns the function that runs one step on them: (logits, new_keys, new_values, ...). `chunks` maps a
+        token count S > 1 to the binder of the S-token prefill step (feeds with input_ids [1, S]). Token ids must
+        be in 0..vocab_size-1 (the embedding's rows): the compiled gather does not check them."""
         self.layout = layout
         self.vocab_size = vocab_size
         self._lock = threading.RLock()
         self.cache = KVCacheState(layout, allocate)
         self.input_ids = allocate((1, 1), np.dtype(np.int64))
         self.position = allocate((1,), np.dtype(np.int64))
+        self.logits_row = allocate((1,), np.dtype(np.int64))  # which of a step's tokens to return logits for
         self._run = bind(self.feeds())
+        self._chunks: dict[int, tuple[np.ndarray, StepFunction]] = {}
+        for tokens, bind_chunk in sorted((chunks or {}).items()):
+            ids = allocate((1, tokens), np.dtype(np.int64))
+            self._chunks[tokens] = (ids, bind_chunk(self.feeds() | {layout.input_ids: ids}))
         self._pending: int | None = None
         self._logits: np.ndarray | None = None
 
@@ -81,6 +90,8 @@ class DecoderSession:
     def feeds(self) -> dict[str, np.ndarray]:
         """The step's inputs by name (the cache arrays themselves, not copies)."""
         names = {self.layout.input_ids: self.input_ids, self.layout.position: self.position}
+        if self.layout.logits_row:
+            names[self.layout.logits_row] = self.logits_row
         return names | {name: self.cache.arrays[name] for name in STATE_NAMES}
 
     def step(self, token: int) -> np.ndarray:
@@ -97,11 +108,17 @@ class DecoderSession:
             )
         self.input_ids[0, 0] = token
         self.position[0] = self.cache.tokens
+        self.logits_row[0] = 0
         logits, keys, values = self._run()[:3]
         result = np.array(logits, dtype=np.float32).reshape(-1)
         self.cache.append(np.asarray(keys)[:, 0, :, 0, :], np.asarray(values)[:, 0, :, 0, :])
         self._logits = result
         return result
+
+    @property
+    def prefill_chunk(self) -> int:
+        """Prompt tokens one prefill call takes at most (1: the decoder has no prefill step)."""
+        return max(self._chunks, default=1)
 
     def prefill(self, token_ids: Iterable[int]) -> np.ndarray:
         """Feed a prompt; returns the logits after its last token."""
@@ -111,9 +128,45 @@ class DecoderSession:
         with self._lock:
             self._check_room(len(ids))
             logits = None
-            for token in ids:
+            done = 0
+            while done < len(ids):
+                count = min(len(ids) - done, self.prefill_chunk, self._room_before_quantizing())
+                if count > 1:
+                    logits = self._chunk(ids[done : done + count])
+                else:
+                    logits = self._step(ids[done])
+                    count = 1
+                done += count
+            return logits  # type: ignore[return-value]
+
+    def _room_before_quantizing(self) -> int:
+        """Tokens that can join the cache before its window is next quantized (the one-token steps quantize it
+        right after the token that fills it): a chunk never crosses that point."""
+        return self.layout.window - self.cache.windowed
+
+    def _chunk(self, token_ids: list[int]) -> np.ndarray:
+        """Feed 2..S tokens through the smallest prefill step that takes them (padded after the last; padding
+        positions come after every real one, so no real token attends to them, and their keys are dropped)."""
+        count = len(token_ids)
+        tokens = min(size for size in self._chunks if size >= count)
+        if self.cache.tokens + tokens > self.layout.max_context:  # the padding's positions must exist too
+            logits = None
+            for token in token_ids:
                 logits = self._step(token)
             return logits  # type: ignore[return-value]
+        ids, run = self._chunks[tokens]
+        ids[0, :count] = token_ids
+        ids[0, count:] = token_ids[-1]
+        self.position[0] = self.cache.tokens
+        self.logits_row[0] = count - 1
+        logits, keys, values = run()[:3]
+        logits = np.asarray(logits)[0]  # [1, V] for the row asked for, or [S, V] without a row input
+        result = np.array(logits[-1 if self.layout.logits_row else count - 1], dtype=np.float32)
+        keys, values = np.asarray(keys), np.asarray(values)
+        for index in range(count):
+            self.cache.append(keys[:, 0, :, index, :], values[:, 0, :, index, :])
+        self._logits = result
+        return result
 
     def _tokens(self, token_ids: Any) -> list[int]:
         if isinstance(token_ids, (str, bytes)) or not isinstance(token_ids, Iterable):

@@ -27,20 +27,38 @@ def compile_model(
 
     Returns the executable, the tuning report, the conv layout used and the convolutions left to generic code
     (`lower_to_fused_tir`)."""
-    import tvm
+    mod, tuning_report, conv_layout, generic_convs = schedule_model(model, target, tuning_options, source)
+    return compile_module(mod, target, source), tuning_report, conv_layout, generic_convs
 
+
+def schedule_model(
+    model: ir.Model, target: CpuTarget, tuning_options: tuning.TuningOptions, source: str
+) -> tuple[tvm.IRModule, dict[str, Any], str, list[str]]:
+    """Everything before code generation: the scheduled module (one `main`), the tuning report, the conv layout
+    and the convolutions left to generic code."""
     mod = to_relax(model, source, target)
     try:
         mod, conv_layout, generic_convs = lower_to_fused_tir(mod, target)
         mod, tuning_report = tuning.apply(mod, target, tuning_options)
         with target.tvm():
             mod = default_schedule_pass(target)(mod)
-        executable = tvm.compile(mod, target=target.tvm(reassociate=True))
     except BitcError:
         raise
     except Exception as exc:
         raise CompileError(f"{source}: TVM compilation failed: {first_line(exc)}") from None
-    return executable, tuning_report, conv_layout, generic_convs
+    return mod, tuning_report, conv_layout, generic_convs
+
+
+def compile_module(mod: tvm.IRModule, target: CpuTarget, source: str) -> relax.VMExecutable:
+    """A scheduled module (one or several entry functions) → the executable."""
+    import tvm
+
+    try:
+        return tvm.compile(mod, target=target.tvm(reassociate=True))
+    except BitcError:
+        raise
+    except Exception as exc:
+        raise CompileError(f"{source}: TVM compilation failed: {first_line(exc)}") from None
 
 
 def lower_to_fused_tir(mod: tvm.IRModule, target: CpuTarget) -> tuple[tvm.IRModule, str, list[str]]:

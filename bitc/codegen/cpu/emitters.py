@@ -14,7 +14,7 @@ from bitc.codegen import registry
 from bitc.codegen.cpu import float_gemv
 from bitc.codegen.cpu.nchwc import from_blocked, to_blocked
 from bitc.codegen.kernels import binary_kernels as kernels
-from bitc.codegen.kernels import kv_kernels
+from bitc.codegen.kernels import kv_chunk_kernels, kv_kernels
 from bitc.codegen.kernels import lowbit_kernels as lowbit
 from bitc.codegen.kernels.nodes import (
     constant_input,
@@ -144,18 +144,24 @@ def _lowbit_matmul(bb: relax.BlockBuilder, node: ir.Node, args: list[relax.Expr]
     return out if len(shape) == 2 else bb.emit(relax.op.reshape(out, [*shape[:-1], out_features]))
 
 
-@registry.emitter("MatMul", "llvm", domain="", when=float_gemv.is_streamed_gemv)
+@registry.emitter("MatMul", "llvm", domain="", when=float_gemv.is_blocked_matmul)
 def _float_gemv(bb: relax.BlockBuilder, node: ir.Node, args: list[relax.Expr], target: CpuTarget) -> relax.Expr:
+    """One row (a decode step) or a few (a prefill chunk) by a constant matrix, over the same re-blocked weights."""
     from tvm import relax
 
     weights = constant_input(node, 1)
     in_features, out_features = weights.shape
+    rows = float_gemv.blocked_rows(node)
     blocked = float_gemv.block_weights(weights)
-    kernel = float_gemv.gemv(in_features, blocked.shape[0], target.num_cores)
-    gvar = bb.add_func(kernel, "bitc_float_gemv")
-    x = bb.emit(relax.op.reshape(args[0], [1, in_features]))
+    if rows == 1:
+        kernel = float_gemv.gemv(in_features, blocked.shape[0], target.num_cores)
+        gvar = bb.add_func(kernel, "bitc_float_gemv")
+    else:
+        kernel = float_gemv.gemm(rows, in_features, blocked.shape[0], target.num_cores)
+        gvar = bb.add_func(kernel, "bitc_float_gemm")
+    x = bb.emit(relax.op.reshape(args[0], [rows, in_features]))
     padded = blocked.shape[0] * float_gemv.TILE
-    out = bb.emit(relax.call_tir(gvar, [x, relax_const(blocked)], relax.TensorType([1, padded], "float32")))
+    out = bb.emit(relax.call_tir(gvar, [x, relax_const(blocked)], relax.TensorType([rows, padded], "float32")))
     if padded != out_features:
         out = bb.emit(relax.op.strided_slice(out, axes=[1], begin=[0], end=[out_features]))
     shape = [int(d) for d in node.outputs[0].shape]
@@ -170,17 +176,24 @@ def _kv_attention(bb: relax.BlockBuilder, node: ir.Node, args: list[relax.Expr],
 
     attrs = ops.get("KVAttention").attrs(node)
     query = [int(d) for d in node.inputs[0].shape]
+    tokens = int(node.inputs[1].shape[2])
     layers = int(node.inputs[len(FIXED_INPUTS)].shape[0])
     layout = layout_of(attrs, layers=layers, kv_heads=query[1], head_dim=query[3])
-    positions = layout.quantized_capacity + layout.window_slots + kv_kernels.LANES
+    if tokens == 1:
+        positions = layout.quantized_capacity + layout.window_slots + kv_kernels.LANES
+    else:
+        positions = kv_chunk_kernels.scratch_tokens(layout, tokens)
     if layout.pre_rope:
         cos, sin = (constant_input(node, len(node.inputs) - 2), constant_input(node, len(node.inputs) - 1))
         tables = kv_kernels.rope_tables_transposed(cos, sin, positions)
     else:
         tables = (np.zeros((layout.head_dim, 1), np.float32),) * 2
-    kernel = kv_kernels.kv_attention(
-        layout, query[2], int(attrs["layer"]), float(attrs["scale"]), positions if layout.pre_rope else 0
-    )
+    rope_positions = positions if layout.pre_rope else 0
+    layer, scale = int(attrs["layer"]), float(attrs["scale"])
+    if tokens == 1:
+        kernel = kv_kernels.kv_attention(layout, query[2], layer, scale, rope_positions)
+    else:
+        kernel = kv_chunk_kernels.kv_chunk_attention(layout, query[2] // tokens, tokens, layer, scale, rope_positions)
     gvar = bb.add_func(kernel, f"bitc_kv_attention_{int(attrs['layer'])}")
     inputs = [*args[: len(FIXED_INPUTS) + len(STATE_NAMES)], *(relax_const(t) for t in tables)]
     return bb.emit(relax.call_tir(gvar, inputs, relax.TensorType(query, "float32")))

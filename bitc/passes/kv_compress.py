@@ -1,14 +1,18 @@
 """kv_compress: a decoder's float KV cache → a compressed cache the runtime owns (KIVI, optionally KVQuant's
 pre-RoPE keys), with each layer's attention a `KVAttention` node that reads the low-bit codes.
 
-The decoder must be a one-token step over a fixed-length cache: past_keys / past_values inputs [layers, 1,
-kv_heads, L, D], each layer's slice read by a Gather, the new key and value written into it by a Where at the
-step's position, attention as MatMul(q, Kᵀ) · scale → mask → Softmax → MatMul(·, V), and the updated slices stacked
-into present outputs (`bitc.export_decoder_onnx` writes this form). The pass replaces the cache
-inputs with the compressed state inputs (`bitc.runtime.kv_cache.STATE_NAMES`) and the present outputs with
-new_keys / new_values [layers, 1, kv_heads, S, D]: the step returns only what the runtime appends. A step may
-take S tokens at once (prefill; the new tokens placed in the cache by a 0/1 MatMul): token s attends causally.
-The logits come back for one of the S rows, chosen by a `logits_row` input (the runtime asks for the last).
+Two export forms are matched, batch 1, one step over S tokens (1 to decode, a chunk of the prompt to prefill):
+- a fixed-length cache (`bitc.export_decoder_onnx`): past_keys / past_values inputs [layers, 1, kv_heads, L, D],
+  each layer's slice read by a Gather, the step's keys and values written into it by a Where (S tokens placed by
+  a 0/1 MatMul), the updated slices stacked into present outputs; a `position` input [1] (the first token's);
+- per-layer caches grown by Concat (Hugging Face / optimum exports): past_key_values.N.key / .value inputs
+  [1, kv_heads, past, D], present.N.* outputs, GQA repeats by Unsqueeze → Expand → Reshape, an attention_mask
+  input and position_ids [1, S]; the cache holds `max_context` tokens (`--kv-max-context`).
+Attention is MatMul(q, Kᵀ) · scale → mask → Softmax → MatMul(·, V). The pass replaces the cache inputs with the
+compressed state inputs (`bitc.runtime.kv_cache.STATE_NAMES`) and the present outputs with new_keys / new_values
+[layers, 1, kv_heads, S, D]: the step returns only what the runtime appends; token s attends causally to the cache
+and the step's tokens up to itself, so the mask input goes. The logits come back for one of the S rows, chosen by
+a `logits_row` input (the runtime asks for the last).
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from bitc.passes.registry import register
 from bitc.runtime.kv_cache import METADATA_KEY, STATE_NAMES, SUPPORTED_BITS, KVCacheLayout
 
 LOGITS_ROW = "logits_row"
+DEFAULT_MAX_CONTEXT = 2048
 
 
 @dataclass
@@ -46,6 +51,23 @@ class CacheAttention:
     output: ir.Value  # MatMul(probs, V)
     scale: float
     anchor: ir.Node  # the node the replacement goes before
+
+
+@dataclass
+class LayerCache:
+    """One layer's attention over its own past_key_values inputs, grown by Concat (Hugging Face exports)."""
+
+    layer: int
+    query: ir.Value  # [1, heads, S, D], after RoPE
+    key: ir.Value  # this step's keys [1, kv_heads, S, D], after RoPE
+    value: ir.Value
+    past_key: ir.Value  # graph inputs [1, kv_heads, past, D]
+    past_value: ir.Value
+    present_key: ir.Value  # Concat(past, new) (a present output)
+    present_value: ir.Value
+    output: ir.Value  # MatMul(probs, V) [1, heads, S, D]
+    scale: float
+    anchor: ir.Node
 
 
 @dataclass
@@ -112,6 +134,12 @@ class KVCompress(ir.passes.InPlacePass):
         )
         residual: int = option(128, "newest tokens kept in float (default 128)", flag="--kv-residual", metavar="R")
         pre_rope: bool = option(False, "quantize keys before the rotary embedding", flag="--kv-pre-rope", const=True)
+        max_context: int = option(
+            DEFAULT_MAX_CONTEXT,
+            "tokens the cache holds when the export's past length is dynamic (per-layer caches grown by Concat)",
+            flag="--kv-max-context",
+            metavar="N",
+        )
 
         def __post_init__(self) -> None:
             for name in ("key_bits", "value_bits"):
@@ -132,11 +160,17 @@ class KVCompress(ir.passes.InPlacePass):
         self.value_bits = int(o.value_bits or o.bits or 8)
         self.key_group, self.value_group = int(o.key_group), int(o.value_group)
         self.residual, self.pre_rope = int(o.residual), bool(o.pre_rope)
+        self.max_context = int(o.max_context)
+        if self.max_context < 1:
+            raise BadInputError(f"kv_compress: max_context must be >= 1, got {self.max_context}")
         self.report = KVReport()
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         self.report = KVReport()
         graph = model.graph
+        layer_caches = find_layer_caches(graph)
+        if layer_caches:
+            return self._compress_layer_caches(model, layer_caches)
         found = find_cache_attention(graph)
         past_keys, past_values = _cache_inputs(found)
         layers, batch, heads, length, head_dim = (int(d) for d in past_keys.shape)
@@ -146,21 +180,13 @@ class KVCompress(ir.passes.InPlacePass):
             )
         if sorted(a.layer for a in found) != list(range(layers)):
             raise CompileError(f"kv_compress: {len(found)} attention layers read a cache of {layers} layers")
-        layout = KVCacheLayout(
-            layers=layers,
-            kv_heads=heads,
-            head_dim=head_dim,
-            max_context=length,
-            key_bits=self.key_bits,
-            value_bits=self.value_bits,
-            key_group=self.key_group,
-            value_group=self.value_group,
-            residual=max(self.residual, length) if self.float_cache else self.residual,
-            pre_rope=self.pre_rope,
-            input_ids=graph.inputs[0].name or "input_ids",
+        layout = self._layout(
+            graph,
+            layers,
+            heads,
+            head_dim,
+            length,
             position=_position_input(graph, past_keys, past_values).name or "position",
-            logits=graph.outputs[0].name or "logits",
-            logits_row=LOGITS_ROW if _last_projection(graph) is not None else "",
         )
         state = _add_state_inputs(graph, layout)
         rope = _rope_tables(graph, found) if layout.pre_rope else ()
@@ -179,16 +205,86 @@ class KVCompress(ir.passes.InPlacePass):
             _emit_new_entries(graph, attention, key, layout)
         graph.inputs.remove(past_keys)
         graph.inputs.remove(past_values)
+        return self._finish(model, layout, len(found))
+
+    def _layout(self, graph: ir.Graph, layers: int, heads: int, head_dim: int, length: int, **names: Any):
+        return KVCacheLayout(
+            layers=layers,
+            kv_heads=heads,
+            head_dim=head_dim,
+            max_context=length,
+            key_bits=self.key_bits,
+            value_bits=self.value_bits,
+            key_group=self.key_group,
+            value_group=self.value_group,
+            residual=max(self.residual, length) if self.float_cache else self.residual,
+            pre_rope=self.pre_rope,
+            input_ids=graph.inputs[0].name or "input_ids",
+            logits=graph.outputs[0].name or "logits",
+            logits_row=LOGITS_ROW if _last_projection(graph) is not None else "",
+            **names,
+        )
+
+    def _finish(self, model: ir.Model, layout: KVCacheLayout, layers: int) -> ir.passes.PassResult:
         if layout.logits_row:
-            _logits_of_one_row(graph, layout.logits_row)
+            _logits_of_one_row(model.graph, layout.logits_row)
         common.RemoveUnusedNodesPass()(model)
         model.opset_imports[ops.DOMAIN] = ops.DOMAIN_VERSION
         model.metadata_props[METADATA_KEY] = layout.to_metadata()
-        self.report.layers = len(found)
+        self.report.layers = layers
         self.report.layout = layout.to_json()
-        self.report.bytes_full = layout.cache_bytes(length)
-        self.report.bytes_float = layout.float_cache_bytes(length)
+        self.report.bytes_full = layout.cache_bytes(layout.max_context)
+        self.report.bytes_float = layout.float_cache_bytes(layout.max_context)
         return ir.passes.PassResult(model, True)
+
+    def _compress_layer_caches(self, model: ir.Model, found: list[LayerCache]) -> ir.passes.PassResult:
+        """Per-layer past_key_values inputs grown by Concat (Hugging Face / optimum exports): each layer's
+        attention becomes a KVAttention over the runtime's cache, the present outputs become new_keys /
+        new_values stacked over layers, and the inputs only the cache and its mask read (past caches,
+        attention_mask) leave the graph."""
+        graph = model.graph
+        if self.pre_rope:
+            raise CompileError(
+                "kv_compress: pre_rope needs the rotary tables as constants; this decoder computes them at run time"
+            )
+        first = found[0]
+        _, heads, head_dim = (
+            int(d) for d in (first.past_key.shape[0], first.past_key.shape[1], first.past_key.shape[3])
+        )
+        positions = _position_ids_input(graph, found)
+        layout = self._layout(
+            graph, len(found), heads, head_dim, self.max_context, position=positions.name, position_ids=True
+        )
+        state = _add_state_inputs(graph, layout)
+        new_entries: list[tuple[ir.Value, ir.Value]] = []
+        for attention in found:
+            query_heads, tokens = int(attention.query.shape[1]), int(attention.key.shape[2])
+            groups = query_heads // heads
+            grouped = _reshaped(graph, attention.anchor, attention.query, [1, heads, groups * tokens, head_dim])
+            node = ir.node(
+                KVAttention.name,
+                [grouped, attention.key, attention.value, *state],
+                attributes={"layer": attention.layer, "scale": attention.scale, **layout_attributes(layout)},
+                domain=ops.DOMAIN,
+                name=f"kv_attention_{attention.layer}",
+            )
+            graph.insert_before(attention.anchor, node)
+            ops.infer_shapes(node)
+            per_head = _reshaped(graph, attention.anchor, node.outputs[0], [1, query_heads, tokens, head_dim])
+            ir.convenience.replace_all_uses_with(attention.output, per_head)
+            new_entries.append((attention.key, attention.value))
+        for attention in found:
+            for present in (attention.present_key, attention.present_value):
+                if present in graph.outputs:
+                    graph.outputs.remove(present)
+        for index, name in enumerate((layout.new_keys, layout.new_values)):
+            graph.outputs.append(_stacked(graph, [entry[index] for entry in new_entries], name))
+        for attention in found:
+            graph.inputs.remove(attention.past_key)
+            graph.inputs.remove(attention.past_value)
+        common.RemoveUnusedNodesPass()(model)
+        _drop_unused_inputs(graph, keep={layout.input_ids, layout.position, *STATE_NAMES})
+        return self._finish(model, layout, len(found))
 
 
 # ---------------------------------------------------------------------------------------------------- matching
@@ -204,6 +300,83 @@ def find_cache_attention(graph: ir.Graph) -> list[CacheAttention]:
             "read by Gather, updated by Where, then MatMul(q, Kᵀ) → Softmax → MatMul(·, V))"
         )
     return found
+
+
+def find_layer_caches(graph: ir.Graph) -> list[LayerCache]:
+    """Every attention over a per-layer cache (Concat(past input, new) along tokens, maybe repeated for GQA by
+    Unsqueeze → Expand → Reshape), ordered by the past inputs' order; [] when the graph has none. A graph where
+    only some cache inputs are matched is refused (a partly compressed cache would be wrong)."""
+    found = [a for node in graph if node.op_type == "Softmax" and (a := _match_layer_cache(node)) is not None]
+    if not found:
+        return []
+    pasts = [v for v in graph.inputs if v.shape is not None and len(v.shape) == 4 and v.dtype == ir.DataType.FLOAT]
+    order = {value: index for index, value in enumerate(pasts)}
+    found.sort(key=lambda a: order[a.past_key])
+    matched = {v for a in found for v in (a.past_key, a.past_value)}
+    if matched != set(pasts) or len(matched) != 2 * len(found):
+        missing = [v.name for v in pasts if v not in matched]
+        raise CompileError(
+            f"kv_compress: {len(found)} attention layers read per-layer caches, but the cache inputs {missing[:4]} "
+            "are not read by a matched attention (or two layers share one)"
+        )
+    shapes = {(int(a.past_key.shape[1]), int(a.past_key.shape[3]), int(a.key.shape[2])) for a in found}
+    if len(shapes) != 1:
+        raise CompileError(f"kv_compress: the layers' caches differ in heads / head size / tokens: {sorted(shapes)}")
+    for index, attention in enumerate(found):
+        attention.layer = index
+    return found
+
+
+def _match_layer_cache(softmax: ir.Node) -> LayerCache | None:
+    consumers = [use.node for use in softmax.outputs[0].uses()]
+    if len(consumers) != 1 or consumers[0].op_type != "MatMul" or consumers[0].inputs[0] is not softmax.outputs[0]:
+        return None
+    attend = consumers[0]
+    scores, scale = _unmasked_scores(softmax.inputs[0])
+    qk = _producer(scores, "MatMul")
+    transpose = _producer(qk.inputs[1], "Transpose") if qk is not None else None
+    if transpose is None or list(transpose.attributes.get_ints("perm", [])) != [0, 1, 3, 2]:
+        return None
+    keys, values = _concat_cache(transpose.inputs[0]), _concat_cache(attend.inputs[1])
+    query = qk.inputs[0]
+    if keys is None or values is None or not _static(query, attend.outputs[0], keys[2], values[2]):
+        return None
+    heads, kv_heads = int(query.shape[1]), int(keys[1].shape[1])
+    if len(query.shape) != 4 or query.shape[0] != 1 or heads % kv_heads or keys[2].shape != values[2].shape:
+        return None
+    return LayerCache(
+        layer=0,
+        query=query,
+        key=keys[2],
+        value=values[2],
+        past_key=keys[1],
+        past_value=values[1],
+        present_key=keys[0],
+        present_value=values[0],
+        output=attend.outputs[0],
+        scale=scale,
+        anchor=attend,
+    )
+
+
+def _concat_cache(value: ir.Value) -> tuple[ir.Value, ir.Value, ir.Value] | None:
+    """(Concat output, past input, new entries) behind the keys or values an attention reads: Concat(past, new)
+    along the token axis of [1, kv_heads, tokens, D], under a GQA repeat (Unsqueeze → Expand → Reshape)."""
+    node = value.producer()
+    while node is not None and node.op_type in ("Reshape", "Expand", "Unsqueeze") and node.domain in ("", "ai.onnx"):
+        node = node.inputs[0].producer()
+    if node is None or node.op_type != "Concat" or len(node.inputs) != 2:
+        return None
+    past, new = node.inputs
+    if past is None or new is None or not past.is_graph_input() or past.shape is None or len(past.shape) != 4:
+        return None
+    if node.attributes.get_int("axis", 0) not in (2, -2) or past.shape[0] != 1:
+        return None
+    return node.outputs[0], past, new
+
+
+def _static(*values: ir.Value) -> bool:
+    return all(v.shape is not None and all(isinstance(d, int) for d in v.shape) for v in values)
 
 
 def _producer(value: ir.Value | None, op_type: str) -> ir.Node | None:
@@ -308,6 +481,27 @@ def _cache_inputs(found: list[CacheAttention]) -> tuple[ir.Value, ir.Value]:
     return pasts.pop()
 
 
+def _position_ids_input(graph: ir.Graph, found: list[LayerCache]) -> ir.Value:
+    """The position_ids input [1, S] (int) of a decoder with per-layer caches: the runtime fills it with each
+    step token's position."""
+    tokens = int(found[0].key.shape[2])
+    candidates = [
+        v
+        for v in graph.inputs[1:]
+        if v.dtype is not None
+        and v.dtype.is_integer()
+        and v.shape is not None
+        and [int(d) if isinstance(d, int) else None for d in v.shape] == [1, tokens]
+        and "mask" not in (v.name or "")
+    ]
+    if len(candidates) != 1:
+        raise CompileError(
+            f"kv_compress: a decoder with per-layer caches needs one position_ids input [1, {tokens}] (int); "
+            f"inputs are {[v.name for v in graph.inputs]}"
+        )
+    return candidates[0]
+
+
 def _position_input(graph: ir.Graph, *caches: ir.Value) -> ir.Value:
     others = [v for v in graph.inputs if v not in caches and v is not graph.inputs[0]]
     if len(graph.inputs) != 4 or len(others) != 1:
@@ -345,6 +539,45 @@ def _logits_of_one_row(graph: ir.Graph, name: str) -> None:
     head.replace_input_with(0, gather.outputs[0])
     logits = graph.outputs[0]
     logits.shape = ir.Shape([logits.shape[0], 1, logits.shape[2]])
+
+
+def _reshaped(graph: ir.Graph, before: ir.Node, value: ir.Value, shape: list[int]) -> ir.Value:
+    """Reshape(value, shape) inserted before `before`."""
+    target = add_initializer(graph, np.array(shape, np.int64), f"{value.name}_shape")
+    node = ir.node("Reshape", [value, target])
+    graph.insert_before(before, node)
+    node.outputs[0].shape, node.outputs[0].dtype = ir.Shape(shape), value.dtype
+    return node.outputs[0]
+
+
+def _stacked(graph: ir.Graph, values: list[ir.Value], name: str) -> ir.Value:
+    """Concat of Unsqueeze(value, 0) over `values`, appended to the graph: [len(values), *shape]."""
+    axes = add_initializer(graph, np.array([0], np.int64), f"{name}_axes")
+    parts = []
+    for value in values:
+        node = ir.node("Unsqueeze", [value, axes])
+        graph.append(node)
+        node.outputs[0].shape, node.outputs[0].dtype = ir.Shape([1, *value.shape]), value.dtype
+        parts.append(node.outputs[0])
+    concat = ir.node("Concat", parts, attributes={"axis": 0})
+    graph.append(concat)
+    out = concat.outputs[0]
+    out.name, out.dtype, out.shape = name, values[0].dtype, ir.Shape([len(values), *values[0].shape])
+    return out
+
+
+def _drop_unused_inputs(graph: ir.Graph, keep: set[str]) -> None:
+    """Remove graph inputs nothing reads any more (the attention mask once the attention is the cache's); an
+    input still read that the runtime cannot feed is refused."""
+    for value in list(graph.inputs):
+        if value.name in keep or value.name == LOGITS_ROW:
+            continue
+        if value.uses():
+            raise CompileError(
+                f"kv_compress: input '{value.name}' is still read after the cache was compressed; the runtime "
+                "feeds only the token ids, their positions and the cache"
+            )
+        graph.inputs.remove(value)
 
 
 def _add_state_inputs(graph: ir.Graph, layout: KVCacheLayout) -> list[ir.Value]:

@@ -63,6 +63,7 @@ class KVCacheLayout:
     position: str = "position"
     logits: str = "logits"
     logits_row: str = ""  # an input choosing the one row of a step's S tokens whose logits it returns ("": none)
+    position_ids: bool = False  # the position input holds every step token's position [1, S], not the first [1]
     new_keys: str = "new_keys"
     new_values: str = "new_values"
 

@@ -51,13 +51,16 @@ class DecoderSession:
         self._lock = threading.RLock()
         self.cache = KVCacheState(layout, allocate)
         self.input_ids = allocate((1, 1), np.dtype(np.int64))
-        self.position = allocate((1,), np.dtype(np.int64))
+        # the first token's position [1], or each token's ([1, S]: position_ids of Hugging Face exports)
+        self.position = allocate((1, 1) if layout.position_ids else (1,), np.dtype(np.int64))
         self.logits_row = allocate((1,), np.dtype(np.int64))  # which of a step's tokens to return logits for
         self._run = bind(self.feeds())
-        self._chunks: dict[int, tuple[np.ndarray, StepFunction]] = {}
+        self._chunks: dict[int, tuple[np.ndarray, np.ndarray, StepFunction]] = {}
         for tokens, bind_chunk in sorted((chunks or {}).items()):
             ids = allocate((1, tokens), np.dtype(np.int64))
-            self._chunks[tokens] = (ids, bind_chunk(self.feeds() | {layout.input_ids: ids}))
+            positions = allocate((1, tokens), np.dtype(np.int64)) if layout.position_ids else self.position
+            feeds = self.feeds() | {layout.input_ids: ids, layout.position: positions}
+            self._chunks[tokens] = (ids, positions, bind_chunk(feeds))
         self._pending: int | None = None
         self._logits: np.ndarray | None = None
 
@@ -107,7 +110,7 @@ class DecoderSession:
                 "(compile the decoder with a longer cache, or reset() the session)"
             )
         self.input_ids[0, 0] = token
-        self.position[0] = self.cache.tokens
+        self.position.reshape(-1)[0] = self.cache.tokens
         self.logits_row[0] = 0
         logits, keys, values = self._run()[:3]
         result = np.array(logits, dtype=np.float32).reshape(-1)
@@ -154,10 +157,13 @@ class DecoderSession:
             for token in token_ids:
                 logits = self._step(token)
             return logits  # type: ignore[return-value]
-        ids, run = self._chunks[tokens]
+        ids, positions, run = self._chunks[tokens]
         ids[0, :count] = token_ids
         ids[0, count:] = token_ids[-1]
-        self.position[0] = self.cache.tokens
+        if self.layout.position_ids:
+            positions[0] = np.arange(self.cache.tokens, self.cache.tokens + tokens)
+        else:
+            positions[0] = self.cache.tokens
         self.logits_row[0] = count - 1
         logits, keys, values = run()[:3]
         logits = np.asarray(logits)[0]  # [1, V] for the row asked for, or [S, V] without a row input

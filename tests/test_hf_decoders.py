@@ -37,14 +37,17 @@ def _config(kind: str):
     return transformers.Qwen2Config(**common)  # q/k/v projections with biases
 
 
-@pytest.fixture(scope="module", params=["llama", "qwen2"])
+@pytest.fixture(scope="module", params=[("llama", "eager"), ("qwen2", "eager"), ("llama", "sdpa")])
 def hf_decoder(request, tmp_path_factory):
-    """A random 2-layer GQA decoder (4 query / 2 key-value heads, head dim 16) exported with a dynamic past."""
-    config = _config(request.param)
-    config._attn_implementation = "eager"
+    """A random 2-layer GQA decoder (4 query / 2 key-value heads, head dim 16) exported with a dynamic past; with
+    transformers' default attention (SDPA) the export scales q and Kᵀ by √scale each, transposes K through a
+    3-D reshape and guards the softmax against NaN rows."""
+    kind, attention = request.param
+    config = _config(kind)
+    config._attn_implementation = attention
     torch.manual_seed(0)
     model = transformers.AutoModelForCausalLM.from_config(config).eval()
-    path = export_decoder_with_past(model, tmp_path_factory.mktemp(request.param) / "decoder.onnx", 256)
+    path = export_decoder_with_past(model, tmp_path_factory.mktemp(f"{kind}_{attention}") / "decoder.onnx", 256)
     return path
 
 

@@ -328,22 +328,24 @@ def find_layer_caches(graph: ir.Graph) -> list[LayerCache]:
 
 
 def _match_layer_cache(softmax: ir.Node) -> LayerCache | None:
-    consumers = [use.node for use in softmax.outputs[0].uses()]
-    if len(consumers) != 1 or consumers[0].op_type != "MatMul" or consumers[0].inputs[0] is not softmax.outputs[0]:
+    attend = _weighted_values(softmax)
+    if attend is None:
         return None
-    attend = consumers[0]
     scores, scale = _unmasked_scores(softmax.inputs[0])
     qk = _producer(scores, "MatMul")
-    transpose = _producer(qk.inputs[1], "Transpose") if qk is not None else None
-    if transpose is None or list(transpose.attributes.get_ints("perm", [])) != [0, 1, 3, 2]:
+    if qk is None:
         return None
-    keys, values = _concat_cache(transpose.inputs[0]), _concat_cache(attend.inputs[1])
-    query = qk.inputs[0]
+    query, query_scale = _scaled(qk.inputs[0])
+    transposed, key_scale = _scaled(qk.inputs[1])
+    source = _transposed_source(transposed)
+    keys = _concat_cache(source) if source is not None else None
+    values = _concat_cache(attend.inputs[1])
     if keys is None or values is None or not _static(query, attend.outputs[0], keys[2], values[2]):
         return None
     heads, kv_heads = int(query.shape[1]), int(keys[1].shape[1])
     if len(query.shape) != 4 or query.shape[0] != 1 or heads % kv_heads or keys[2].shape != values[2].shape:
         return None
+    scale *= query_scale * key_scale
     return LayerCache(
         layer=0,
         query=query,
@@ -357,6 +359,79 @@ def _match_layer_cache(softmax: ir.Node) -> LayerCache | None:
         scale=scale,
         anchor=attend,
     )
+
+
+def _weighted_values(softmax: ir.Node) -> ir.Node | None:
+    """The MatMul(probs, V) that reads the softmax, directly or through PyTorch SDPA's guard Where(IsNaN(p), 0,
+    p) (rows that are all masked: none here, the runtime's cache always holds the token itself)."""
+    probs = softmax.outputs[0]
+    consumers = [use.node for use in probs.uses()]
+    if len(consumers) == 2 and {node.op_type for node in consumers} == {"IsNaN", "Where"}:
+        where = next(node for node in consumers if node.op_type == "Where")
+        isnan = next(node for node in consumers if node.op_type == "IsNaN")
+        zero = constant(where.inputs[1])
+        if where.inputs[0] is not isnan.outputs[0] or where.inputs[2] is not probs or zero is None or zero.any():
+            return None
+        probs = where.outputs[0]
+        consumers = [use.node for use in probs.uses()]
+    if len(consumers) != 1 or consumers[0].op_type != "MatMul" or consumers[0].inputs[0] is not probs:
+        return None
+    return consumers[0]
+
+
+def _scaled(value: ir.Value) -> tuple[ir.Value, float]:
+    """(x, c) for Mul(x, c) with a one-element constant c (SDPA scales q and Kᵀ by √scale each), else (value, 1)."""
+    if (node := _producer(value, "Mul")) is not None:
+        factor = constant(node.inputs[1])
+        if factor is not None and factor.size == 1:
+            return node.inputs[0], float(factor.reshape(()))
+    return value, 1.0
+
+
+def _transposed_source(value: ir.Value) -> ir.Value | None:
+    """The [1, H, L, D] tensor (or GQA repeat) whose last two axes `value` swaps, through a chain of Transposes
+    and Reshapes (one Transpose(0, 1, 3, 2), or SDPA's reshape to 3-D, transpose, reshape back, maybe merged with
+    the repeat's reshape): the chain is run on an index tensor to check it is exactly that transpose."""
+    chain: list[ir.Node] = []
+    node = value.producer()
+    while node is not None and node.op_type in ("Transpose", "Reshape") and node.domain in ("", "ai.onnx"):
+        chain.append(node)
+        node = node.inputs[0].producer()
+    for length in range(1, len(chain) + 1):  # the shortest chain back to a 4-D tensor that it transposes
+        source = chain[length - 1].inputs[0]
+        if _swaps_last_axes(chain[:length], source, value):
+            return source
+    return None
+
+
+def _swaps_last_axes(chain: list[ir.Node], source: ir.Value, value: ir.Value) -> bool:
+    """Whether Transposes / Reshapes `chain` (last applied first in the list) map `source` [1, H, L, D] (or GQA's
+    repeat [1, kv_heads, groups, L, D], read as [1, H, L, D]) to its transpose [1, H, D, L], run on an index
+    tensor."""
+    if not _static(source, value) or len(source.shape) not in (4, 5):
+        return False
+    shape = [int(d) for d in source.shape]
+    indices = np.arange(int(np.prod(shape))).reshape(shape)
+    result = indices
+    if len(shape) == 5:  # GQA's repeat [1, kv_heads, groups, L, D], its reshape to heads folded into the chain
+        indices = indices.reshape(shape[0], shape[1] * shape[2], shape[3], shape[4])
+    for step in reversed(chain):
+        if step.op_type == "Transpose":
+            perm = list(step.attributes.get_ints("perm", list(range(result.ndim))[::-1]))
+            if len(perm) != result.ndim:
+                return False
+            result = np.transpose(result, perm)
+        else:
+            target = constant(step.inputs[1])
+            if target is None or (step.attributes.get_int("allowzero", 0) and 0 in target):
+                return False
+            dims = [result.shape[i] if d == 0 else int(d) for i, d in enumerate(target.reshape(-1))]
+            try:
+                result = result.reshape(dims)
+            except ValueError:
+                return False
+    expected = np.swapaxes(indices, -1, -2)
+    return result.shape == expected.shape and np.array_equal(result, expected)
 
 
 def _concat_cache(value: ir.Value) -> tuple[ir.Value, ir.Value, ir.Value] | None:

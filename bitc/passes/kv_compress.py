@@ -248,9 +248,7 @@ class KVCompress(ir.passes.InPlacePass):
                 "kv_compress: pre_rope needs the rotary tables as constants; this decoder computes them at run time"
             )
         first = found[0]
-        _, heads, head_dim = (
-            int(d) for d in (first.past_key.shape[0], first.past_key.shape[1], first.past_key.shape[3])
-        )
+        heads, head_dim = int(first.past_key.shape[1]), int(first.past_key.shape[3])
         positions = _position_ids_input(graph, found)
         layout = self._layout(
             graph, len(found), heads, head_dim, self.max_context, position=positions.name, position_ids=True

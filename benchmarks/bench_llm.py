@@ -20,6 +20,7 @@ process, rounds interleaved; medians over rounds (and the spread). Artifacts and
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import statistics
 import subprocess
@@ -44,6 +45,10 @@ BITC_ENGINES = {"bitc-fp32-kv4": {"kv_compress": 4}}
 
 def prepare(engines: list[str], work: Path) -> dict[str, Path]:
     """Each engine's model file, made once and kept in `work`."""
+    if any(engine.startswith("llama-") for engine in engines) and importlib.util.find_spec("llama_cpp") is None:
+        raise SystemExit(
+            "llama.cpp engines need llama-cpp-python: pip install 'bitc[llm-bench]' (or --engines bitc-fp32-kv4)"
+        )
     work.mkdir(parents=True, exist_ok=True)
     files: dict[str, Path] = {}
     for engine in engines:

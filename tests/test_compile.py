@@ -287,6 +287,41 @@ def test_a_conv_over_a_one_pixel_wide_image_matches_onnxruntime(tmp_path):
     assert "generic_convs" not in result.manifest["codegen"]
 
 
+def test_avx2_conv_register_tiles_span_several_channel_blocks():
+    """16 ymm registers: 2-4 output-channel blocks per tile (fewer loads per FMA than one block × 14 rows), the
+    accumulators, one weight vector per block and one broadcast within 16; 32 zmm registers take bigger tiles."""
+    from bitc.codegen.cpu.schedules import _conv_register_tile
+
+    for channel_blocks, row_extent in ((8, 56), (32, 14), (6, 28), (4, 7), (1, 56)):
+        blocks, rows = _conv_register_tile(channel_blocks, row_extent, registers=16)
+        assert channel_blocks % blocks == 0 and row_extent % rows == 0
+        assert blocks * rows + blocks + 1 <= 16
+        if channel_blocks > 1 and row_extent in (56, 14):
+            assert blocks > 1
+    assert _conv_register_tile(8, 56, registers=32) != _conv_register_tile(8, 56, registers=16)
+
+
+@pytest.mark.parametrize(("channels", "size", "kernel"), [(64, 28, 3), (48, 14, 1), (32, 7, 3)])
+def test_avx2_multi_block_conv_tiles_match_onnxruntime(tmp_path, channels, size, kernel):
+    """The AVX2 build (x86-64-v3: runs on any AVX2 CPU) of convs whose register tiles span 2-4 channel blocks,
+    with a bias and ReLU in the write-back."""
+    from onnx import helper, numpy_helper
+
+    rng = np.random.default_rng(channels)
+    w = numpy_helper.from_array(rng.standard_normal((channels, 16, kernel, kernel)).astype(np.float32), "w")
+    b = numpy_helper.from_array(rng.standard_normal(channels).astype(np.float32), "b")
+    nodes = [
+        helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[kernel // 2] * 4),
+        helper.make_node("Relu", ["c"], ["y"]),
+    ]
+    shape = [1, channels, size, size]
+    path = save_graph(tmp_path / "conv.onnx", nodes, {"x": [1, 16, size, size]}, {"y": shape}, [w, b])
+    x = rng.standard_normal((1, 16, size, size)).astype(np.float32)
+    bitc.compile(path, tmp_path / "avx2.bitc", target="cpu:x86-64-v3")
+    got = bitc.load(tmp_path / "avx2.bitc")(x)
+    np.testing.assert_allclose(got, run_onnxruntime(path, {"x": x})[0], rtol=1e-4, atol=1e-4)
+
+
 def test_a_1d_conv_runs_as_a_blocked_2d_conv_and_matches_onnxruntime(tmp_path):
     from onnx import helper, numpy_helper
 

@@ -57,3 +57,18 @@ def test_binary_kernels_are_tuned_and_stay_bit_exact(tmp_path):
     model = normalize(load_onnx(tmp_path / "m.onnx"), source="m")
     expected = ops.reference_evaluator(model).run(None, {"x": x})[0]
     assert np.array_equal(bitc.load(tuned.path)(x), expected)
+
+
+def test_intrinsic_import_skips_the_module_scan_only_for_frames_without_files():
+    """The speed-up for importing MetaSchedule's intrinsics must not change what inspect reports for real code."""
+    import inspect
+    import sys
+
+    from bitc.codegen.cpu.tuning import _frames_without_files_skip_module_scan
+
+    frame = sys._getframe()
+    with _frames_without_files_skip_module_scan():
+        assert inspect.getmodule(frame, "<frozen importlib._bootstrap>") is None
+        assert inspect.getmodule(frame, frame.f_code.co_filename) is sys.modules[__name__]
+        assert inspect.getmodule(np.add) is np
+    assert inspect.getmodule is not None and inspect.getmodule.__module__ == "inspect"

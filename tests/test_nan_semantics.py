@@ -315,3 +315,39 @@ def test_lanewise_reduction_gets_its_vector_schedule(shape, axis, keepdims):
     scheduled = cpu_schedules.schedule_lanewise_reduction(te.create_prim_func([data, reduced]), 2, 16)
     assert scheduled is not None and "T.vectorized(16)" in scheduled.mod.script()
     assert ("T.parallel" in scheduled.mod.script()) == (axis is not None)
+
+
+@pytest.mark.parametrize("width", [256, 512])
+def test_wide_softmax_rows_keep_nan_and_inf_in_every_chunk(tmp_path, width):
+    """Softmax's stabilising max over 16-16-32 vector chunks: a NaN or inf in the first, a middle or the last chunk
+    still makes its row what onnxruntime gives (the chunk max may drop a NaN; the row's sum keeps it)."""
+    rows = np.random.default_rng(2).standard_normal((9, width)).astype(np.float32) * 4
+    for row, column in enumerate([3, width // 2 + 1, width - 1]):
+        rows[row, column] = NAN
+        rows[3 + row, column] = INF
+    rows[6, :] = -INF
+    rows[7, width - 16 :] = 90.0  # the max in the last chunk only
+    graph = helper.make_graph(
+        [helper.make_node("Softmax", ["x"], ["y"], axis=-1)],
+        "wide_softmax",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(rows.shape))],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+    )
+    _save(tmp_path / "m.onnx", graph)
+    bitc.compile(tmp_path / "m.onnx", tmp_path / "m.bitc")
+    _assert_same(bitc.load(tmp_path / "m.bitc")(rows), run_onnxruntime(tmp_path / "m.onnx", {"x": rows})[0], "softmax")
+
+
+def test_softmax_row_max_grows_linearly_with_the_row():
+    """Each chunk adds one max to the expression: a NaN-keeping max folded over the chunks doubled it per chunk
+    (lowering a 128-wide softmax took a minute, a 256-wide one did not finish)."""
+    from tvm import te
+
+    from bitc.codegen.cpu.fast_math import softmax
+
+    def size(width: int) -> int:
+        data = te.placeholder((2, width), "float32", name="x")
+        return len(te.create_prim_func([data, softmax(data, -1)]).script())
+
+    narrow, wide = size(64), size(128)  # 4 and 8 chunks
+    assert wide < 2 * narrow, (narrow, wide)

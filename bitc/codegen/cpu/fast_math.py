@@ -109,7 +109,7 @@ def softmax(data: te.Tensor, axis: int) -> te.Tensor:
         return topi.cast(softmax(topi.cast(data, "float32"), axis), "float16")
     axis %= len(data.shape)
     if axis == len(data.shape) - 1:
-        largest = _lanewise_max(data)
+        largest = _stabilizing_max(data)
     else:
         largest = nan_semantics.reduce(data, [axis], True, nan_semantics.max_reducer())
     # x - max <= 0 (a NaN or +inf in the row makes it all NaN, as in onnxruntime): exp cannot overflow
@@ -119,13 +119,19 @@ def softmax(data: te.Tensor, axis: int) -> te.Tensor:
     return topi.multiply(exps, topi.divide(one, topi.sum(exps, axis=axis, keepdims=True)))
 
 
-def _lanewise_max(data: te.Tensor, lanes: int = 16, max_chunks: int = 32) -> te.Tensor:
-    """Row max over the last axis in two steps: an elementwise max across the row's vector-sized chunks (it
-    vectorises), then a max across lanes. One long max chain does not vectorise (LLVM needs no-NaNs for that)
-    and costs a compare's latency per element. Both steps keep NaN and start from -inf."""
+def _stabilizing_max(data: te.Tensor, lanes: int = 16, max_chunks: int = 32) -> te.Tensor:
+    """Row max over the last axis, for softmax to subtract: an elementwise max across the row's vector-sized
+    chunks (it vectorises), then a NaN-keeping max across lanes. One long max chain does not vectorise (LLVM
+    needs no-NaNs for that) and costs a compare's latency per element.
+
+    The chunk step is a plain `max`, which may drop a NaN: softmax needs the max only to keep exp in range, and a
+    NaN anywhere in the row makes the row's sum NaN, so the whole row is NaN whatever is subtracted (as in
+    onnxruntime). A NaN-keeping max reads its first operand twice; folded over the chunks, that expression
+    doubled per chunk (2^8 leaves for a 128-wide row: lowering MiniLM's softmax took 60 s, a 256-wide one
+    did not finish)."""
     import functools
 
-    from tvm import te
+    from tvm import te, tirx
 
     length = int(data.shape[-1])
     chunks = length // lanes
@@ -134,10 +140,7 @@ def _lanewise_max(data: te.Tensor, lanes: int = 16, max_chunks: int = 32) -> te.
         return nan_semantics.reduce(data, [-1], True, row_max)
     partial = te.compute(
         (*data.shape[:-1], lanes),
-        lambda *i: functools.reduce(
-            lambda a, b: nan_semantics.maximum(a, b, data.dtype),
-            [data[(*i[:-1], c * lanes + i[-1])] for c in range(chunks)],
-        ),
+        lambda *i: functools.reduce(tirx.max, [data[(*i[:-1], c * lanes + i[-1])] for c in range(chunks)]),
         name="lane_max",
     )
     return nan_semantics.reduce(partial, [-1], True, row_max)

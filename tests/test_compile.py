@@ -322,6 +322,33 @@ def test_avx2_multi_block_conv_tiles_match_onnxruntime(tmp_path, channels, size,
     np.testing.assert_allclose(got, run_onnxruntime(path, {"x": x})[0], rtol=1e-4, atol=1e-4)
 
 
+def test_avx2_matmul_register_tiles_leave_room_for_operands():
+    """16 ymm registers: at most 12 accumulators per matmul tile (4 vectors × 4 rows took all 16 and spilled)."""
+    from bitc.codegen.cpu.schedules import _matmul_vectors
+
+    for blocks in (192, 48, 125, 7, 6, 1):
+        vectors = _matmul_vectors(blocks, has_32_registers=False)
+        rows = 14 if vectors == 1 else 6 if vectors == 2 else 4  # the row caps schedule_anchor pairs them with
+        assert blocks % vectors == 0 and vectors * rows <= 14 and vectors in (1, 2, 3)
+    assert _matmul_vectors(192) == 4  # 32 zmm registers keep the wide tile
+
+
+@pytest.mark.parametrize(("rows", "inner", "columns"), [(128, 96, 384), (24, 64, 48), (7, 32, 40)])
+def test_avx2_matmul_tiles_match_onnxruntime(tmp_path, rows, inner, columns):
+    """The AVX2 build (x86-64-v3) of matmuls with 2- and 3-vector tiles and a row count no tile divides."""
+    from onnx import helper, numpy_helper
+
+    rng = np.random.default_rng(rows)
+    w = numpy_helper.from_array(rng.standard_normal((inner, columns)).astype(np.float32), "w")
+    b = numpy_helper.from_array(rng.standard_normal(columns).astype(np.float32), "b")
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["m"]), helper.make_node("Add", ["m", "b"], ["y"])]
+    path = save_graph(tmp_path / "mm.onnx", nodes, {"x": [rows, inner]}, {"y": [rows, columns]}, [w, b])
+    x = rng.standard_normal((rows, inner)).astype(np.float32)
+    bitc.compile(path, tmp_path / "avx2.bitc", target="cpu:x86-64-v3")
+    got = bitc.load(tmp_path / "avx2.bitc")(x)
+    np.testing.assert_allclose(got, run_onnxruntime(path, {"x": x})[0], rtol=1e-4, atol=1e-4)
+
+
 def test_a_1d_conv_runs_as_a_blocked_2d_conv_and_matches_onnxruntime(tmp_path):
     from onnx import helper, numpy_helper
 

@@ -77,7 +77,9 @@ def build_sizes(
     i's entry function is `module_merge.entry_name(i)`, and the weights the sizes share are stored once."""
     start = time.perf_counter()
     tuning_options = tuning_options or tuning.TuningOptions()
-    scheduled = [cpu_build.schedule_model(model, target, tuning_options, source) for model in models]
+    scheduled = [  # packed matmul weights would not be shared between a GEMV size and the others
+        cpu_build.schedule_model(model, target, tuning_options, source, pack_weights=False) for model in models
+    ]
     try:
         merged = module_merge.merge_sizes([mod for mod, *_ in scheduled])
     except ValueError as exc:

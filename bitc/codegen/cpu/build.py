@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 import onnx_ir as ir
 
-from bitc.codegen.cpu import channel_gather, epilogue_fusion, fast_math, matmul_padding, nchwc, tuning
+from bitc.codegen.cpu import channel_gather, epilogue_fusion, fast_math, matmul_packing, matmul_padding, nchwc, tuning
 from bitc.codegen.cpu.schedules import default_schedule_pass
 from bitc.codegen.relax import half_accumulation, nan_semantics
 from bitc.codegen.relax.legalize_cache import Legalizer
@@ -32,13 +32,18 @@ def compile_model(
 
 
 def schedule_model(
-    model: ir.Model, target: CpuTarget, tuning_options: tuning.TuningOptions, source: str
+    model: ir.Model,
+    target: CpuTarget,
+    tuning_options: tuning.TuningOptions,
+    source: str,
+    *,
+    pack_weights: bool = True,
 ) -> tuple[tvm.IRModule, dict[str, Any], str, list[str]]:
     """Everything before code generation: the scheduled module (one `main`), the tuning report, the conv layout
-    and the convolutions left to generic code."""
+    and the convolutions left to generic code. `pack_weights`: see `lower_to_fused_tir`."""
     mod = to_relax(model, source, target)
     try:
-        mod, conv_layout, generic_convs = lower_to_fused_tir(mod, target)
+        mod, conv_layout, generic_convs = lower_to_fused_tir(mod, target, pack_weights=pack_weights)
         mod, tuning_report = tuning.apply(mod, target, tuning_options)
         with target.tvm():
             mod = default_schedule_pass(target)(mod)
@@ -61,8 +66,12 @@ def compile_module(mod: tvm.IRModule, target: CpuTarget, source: str) -> relax.V
         raise CompileError(f"{source}: TVM compilation failed: {first_line(exc)}") from None
 
 
-def lower_to_fused_tir(mod: tvm.IRModule, target: CpuTarget) -> tuple[tvm.IRModule, str, list[str]]:
+def lower_to_fused_tir(
+    mod: tvm.IRModule, target: CpuTarget, *, pack_weights: bool = True
+) -> tuple[tvm.IRModule, str, list[str]]:
     """Blocked conv layout, legalisation to TIR and operator fusion: the form tuning and scheduling work on.
+    `pack_weights`: constant matmul weights packed into column panels (`matmul_packing`; off where several sizes
+    share one set of weights).
 
     Returns the module, the conv layout used ("blocked", or "NCHW" with the reason where TVM's layout inference
     refused the graph, e.g. 5-D BatchNorm: that still compiles, with slower convs) and the convolutions left to
@@ -85,6 +94,8 @@ def lower_to_fused_tir(mod: tvm.IRModule, target: CpuTarget) -> tuple[tvm.IRModu
         mod = relax.transform.EliminateCommonSubexpr()(mod)
         mod = channel_gather.gather_channel_permutations(mod)
         mod = matmul_padding.pad_matmul_columns(mod, target.vector_lanes)
+        if pack_weights:
+            mod = matmul_packing.pack_matmul_weights(mod, target.vector_lanes)
         generic = nchwc.generic_convs(mod)
         passes = legalize_and_fuse(
             legalize_map(), fold_call_tirs=True, after_fuse_ops=[epilogue_fusion.merge_epilogue_groups_pass()]

@@ -324,13 +324,13 @@ def test_avx2_multi_block_conv_tiles_match_onnxruntime(tmp_path, channels, size,
 
 def test_avx2_matmul_register_tiles_leave_room_for_operands():
     """16 ymm registers: at most 12 accumulators per matmul tile (4 vectors × 4 rows took all 16 and spilled)."""
-    from bitc.codegen.cpu.schedules import _matmul_vectors
+    from bitc.codegen.cpu.schedules import matmul_tile_vectors
 
     for blocks in (192, 48, 125, 7, 6, 1):
-        vectors = _matmul_vectors(blocks, has_32_registers=False)
+        vectors = matmul_tile_vectors(blocks, has_32_registers=False)
         rows = 14 if vectors == 1 else 6 if vectors == 2 else 4  # the row caps schedule_anchor pairs them with
         assert blocks % vectors == 0 and vectors * rows <= 14 and vectors in (1, 2, 3)
-    assert _matmul_vectors(192) == 4  # 32 zmm registers keep the wide tile
+    assert matmul_tile_vectors(192) == 4  # 32 zmm registers keep the wide tile
 
 
 @pytest.mark.parametrize(("rows", "inner", "columns"), [(128, 96, 384), (24, 64, 48), (7, 32, 40)])

@@ -85,3 +85,13 @@ def test_one_row_and_ragged_matmuls_keep_row_major_weights(tmp_path):
     """A GEMV streams W's rows as they are; a column count no vector divides is left to the padding rewrite."""
     assert not any("matmul_packed" in n for n in _kernels(_matmul_model(tmp_path / "gemv.onnx", (1, 64), 256)))
     assert not any("matmul_packed" in n for n in _kernels(_matmul_model(tmp_path / "odd.onnx", (8, 64), 20)))
+
+
+def test_weights_over_the_size_cap_stay_row_major(tmp_path, monkeypatch):
+    """A tied LM head would be stored twice (packed for the matmul, row-major for the embedding Gather)."""
+    from bitc.codegen.cpu import matmul_packing
+
+    path = _matmul_model(tmp_path / "m.onnx", (8, 64), 256)
+    assert any("matmul_packed" in n for n in _kernels(path))
+    monkeypatch.setattr(matmul_packing, "MAX_PACKED_BYTES", 64 * 256 * 4 - 1)
+    assert not any("matmul_packed" in n for n in _kernels(path))

@@ -1,21 +1,22 @@
 """MatMul by a constant weight W [K, N] as a matmul by W packed into column panels [N / P, K, P], P the width of
-the register tile (`schedules._matmul_vectors` vectors).
+the register tile (`schedules.matmul_tile_vectors` vectors).
 
 The tile reads P columns of W for each k. Row-major W puts consecutive k a whole row (N floats) apart, so each k
 touches a new cache line and the K × P panel outgrows L1 for wide layers; packed, the panel is one contiguous
 stream, as MLAS packs B. MiniLM's [128, 384] × [384, 1536] matmul ran at 33 GFLOP/s unpacked and 62 packed on a
 Zen 3 (onnxruntime 59). The packing moves values only, so every sum is the same sum: exact.
 
-Only matmuls with at least two rows are packed (a one-row GEMV streams W's rows, which row-major already does), and
-only in single-size builds: sizes merged into one library share their weights, and a GEMV size would keep W
-unpacked next to the packed copy.
+Only matmuls with at least two rows are packed (a one-row GEMV streams W's rows, which row-major already does), only
+in single-size builds (sizes merged into one library share their weights, and a GEMV size would keep W unpacked
+next to the packed copy), and only weights up to `MAX_PACKED_BYTES`: an LM head tied to its embedding table would
+be stored twice (the Gather reads it row-major).
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from bitc.codegen.cpu.schedules import _matmul_vectors
+from bitc.codegen.cpu.schedules import matmul_tile_vectors
 from bitc.codegen.relax.rewrite import declared_out_dtype, rewrite_calls
 
 if TYPE_CHECKING:
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
     from tvm import relax, te
 
 PACKED_MATMUL = "matmul_packed"
+MAX_PACKED_BYTES = 64 << 20
 
 
 def pack_matmul_weights(mod: tvm.IRModule, lanes: int) -> tvm.IRModule:
@@ -50,11 +52,11 @@ def _packed(mutator: relax.PyExprMutator, call: relax.Call, lanes: int) -> relax
         return None
     if declared_out_dtype(call.attrs) not in (None, "float32") or str(weight.ty.dtype) != "float32":
         return None
-    values = weight.value.numpy()
-    inner, columns = values.shape
-    if shape[-1] != inner or columns % lanes:
+    inner, columns = (int(d) for d in weight.ty.shape)
+    if shape[-1] != inner or columns % lanes or inner * columns * 4 > MAX_PACKED_BYTES:
         return None
-    panel = _matmul_vectors(columns // lanes, lanes >= 16) * lanes
+    values = weight.value.numpy()
+    panel = matmul_tile_vectors(columns // lanes, lanes >= 16) * lanes
     packed = np.ascontiguousarray(values.reshape(inner, columns // panel, panel).transpose(1, 0, 2))
     return mutator.builder_.call_te(_packed_matmul, data, relax.const(packed), primfunc_name_hint=PACKED_MATMUL)
 

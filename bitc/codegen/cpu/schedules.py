@@ -133,7 +133,7 @@ def schedule_anchor(func: tirx.PrimFunc, num_cores: int, vector_lanes: int) -> s
     if is_gemv:  # M = 1: a wide strip of accumulators in L1, so B streams row by row (not in strided columns)
         vectors = _gemv_vectors(extents[-1] // lanes, num_cores)
     else:
-        vectors = 1 if is_conv or is_depthwise else _matmul_vectors(extents[-1] // lanes, vector_lanes >= 16)
+        vectors = 1 if is_conv or is_depthwise else matmul_tile_vectors(extents[-1] // lanes, vector_lanes >= 16)
     vec_outer, vec_inner = sch.split(spatial[-1], [None, lanes * vectors])
     channel_tile: list[LoopRV] = []
     if is_conv and len(spatial) >= 4 and extents[-1] == lanes:
@@ -568,7 +568,7 @@ def _is_primfunc(func: tvm.ir.BaseFunc) -> bool:
     return isinstance(func, tirx.PrimFunc)
 
 
-def _matmul_vectors(blocks: int, has_32_registers: bool = True) -> int:
+def matmul_tile_vectors(blocks: int, has_32_registers: bool = True) -> int:
     """Vectors per register-tile row for a matmul with `blocks` vectors along N: more columns per row halves the
     broadcasts per FMA; 5 covers N = 1000 (a classifier) in ymm vectors. With 16 registers (AVX2) the tile is at
     most 12 accumulators (2 vectors × 6 rows, 3 × 4): 4 × 4 took all 16 and spilled (MiniLM's matmuls ran at

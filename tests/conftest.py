@@ -54,6 +54,32 @@ def save_graph(
     return path
 
 
+def save_matmul_model(
+    path: Path,
+    x_shape: list[int] | tuple[int, ...],
+    columns: int,
+    rng: np.random.Generator,
+    *,
+    activation: str | None = None,
+    weight_scale: float = 1.0,
+) -> Path:
+    """x @ W + b (W and b drawn from `rng`, in that order), then an optional "Relu" or "Gelu" (onnxruntime's
+    com.microsoft form, as transformer exports write it), saved as an ONNX model at `path` with output y."""
+    w = numpy_helper.from_array(rng.standard_normal((x_shape[-1], columns)).astype(np.float32) * weight_scale, "w")
+    b = numpy_helper.from_array(rng.standard_normal(columns).astype(np.float32), "b")
+    last = "y" if activation is None else "a"
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["m"]), helper.make_node("Add", ["m", "b"], [last])]
+    if activation is not None:
+        domain = "com.microsoft" if activation == "Gelu" else ""
+        nodes.append(helper.make_node(activation, ["a"], ["y"], domain=domain))
+    save_graph(path, nodes, {"x": list(x_shape)}, {"y": [*x_shape[:-1], columns]}, [w, b])
+    if activation == "Gelu":
+        model = onnx.load(path)
+        model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+        onnx.save(model, path)
+    return path
+
+
 def compile_matching_onnxruntime(path: Path, feeds: dict[str, np.ndarray], *, rtol: float, atol: float):
     """Compile `path` next to itself, check its first output against onnxruntime's; returns the compile result."""
     import bitc

@@ -10,7 +10,7 @@ import zipfile
 import numpy as np
 import pytest
 import torch
-from conftest import compile_matching_onnxruntime, make_conv_bn_model, run_onnxruntime, save_graph
+from conftest import compile_matching_onnxruntime, make_conv_bn_model, run_onnxruntime, save_graph, save_matmul_model
 
 import bitc
 from bitc.errors import BadInputError
@@ -336,13 +336,8 @@ def test_avx2_matmul_register_tiles_leave_room_for_operands():
 @pytest.mark.parametrize(("rows", "inner", "columns"), [(128, 96, 384), (24, 64, 48), (7, 32, 40)])
 def test_avx2_matmul_tiles_match_onnxruntime(tmp_path, rows, inner, columns):
     """The AVX2 build (x86-64-v3) of matmuls with 2- and 3-vector tiles and a row count no tile divides."""
-    from onnx import helper, numpy_helper
-
     rng = np.random.default_rng(rows)
-    w = numpy_helper.from_array(rng.standard_normal((inner, columns)).astype(np.float32), "w")
-    b = numpy_helper.from_array(rng.standard_normal(columns).astype(np.float32), "b")
-    nodes = [helper.make_node("MatMul", ["x", "w"], ["m"]), helper.make_node("Add", ["m", "b"], ["y"])]
-    path = save_graph(tmp_path / "mm.onnx", nodes, {"x": [rows, inner]}, {"y": [rows, columns]}, [w, b])
+    path = save_matmul_model(tmp_path / "mm.onnx", [rows, inner], columns, rng)
     x = rng.standard_normal((rows, inner)).astype(np.float32)
     bitc.compile(path, tmp_path / "avx2.bitc", target="cpu:x86-64-v3")
     got = bitc.load(tmp_path / "avx2.bitc")(x)

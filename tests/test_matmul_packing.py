@@ -5,30 +5,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import run_onnxruntime, save_graph
-from onnx import helper, numpy_helper
+from conftest import run_onnxruntime, save_matmul_model
 
 import bitc
 
 
 def _matmul_model(path, x_shape, columns, *, gelu=False, seed=0):
     rng = np.random.default_rng(seed)
-    w = numpy_helper.from_array(rng.standard_normal((x_shape[-1], columns)).astype(np.float32) * 0.2, "w")
-    b = numpy_helper.from_array(rng.standard_normal(columns).astype(np.float32), "b")
-    nodes = [helper.make_node("MatMul", ["x", "w"], ["m"]), helper.make_node("Add", ["m", "b"], ["a"])]
-    nodes.append(
-        helper.make_node("Gelu", ["a"], ["y"], domain="com.microsoft")
-        if gelu
-        else helper.make_node("Relu", ["a"], ["y"])
-    )
-    save_graph(path, nodes, {"x": list(x_shape)}, {"y": [*x_shape[:-1], columns]}, [w, b])
-    if gelu:  # onnxruntime's contrib Gelu (erf form), as transformer exports write it
-        import onnx
-
-        model = onnx.load(path)
-        model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
-        onnx.save(model, path)
-    return path
+    return save_matmul_model(path, x_shape, columns, rng, activation="Gelu" if gelu else "Relu", weight_scale=0.2)
 
 
 def _kernels(path) -> list[str]:

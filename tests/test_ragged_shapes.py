@@ -6,17 +6,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import compile_matching_onnxruntime, save_graph
+from conftest import compile_matching_onnxruntime, save_graph, save_matmul_model
 from onnx import helper, numpy_helper
 
 
 @pytest.mark.parametrize(("rows", "depth", "columns"), [(4, 32, 100), (40, 96, 1001), (1, 64, 203)])
 def test_padded_matmul_matches_onnxruntime(tmp_path, rows, depth, columns):
     rng = np.random.default_rng(columns)
-    weights = numpy_helper.from_array(rng.standard_normal((depth, columns)).astype(np.float32), "W")
-    bias = numpy_helper.from_array(rng.standard_normal(columns).astype(np.float32), "B")
-    nodes = [helper.make_node("MatMul", ["x", "W"], ["m"]), helper.make_node("Add", ["m", "B"], ["y"])]
-    path = save_graph(tmp_path / "mm.onnx", nodes, {"x": [1, rows, depth]}, {"y": [1, rows, columns]}, [weights, bias])
+    path = save_matmul_model(tmp_path / "mm.onnx", [1, rows, depth], columns, rng)
     x = rng.standard_normal((1, rows, depth)).astype(np.float32)
     compile_matching_onnxruntime(path, {"x": x}, rtol=1e-4, atol=1e-4)
 

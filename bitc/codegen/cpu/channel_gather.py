@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from bitc.codegen.relax.rewrite import rewrite_calls
+from bitc.codegen.relax.rewrite import bound_value, rewrite_calls, static_shape
 
 if TYPE_CHECKING:
     import tvm
@@ -38,17 +38,17 @@ def _gather(mutator: relax.PyExprMutator, call: relax.Call) -> relax.Expr | None
     if not _is_op(call, "relax.layout_transform") or call.attrs.pad_value is not None:
         return None
     chain: list[relax.Call] = []
-    value = _bound(mutator, call.args[0])
+    value = bound_value(mutator, call.args[0])
     while isinstance(value, relax.Call) and _is_op(value, *_MOVES):
         chain.append(value)
-        value = _bound(mutator, value.args[0])
+        value = bound_value(mutator, value.args[0])
     if not chain or not isinstance(value, relax.Call) or not _is_op(value, "relax.layout_transform"):
         return None
     if value.attrs.pad_value is not None:
         return None
     source = value.args[0]
-    shape = _static_shape(source)
-    out_shape = _static_shape(call)
+    shape = static_shape(source)
+    out_shape = static_shape(call)
     if shape is None or out_shape is None or len(shape) != 5 or len(out_shape) != 5 or np.prod(shape) > MAX_ELEMENTS:
         return None
     try:
@@ -76,7 +76,7 @@ def _element_map(shape: list[int], first: relax.Call, moves: list[relax.Call], l
     index = first.attrs.index_map.map_tensor(tvm.runtime.tensor(index)).numpy()
     for move in moves:
         if _is_op(move, "relax.reshape"):
-            target = _static_shape(move)
+            target = static_shape(move)
             if target is None:
                 raise ValueError("symbolic reshape")
             index = index.reshape(target)
@@ -116,18 +116,3 @@ def _is_op(call: relax.Call, *names: str) -> bool:
     import tvm
 
     return isinstance(call.op, tvm.ir.Op) and call.op.name in names
-
-
-def _bound(mutator: relax.PyExprMutator, value: relax.Expr) -> relax.Expr:
-    from tvm import relax
-
-    if isinstance(value, relax.Var) and (bound := mutator.lookup_binding(value)) is not None:
-        return bound
-    return value
-
-
-def _static_shape(expr: relax.Expr) -> list[int] | None:
-    try:
-        return [int(d) for d in expr.ty.shape]
-    except (AttributeError, TypeError, ValueError):
-        return None

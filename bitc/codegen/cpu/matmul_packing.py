@@ -17,7 +17,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from bitc.codegen.cpu.schedules import matmul_tile_vectors
-from bitc.codegen.relax.rewrite import declared_out_dtype, rewrite_calls
+from bitc.codegen.relax.rewrite import constant_matmul_weight, declared_out_dtype, rewrite_calls, static_shape
 
 if TYPE_CHECKING:
     import tvm
@@ -37,17 +37,13 @@ def pack_matmul_weights(mod: tvm.IRModule, lanes: int) -> tvm.IRModule:
 
 def _packed(mutator: relax.PyExprMutator, call: relax.Call, lanes: int) -> relax.Expr | None:
     import numpy as np
-    import tvm
     from tvm import relax
 
-    if getattr(call.op, "name", None) != "relax.matmul" or len(call.args) != 2:
+    weight = constant_matmul_weight(mutator, call)
+    if weight is None:
         return None
-    data, weight = call.args
-    if isinstance(weight, relax.Var) and (bound := mutator.lookup_binding(weight)) is not None:
-        weight = bound
-    if not isinstance(weight, tvm.ir.GenericConst) or getattr(weight.ty, "ndim", -1) != 2:
-        return None
-    shape = _static_shape(data)
+    data = call.args[0]
+    shape = static_shape(data)
     if shape is None or len(shape) < 2 or shape[-2] < 2 or str(data.ty.dtype) != "float32":
         return None
     if declared_out_dtype(call.attrs) not in (None, "float32") or str(weight.ty.dtype) != "float32":
@@ -71,10 +67,3 @@ def _packed_matmul(data: te.Tensor, panels: te.Tensor) -> te.Tensor:
         lambda *i: te.sum(data[(*i[:-1], k)] * panels[i[-1] // panel, k, i[-1] % panel], axis=k),
         name="matmul",
     )
-
-
-def _static_shape(expr: relax.Expr) -> list[int] | None:
-    try:
-        return [int(d) for d in expr.ty.shape]
-    except (AttributeError, TypeError, ValueError):
-        return None

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from bitc.codegen.relax.rewrite import declared_out_dtype, rewrite_calls
+from bitc.codegen.relax.rewrite import constant_matmul_weight, declared_out_dtype, rewrite_calls
 
 if TYPE_CHECKING:
     import tvm
@@ -27,15 +27,10 @@ def pad_matmul_columns(mod: tvm.IRModule, lanes: int) -> tvm.IRModule:
 
 def _padded(mutator: relax.PyExprMutator, call: relax.Call, lanes: int) -> relax.Expr | None:
     import numpy as np
-    import tvm
     from tvm import relax
 
-    if getattr(call.op, "name", None) != "relax.matmul" or len(call.args) != 2:
-        return None
-    weight = call.args[1]
-    if isinstance(weight, relax.Var) and (bound := mutator.lookup_binding(weight)) is not None:
-        weight = bound
-    if not isinstance(weight, tvm.ir.GenericConst) or getattr(weight.ty, "ndim", -1) != 2:
+    weight = constant_matmul_weight(mutator, call)
+    if weight is None:
         return None
     data_ndim = getattr(call.args[0].ty, "ndim", -1)
     values = weight.value.numpy()

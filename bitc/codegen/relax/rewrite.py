@@ -36,3 +36,32 @@ def declared_out_dtype(attrs: Any) -> str | None:
     keeps its input's dtype)."""
     text = str(attrs.out_dtype)
     return text if text not in ("", "None", "void") else None
+
+
+def bound_value(mutator: relax.PyExprMutator, value: relax.Expr) -> relax.Expr:
+    """What a variable is bound to earlier in the function (the value itself when it is not a bound variable)."""
+    from tvm import relax
+
+    if isinstance(value, relax.Var) and (bound := mutator.lookup_binding(value)) is not None:
+        return bound
+    return value
+
+
+def static_shape(expr: relax.Expr) -> list[int] | None:
+    """The expression's tensor shape when every dimension is a constant, else None."""
+    try:
+        return [int(d) for d in expr.ty.shape]
+    except (AttributeError, TypeError, ValueError):
+        return None
+
+
+def constant_matmul_weight(mutator: relax.PyExprMutator, call: relax.Call) -> relax.Constant | None:
+    """W of a `matmul(x, W)` call whose W is a constant 2-D matrix (inline or bound earlier), else None."""
+    import tvm
+
+    if getattr(call.op, "name", None) != "relax.matmul" or len(call.args) != 2:
+        return None
+    weight = bound_value(mutator, call.args[1])
+    if not isinstance(weight, tvm.ir.GenericConst) or getattr(weight.ty, "ndim", -1) != 2:
+        return None
+    return weight

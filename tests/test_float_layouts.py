@@ -315,3 +315,44 @@ def test_a_squeeze_excitation_block_matches_onnxruntime(tmp_path):
     path = save_graph(tmp_path / "se.onnx", nodes, {"x": [1, 8, 12, 12]}, {"y": [1, 32, 12, 12]}, inits)
     x = rng.standard_normal((1, 8, 12, 12)).astype(np.float32)
     compile_matching_onnxruntime(path, {"x": x}, rtol=1e-4, atol=1e-5)
+
+
+# ResNeXt / RegNet forms: (channels in, channels out, groups, stride, dilation); per-group widths 8 and 12 take a
+# block as they are, 4 (ResNeXt-50's first stage) merges pairs of groups, and 24 groups of 8 exceed the old split
+@pytest.mark.parametrize(
+    ("inputs", "outputs", "groups", "stride", "dilation"),
+    [(256, 256, 32, 1, 1), (128, 128, 32, 2, 1), (96, 192, 8, 1, 2), (192, 192, 24, 1, 1), (48, 96, 4, 1, 1)],
+)
+def test_grouped_convs_run_a_blocked_kernel_and_match_onnxruntime(tmp_path, inputs, outputs, groups, stride, dilation):
+    rng = np.random.default_rng(inputs + groups)
+    inits = [
+        numpy_helper.from_array(rng.standard_normal((outputs, inputs // groups, 3, 3)).astype(np.float32), "w"),
+        numpy_helper.from_array(rng.standard_normal(outputs).astype(np.float32), "b"),
+    ]
+    nodes = [
+        helper.make_node(
+            "Conv",
+            ["x", "w", "b"],
+            ["c"],
+            group=groups,
+            strides=[stride] * 2,
+            dilations=[dilation] * 2,
+            pads=[dilation] * 4,
+        ),
+        helper.make_node("Relu", ["c"], ["y"]),
+    ]
+    side = 14 // stride
+    path = save_graph(tmp_path / "g.onnx", nodes, {"x": [1, inputs, 14, 14]}, {"y": [1, outputs, side, side]}, inits)
+    x = rng.standard_normal((1, inputs, 14, 14)).astype(np.float32)
+    result = compile_matching_onnxruntime(path, {"x": x}, rtol=1e-4, atol=1e-4)
+    assert "generic_convs" not in result.manifest["codegen"]
+    assert any(name.startswith("fused_conv2d_nchwc") for name in _runtime_kernels(path))
+
+
+def test_merged_groups_take_the_fewest_groups_whose_widths_take_a_block():
+    from bitc.codegen.cpu.nchwc import merged_groups
+
+    assert merged_groups(32, 8, 8, 16) == 1  # 8 channels per group: a block as it is
+    assert merged_groups(32, 4, 4, 16) == 2  # ResNeXt's 4 channels per group: pairs of groups, 8-wide
+    assert merged_groups(4, 17, 68, 16) is None  # no merge short of all groups takes a block (dense fallback)
+    assert merged_groups(64, 1, 3, 16) == 8  # a depthwise multiplier of 3: 8 groups of 8 inputs, 24 outputs

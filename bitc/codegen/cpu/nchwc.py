@@ -10,6 +10,7 @@ back are cancelled (`cancel_layout_round_trips`).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
 BLOCK = 16
 # the reduction blocks of `conv2d_nchwc`, by which `cpu.schedules` tells convs from matmuls in a fused function
 CONV_BLOCK, DEPTHWISE_BLOCK = "conv2d_NCHWc", "dwconv2d_NCHWc"
+GROUPED_SUFFIX = "_grouped"  # a grouped conv's block: CONV_BLOCK + this + its output blocks per group
 
 
 def convert_conv_layout(mod: tvm.IRModule, block: int = BLOCK, refused: list[str] | None = None) -> tvm.IRModule:
@@ -181,14 +183,17 @@ def _upsampling_transpose_as_conv(mutator: relax.PyExprMutator, call: relax.Call
     return relax.op.reshape(shuffled, [n, out_channels, h * kh, w * kw])
 
 
-MAX_SPLIT_GROUPS = 16  # more groups than this stay one generic conv (the split would add too many kernels)
+MAX_MERGED_GROUPS = 8  # merged groups multiply the multiply-adds: worth it only for a few
 
 
 def _grouped_conv_as_convs(mutator: relax.PyExprMutator, call: relax.Call, block: int) -> relax.Expr | None:
-    """A grouped (not depthwise) conv2d as one conv per group on channel slices, concatenated: the same sums, and
-    each group's conv gets a blocked kernel where its channel counts take a vector block (ShuffleNet, ResNeXt-style
-    blocks); TVM's generic grouped conv is 10-50x slower."""
-    from tvm import relax
+    """A grouped (not depthwise) conv2d in a form with a blocked kernel (ResNeXt, RegNet, ShuffleNet); TVM's
+    generic grouped conv runs 10-50x slower than onnxruntime.
+
+    Group widths that take a vector block stay one grouped conv (`conv_layouts` blocks it; `conv2d_nchwc` reads
+    each group's input blocks). Narrower or odd widths (ResNeXt's 4 channels per group) merge `m` neighbouring
+    groups into one whose weight is block-diagonal (zeros between the merged groups): `m` times the multiply-adds
+    but whole vectors. Failing that, one dense block-diagonal conv over all groups (`_grouped_conv_as_dense`)."""
 
     if getattr(call.op, "name", None) != "relax.nn.conv2d":
         return None
@@ -197,57 +202,70 @@ def _grouped_conv_as_convs(mutator: relax.PyExprMutator, call: relax.Call, block
     if groups == 1 or shape is None or attrs.data_layout != "NCHW" or attrs.kernel_layout != "OIHW":
         return None
     out_channels, group_inputs = int(shape[0]), int(shape[1])
-    group_outputs = out_channels // groups
-    depthwise = group_inputs == 1 and groups == out_channels
-    blockable = _channel_block(group_outputs, block) is not None and _channel_block(group_inputs, block) is not None
-    if depthwise or groups > MAX_SPLIT_GROUPS or str(attrs.out_layout) != "NCHW":
+    if (group_inputs == 1 and groups == out_channels) or str(attrs.out_layout) != "NCHW":
+        return None  # depthwise: its own blocked kernel
+    merged = merged_groups(groups, group_inputs, out_channels // groups, block)
+    if merged == 1:
         return None
-    # per-group counts no multiple of 8 (odd blocks) or too few: the split costs a layout transform per group and
-    # odd-width kernels; one block-diagonal dense conv stays in the blocked layout
-    whole_vectors = group_outputs % 8 == 0 and group_inputs % 8 == 0
-    if not blockable or not whole_vectors:
-        dense = _grouped_conv_as_dense(call, block)
-        if dense is not None or not blockable:
-            return dense
-    data = mutator.builder_.emit(relax.op.split(call.args[0], groups, axis=1))
-    weights = mutator.builder_.emit(relax.op.split(call.args[1], groups, axis=0))
-    convs = [
-        mutator.builder_.emit(_conv_like(call, relax.TupleGetItem(data, index), relax.TupleGetItem(weights, index)))
-        for index in range(groups)
-    ]
-    return relax.op.concat(convs, axis=1)
+    if merged is not None:
+        weight = _block_diagonal_weight(call.args[1], groups, merged)
+        return None if weight is None else _conv_like(call, call.args[0], weight, groups // merged)
+    return _grouped_conv_as_dense(call, block)
 
 
-MAX_DENSE_GROUPS = 8  # a block-diagonal dense conv does `groups` times the work: worth it only for a few groups
+def merged_groups(groups: int, group_inputs: int, group_outputs: int, block: int) -> int | None:
+    """The fewest neighbouring groups `m` (a divisor of `groups`, at most `MAX_MERGED_GROUPS`, fewer than all)
+    whose merged input and output widths both take a vector block; None if there is none."""
+    for merged in range(1, min(groups - 1, MAX_MERGED_GROUPS) + 1):
+        if groups % merged == 0 and all(
+            _channel_block(merged * width, block) is not None for width in (group_inputs, group_outputs)
+        ):
+            return merged
+    return None
 
 
-def _grouped_conv_as_dense(call: relax.Call, block: int) -> relax.Expr | None:
-    """A grouped conv whose per-group channel counts take no vector block (ShuffleNet's 4 groups of 34) but whose
-    totals do, with constant weights: one dense conv whose weight is block-diagonal (zeros between groups). The
-    zeros add exactly nothing to each sum, and the blocked kernel is still several times faster than TVM's
-    generic grouped conv at up to `MAX_DENSE_GROUPS` times the multiply-adds."""
+def _block_diagonal_weight(weight: relax.Expr, groups: int, merged: int) -> relax.Expr | None:
+    """A `groups`-grouped conv's constant OIHW weight [O, I/groups, ...] for groups/merged groups: each merged
+    group's weight is block-diagonal, zeros between the groups it merges (an input of one group meets zeros in
+    the others' filters, so every sum of finite values is the same; an inf or NaN input would reach the merged
+    groups' outputs too, as 0 · inf)."""
     import numpy as np
     import tvm
     from tvm import relax
 
-    attrs, weight = call.attrs, call.args[1]
-    groups = int(attrs.groups)
-    if groups > MAX_DENSE_GROUPS or not isinstance(weight, tvm.ir.GenericConst):
+    if not isinstance(weight, tvm.ir.GenericConst):
         return None
     values = weight.value.numpy()
     out_channels, group_inputs = values.shape[:2]
-    if _channel_block(out_channels, block) is None or _channel_block(group_inputs * groups, block) is None:
+    group_outputs = out_channels // groups
+    result = np.zeros((out_channels, group_inputs * merged, *values.shape[2:]), values.dtype)
+    for group in range(groups):
+        rows = slice(group * group_outputs, (group + 1) * group_outputs)
+        column = (group % merged) * group_inputs  # its place among the inputs of its merged group
+        result[rows, column : column + group_inputs] = values[rows]
+    return relax.const(result)
+
+
+def _grouped_conv_as_dense(call: relax.Call, block: int) -> relax.Expr | None:
+    """A grouped conv whose merged widths take no vector block (ShuffleNet's 4 groups of 17 outputs) but whose
+    input total does: one dense conv with a block-diagonal weight (`_output_channels_padded` then pads its
+    outputs), still several times faster than TVM's generic grouped conv at up to `MAX_MERGED_GROUPS` times the
+    multiply-adds."""
+    import tvm
+
+    weight, groups = call.args[1], int(call.attrs.groups)
+    if groups > MAX_MERGED_GROUPS or not isinstance(weight, tvm.ir.GenericConst):
         return None
-    dense = np.zeros((out_channels, group_inputs * groups, *values.shape[2:]), values.dtype)
-    per_group = out_channels // groups
-    for g in range(groups):
-        rows = slice(g * per_group, (g + 1) * per_group)
-        dense[rows, g * group_inputs : (g + 1) * group_inputs] = values[rows]
-    return _conv_like(call, call.args[0], relax.const(dense))
+    out_channels, group_inputs, *taps = (int(d) for d in weight.ty.shape)
+    depth = group_inputs * groups * math.prod(taps)
+    outputs_blocked = _channel_block(out_channels, block) or _padded_output_channels(out_channels, depth, block)
+    if outputs_blocked is None or _channel_block(group_inputs * groups, block) is None:
+        return None
+    return _conv_like(call, call.args[0], _block_diagonal_weight(weight, groups, groups))
 
 
-def _conv_like(call: relax.Call, data: relax.Expr, weight: relax.Expr) -> relax.Expr:
-    """An ungrouped NCHW conv2d over `data` and `weight` with `call`'s strides, padding, dilation and out_dtype."""
+def _conv_like(call: relax.Call, data: relax.Expr, weight: relax.Expr, groups: int = 1) -> relax.Expr:
+    """An NCHW conv2d over `data` and `weight` with `call`'s strides, padding, dilation and out_dtype."""
     from tvm import relax
 
     attrs = call.attrs
@@ -257,6 +275,7 @@ def _conv_like(call: relax.Call, data: relax.Expr, weight: relax.Expr) -> relax.
         strides=attrs.strides,
         padding=attrs.padding,
         dilation=attrs.dilation,
+        groups=groups,
         out_dtype=declared_out_dtype(attrs),
     )
 
@@ -284,16 +303,22 @@ def _output_channels_padded(mutator: relax.PyExprMutator, call: relax.Call, bloc
         return None
     values = call.args[1].value.numpy()
     out_channels = values.shape[0]
-    padded_channels = -(-out_channels // block) * block
-    depth = int(np.prod(values.shape[1:]))
-    if out_channels % block == 0 or depth < MIN_PADDED_DEPTH:
-        return None
-    if (padded_channels - out_channels) / out_channels > MAX_PADDED_SHARE:
+    padded_channels = _padded_output_channels(out_channels, int(np.prod(values.shape[1:])), block)
+    if padded_channels is None:
         return None
     padded = np.zeros((padded_channels, *values.shape[1:]), values.dtype)
     padded[:out_channels] = values
     conv = mutator.builder_.emit(_conv_like(call, call.args[0], relax.const(padded)))
     return relax.op.strided_slice(conv, axes=[1], begin=[0], end=[out_channels])
+
+
+def _padded_output_channels(out_channels: int, depth: int, block: int) -> int | None:
+    """Output channels with zero filters up to whole blocks, for a conv `_output_channels_padded` pads (one
+    with `depth` multiply-adds per output value); None for the ones it leaves."""
+    padded_channels = -(-out_channels // block) * block
+    if out_channels % block == 0 or depth < MIN_PADDED_DEPTH:
+        return None
+    return padded_channels if (padded_channels - out_channels) / out_channels <= MAX_PADDED_SHARE else None
 
 
 def _stack_as_concat(mutator: relax.PyExprMutator, call: relax.Call) -> relax.Expr | None:
@@ -395,7 +420,8 @@ def conv_layouts(call: relax.Call, block: int = BLOCK) -> dict[str, list[str]]:
     TVM's single desired layout (OIHW16i16o) cannot block depthwise kernels (I = 1) or channel counts that 16 does
     not divide, so each conv gets its own: the widest block in {block, 8} that divides each channel count (24
     channels become NCHW8c, so tensors shared by several convs get one layout and no transforms between them),
-    OIHW1i{b}o for depthwise, and plain NCHW data with a blocked output for inputs with few channels (the stem)."""
+    OIHW1i{b}o for depthwise, blocks of the group widths for grouped convs, and plain NCHW data with a blocked
+    output for inputs with few channels (the stem)."""
     import tvm
 
     if not (isinstance(call.op, tvm.ir.Op) and call.op.name == "relax.nn.conv2d"):
@@ -407,14 +433,16 @@ def conv_layouts(call: relax.Call, block: int = BLOCK) -> dict[str, list[str]]:
         return unchanged
     out_channels, group_channels = int(shape[0]), int(shape[1])
     groups = int(attrs.groups)
-    out_block = _channel_block(out_channels, block)
+    depthwise = groups == out_channels and group_channels == 1
+    # a grouped conv's blocks lie within one group: the block divides the group's outputs
+    out_block = _channel_block(out_channels // groups if groups > 1 and not depthwise else out_channels, block)
     if out_block is None:
         return {"relax.nn.conv2d": ["NCHW", "OIHW", "NCHW"]}
-    if groups > 1:
-        if group_channels != 1 or groups != out_channels:  # grouped but not depthwise: no blocked compute
-            return {"relax.nn.conv2d": ["NCHW", "OIHW", "NCHW"]}
+    if depthwise:
         return {"relax.nn.conv2d": [f"NCHW{out_block}c", f"OIHW1i{out_block}o", f"NCHW{out_block}c"]}
     in_block = _channel_block(group_channels, block)
+    if groups > 1 and in_block is None:  # `_grouped_conv_as_convs` found no blocked form
+        return {"relax.nn.conv2d": ["NCHW", "OIHW", "NCHW"]}
     if in_block is None:
         return {"relax.nn.conv2d": ["NCHW", f"OIHW{out_block}o", f"NCHW{out_block}c"]}
     return {"relax.nn.conv2d": [f"NCHW{in_block}c", f"OIHW{in_block}i{out_block}o", f"NCHW{out_block}c"]}
@@ -492,7 +520,7 @@ def _why_unblocked(call: relax.Call) -> str:
     if _channel_block(out_channels, BLOCK) is None:
         return f"no vector block divides its {out_channels} output channels"
     if groups > 1 and (group_channels != 1 or groups != out_channels):
-        return f"grouped ({groups} groups), not depthwise"
+        return f"grouped ({groups} groups of {group_channels} inputs, {out_channels // groups} outputs): no block fits"
     return "the layout conversion left it in NCHW"
 
 
@@ -536,8 +564,10 @@ def conv2d_nchwc(
     groups: int,
     out_dtype: str,
 ) -> te.Tensor:
-    """data (N, C/b, H, W, b) ⊛ kernel (O/b', I/b, KH, KW, b, b') → (N, O/b', OH, OW, b'); depthwise when groups > 1;
-    plain NCHW data (a stem with 3 channels) with kernel (O/b', I, KH, KW, b')."""
+    """data (N, C/b, H, W, b) ⊛ kernel (O/b', I/b, KH, KW, b, b') → (N, O/b', OH, OW, b'); with groups > 1, I is a
+    group's inputs and each output block (within one group) reads its group's I/b input blocks; depthwise
+    (groups = O) with kernel (O/b, 1, KH, KW, 1, b); plain NCHW data (a stem with 3 channels) with kernel
+    (O/b', I, KH, KW, b')."""
     from tvm import te, topi
 
     plain = len(data.shape) == 4
@@ -567,17 +597,25 @@ def conv2d_nchwc(
             ),
             name=CONV_BLOCK,
         )
-    if groups == 1:
-        ico = te.reduce_axis((0, int(data.shape[1])), "ico")
+    if groups == 1 or groups != out_blocks * out_lanes:  # dense, or grouped: each group's own input blocks
+        group_blocks = int(kernel.shape[1])  # input blocks per group
+        blocks_per_group = out_blocks // groups  # output blocks per group
+        ico = te.reduce_axis((0, group_blocks), "ico")
         ici = te.reduce_axis((0, int(data.shape[4])), "ici")
         return te.compute(
             shape,
             lambda n, oc, oh, ow, oci: te.sum(
-                data[n, ico, oh * stride_h + kh * dil_h, ow * stride_w + kw * dil_w, ici].astype(out_dtype)
+                data[
+                    n,
+                    oc // blocks_per_group * group_blocks + ico if groups > 1 else ico,
+                    oh * stride_h + kh * dil_h,
+                    ow * stride_w + kw * dil_w,
+                    ici,
+                ].astype(out_dtype)
                 * kernel[oc, ico, kh, kw, ici, oci].astype(out_dtype),
                 axis=[ico, kh, kw, ici],
             ),
-            name=CONV_BLOCK,
+            name=CONV_BLOCK if groups == 1 else f"{CONV_BLOCK}{GROUPED_SUFFIX}{blocks_per_group}",
         )
     return te.compute(
         shape,

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from bitc.codegen import registry
-from bitc.codegen.cpu.nchwc import CONV_BLOCK, DEPTHWISE_BLOCK
+from bitc.codegen.cpu.nchwc import CONV_BLOCK, DEPTHWISE_BLOCK, GROUPED_SUFFIX
 from bitc.codegen.relax.nan_semantics import LANE_PARTIAL, LANE_TAIL
 
 if TYPE_CHECKING:
@@ -143,7 +143,9 @@ def schedule_anchor(func: tirx.PrimFunc, num_cores: int, vector_lanes: int) -> s
         # loads a broadcast per FMA, which on a Zen 3 ran the convs at half the FMA peak (ResNet-50's 3×3 and 1×1
         # convs 1.6-1.9× faster with multi-block tiles there)
         registers = 32 if vector_lanes >= 16 else 16
-        blocks_tiled, rows = _conv_register_tile(extents[1], extents[-2], registers)
+        # a grouped conv tiles blocks of one group: they share its broadcast input values
+        tileable = int(name.rpartition(GROUPED_SUFFIX)[2]) if GROUPED_SUFFIX in name else extents[1]
+        blocks_tiled, rows = _conv_register_tile(tileable, extents[-2], registers)
     else:
         blocks_tiled = 1
         register_cap = 7 if is_depthwise else 14 if vectors == 1 else 6 if vectors == 2 else 4

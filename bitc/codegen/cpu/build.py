@@ -8,7 +8,7 @@ import onnx_ir as ir
 
 from bitc.codegen.cpu import channel_gather, epilogue_fusion, fast_math, matmul_packing, matmul_padding, nchwc, tuning
 from bitc.codegen.cpu.schedules import default_schedule_pass
-from bitc.codegen.relax import half_accumulation, nan_semantics
+from bitc.codegen.relax import half_accumulation, index_checks, nan_semantics
 from bitc.codegen.relax.legalize_cache import Legalizer
 from bitc.codegen.relax.lowering import legalize_and_fuse
 from bitc.codegen.relax_import import to_relax
@@ -117,4 +117,5 @@ def legalize_map() -> dict[str, Legalizer]:
         **fast_math.legalize_map(),
         "relax.nn.conv2d": nchwc.legalize_conv2d,
         "relax.layout_transform": nchwc.legalize_bijective_layout_transform,
+        "relax.take": index_checks.legalize_take,
     }

@@ -65,7 +65,9 @@ def lower(mod: tvm.IRModule, target: CudaTarget) -> tvm.IRModule:
     with target.tvm():
         return tvm.transform.Sequential(
             [
-                *legalize_and_fuse(nan_semantics.legalize_map(), fold_call_tirs=False),
+                *legalize_and_fuse(
+                    {**nan_semantics.legalize_map(), "relax.take": index_checks.legalize_take}, fold_call_tirs=False
+                ),
                 dlight.ApplyDefaultSchedule(
                     dlight.gpu.Matmul(),
                     dlight.gpu.GEMV(),

@@ -328,9 +328,20 @@ def _as_expr(extent: int | tirx.Expr, spec: CheckSpec) -> tirx.Expr:
     return _const(extent, spec) if isinstance(extent, int) else extent
 
 
+def legalize_take(bb: BlockBuilder, call: Call) -> Expr:
+    """LegalizeOps hook for relax.take: "fast" mode (the importer's Gather, whose indices `check_func` bounds at
+    run time) as "clip", which gives the same values for in-range indices and can never read out of bounds; TVM's
+    fast mode also prints a warning that it segfaults on out-of-range indices at every compile."""
+    from tvm import topi
+
+    mode = "clip" if str(call.attrs.mode) == "fast" else str(call.attrs.mode)
+    axis = call.attrs.axis
+    return bb.call_te(topi.take, call.args[0], call.args[1], None if axis is None else int(axis), mode=mode)
+
+
 # imported last, so that no line above moves: the kernels' source lines end up in the compiled artifacts
 if TYPE_CHECKING:
     import onnx
     from tvm import tirx
     from tvm.ir import IRModule
-    from tvm.relax import Call, Expr, GlobalVar, PyExprMutator
+    from tvm.relax import BlockBuilder, Call, Expr, GlobalVar, PyExprMutator

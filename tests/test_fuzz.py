@@ -11,6 +11,7 @@ import collections
 import copy
 import functools
 import math
+import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -29,10 +30,12 @@ from bitc.errors import BitcError
 from bitc.frontend import load_onnx
 from bitc.passes import run_pipeline
 
-# Cases per fuzzer: the two load+passes fuzzers take ~35 s together on 2 shared cores (budget: 60 s).
-BYTE_CASES = 5000
-STRUCTURAL_CASES = 6000
-COMPILE_CASES = 25
+# Cases per fuzzer, sized for CI: the two load+passes fuzzers take ~60 s together on 2 shared cores. Longer runs:
+# BITC_FUZZ_SCALE=10 python3 -m pytest tests/test_fuzz.py (every count times 10).
+SCALE = float(os.environ.get("BITC_FUZZ_SCALE", "1"))
+BYTE_CASES = round(2500 * SCALE)
+STRUCTURAL_CASES = round(3000 * SCALE)
+COMPILE_CASES = round(25 * SCALE)
 FUZZ_SETTINGS = {
     "deadline": None,
     "derandomize": True,
@@ -430,8 +433,8 @@ def test_structural_mutations_compile_cleanly(fuzz_dir):
 # --- artifacts and manifests ------------------------------------------------------------------------------------
 
 # Cases per artifact fuzzer: each loads (dlopen) and, when it loads, runs the tiny model; ~10 ms a case.
-MANIFEST_CASES = 200
-ZIP_CASES = 200
+MANIFEST_CASES = round(200 * SCALE)
+ZIP_CASES = round(200 * SCALE)
 MAX_RUN_BYTES = 2**24  # random inputs are drawn only for mutated specs up to this size (the fuzzer's memory)
 
 json_leaves = st.one_of(

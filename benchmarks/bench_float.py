@@ -1,11 +1,12 @@
 """bitc vs onnxruntime fp32 on float models, side by side in one run, at 1 and 2 threads.
 
-    python benchmarks/bench_float.py [--models resnet18,mobilenet_v2,minilm] [--runs 20] [--tune-trials N]
+    python benchmarks/bench_float.py [--models resnet18,mobilenet_v2,resnext50,minilm] [--runs 20] [--tune-trials N]
 
-Models: ResNet-18 and MobileNetV2 (torch, seeded random weights, 1×3×224×224) and the real all-MiniLM-L6-v2
-sentence encoder (sequence length 128). Each is compiled with the default passes and whatever tuned schedules the
-tuning database holds (plus N more trials with --tune-trials); the ratio is onnxruntime latency / bitc latency
-(> 1 means bitc is faster). The same inputs (seeded, from the artifact's manifest) go to both engines.
+Models: ResNet-18, MobileNetV2 and ResNeXt-50 32x4d (grouped convs) (torch, seeded random weights, 1×3×224×224)
+and the real all-MiniLM-L6-v2 sentence encoder (sequence length 128). Each is compiled with the default passes and
+whatever tuned schedules the tuning database holds (plus N more trials with --tune-trials); the ratio is
+onnxruntime latency / bitc latency (> 1 means bitc is faster). The same inputs (seeded, from the artifact's
+manifest) go to both engines.
 """
 
 from __future__ import annotations
@@ -35,14 +36,14 @@ def export(name: str, folder: Path) -> tuple[Path, dict[str, np.ndarray]]:
         example = tuple(torch.from_numpy(tokens[k]) for k in ("input_ids", "attention_mask"))
         export_onnx(real.minilm_encoder(), example, path, input_names=list(tokens), output_names=["embedding"])
         return path, tokens
-    module = {"resnet18": cnn.resnet18, "mobilenet_v2": cnn.mobilenet_v2}[name]()
+    module = {"resnet18": cnn.resnet18, "mobilenet_v2": cnn.mobilenet_v2, "resnext50": cnn.resnext50}[name]()
     export_onnx(module, (torch.randn(1, 3, 224, 224),), path, input_names=["image"])
     return path, {"image": np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32)}
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", default="resnet18,mobilenet_v2,minilm")
+    parser.add_argument("--models", default="resnet18,mobilenet_v2,resnext50,minilm")
     parser.add_argument("--runs", type=int, default=30)
     parser.add_argument("--threads", default="1,2")
     parser.add_argument("--tune-trials", type=int, default=0)

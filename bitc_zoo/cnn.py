@@ -1,4 +1,5 @@
-"""ResNet-18 and a MobileNetV2-style CNN written in torch (torchvision does not import beside torch 2.13.0).
+"""ResNet-18, a MobileNetV2-style CNN and ResNeXt-50 (32x4d) written in torch (torchvision does not import beside
+torch 2.13.0).
 
 Weights are seeded random; BatchNorm statistics are randomised too, so BN folding is exercised for real.
 """
@@ -88,6 +89,47 @@ class MobileNetV2(nn.Module):
         return self.classifier(torch.flatten(nn.functional.adaptive_avg_pool2d(self.features(x), 1), 1))
 
 
+class ResNeXtBottleneck(nn.Module):
+    """1x1 → grouped 3x3 (`groups` groups of `width` channels) → 1x1 with a residual, as torchvision's ResNeXt."""
+
+    def __init__(self, cin: int, planes: int, stride: int, groups: int, width: int):
+        super().__init__()
+        inner, cout = groups * width, planes * 4
+        self.block = nn.Sequential(
+            nn.Conv2d(cin, inner, 1, bias=False), nn.BatchNorm2d(inner), nn.ReLU(),
+            nn.Conv2d(inner, inner, 3, stride, 1, groups=groups, bias=False), nn.BatchNorm2d(inner), nn.ReLU(),
+            nn.Conv2d(inner, cout, 1, bias=False), nn.BatchNorm2d(cout),
+        )  # fmt: skip
+        self.shortcut = nn.Sequential()
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.block(x) + self.shortcut(x))
+
+
+class ResNeXt50(nn.Module):
+    """ResNeXt-50 32x4d: stages of 3, 4, 6, 3 bottlenecks; grouped 3x3 convs of 4, 8, 16 and 32 channels per group."""
+
+    def __init__(self, num_classes: int = 1000, groups: int = 32, width: int = 4):
+        super().__init__()
+        self.stem = nn.Sequential(
+            nn.Conv2d(3, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64), nn.ReLU(), nn.MaxPool2d(3, 2, 1)
+        )
+        layers, cin = [], 64
+        for stage, blocks in enumerate((3, 4, 6, 3)):
+            planes, stage_width = 64 * 2**stage, width * 2**stage
+            for index in range(blocks):
+                stride = 2 if stage > 0 and index == 0 else 1
+                layers.append(ResNeXtBottleneck(cin, planes, stride, groups, stage_width))
+                cin = planes * 4
+        self.layers = nn.Sequential(*layers)
+        self.fc = nn.Linear(cin, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(self.layers(self.stem(x)), 1), 1))
+
+
 def randomize_batchnorm(module: nn.Module, seed: int = 0) -> nn.Module:
     """Give every BatchNorm non-trivial statistics and affine parameters (seeded), then switch to eval mode."""
     generator = torch.Generator().manual_seed(seed)
@@ -109,3 +151,8 @@ def resnet18(num_classes: int = 1000, width: int = 64, seed: int = 0) -> ResNet1
 def mobilenet_v2(num_classes: int = 1000, seed: int = 0) -> MobileNetV2:
     torch.manual_seed(seed)
     return randomize_batchnorm(MobileNetV2(num_classes), seed)
+
+
+def resnext50(num_classes: int = 1000, seed: int = 0) -> ResNeXt50:
+    torch.manual_seed(seed)
+    return randomize_batchnorm(ResNeXt50(num_classes), seed)

@@ -361,10 +361,11 @@ def test_prebuilt_kernels_answer_tvms_compile_hook_only_while_loading():
 
 @pytest.mark.slow
 @needs_nvcc
-@pytest.mark.parametrize("name", ["light_resnet50", "light_shufflenet", "light_squeezenet", "light_inception_v1"])
+@pytest.mark.parametrize("name", ["light_resnet50", "light_shufflenet", "light_squeezenet"])
 def test_onnx_light_graphs_build_for_cuda(tmp_path, name):
     """Classic float CNNs through dlight's GPU schedules (resnet50's input is named 'gpu_0/data_0', which TVM
-    would print as a CUDA parameter name unless bitc renames it)."""
+    would print as a CUDA parameter name unless bitc renames it). Inception v1 (LRN, concats) builds too; it is
+    left out for CI time (44-65 s on a 2-core machine)."""
     light = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light"
     result = bitc.compile(light / f"{name}.onnx", tmp_path / "m.bitc", target="cuda")
     assert len(re.findall(r"\.entry ", _ptx(result.path))) > 5

@@ -236,22 +236,22 @@ def test_every_dynamic_input_is_named_in_one_message(tmp_path):
 
 
 def _generic_conv_model(path):
-    """A grouped conv of 12 groups of 3 channels and a 1-D conv with 4 output channels, both over the size worth
-    a warning: neither has a blocked kernel."""
+    """A grouped conv of 4 groups of 17 inputs (68 channels: no vector block, merged or banded) and a 1-D conv
+    with 4 output channels, both over the size worth a warning: neither has a blocked kernel."""
     from onnx import helper, numpy_helper
 
     rng = np.random.default_rng(3)
     weights = [
-        numpy_helper.from_array(rng.standard_normal((36, 3, 3, 3)).astype(np.float32), "w_grouped"),
-        numpy_helper.from_array(rng.standard_normal((4, 36, 3)).astype(np.float32), "w_1d"),
-        numpy_helper.from_array(np.array([1, 36, 1024], np.int64), "shape"),
+        numpy_helper.from_array(rng.standard_normal((272, 17, 1, 1)).astype(np.float32), "w_grouped"),
+        numpy_helper.from_array(rng.standard_normal((4, 272, 3)).astype(np.float32), "w_1d"),
+        numpy_helper.from_array(np.array([1, 272, 64], np.int64), "shape"),
     ]
     nodes = [
-        helper.make_node("Conv", ["x", "w_grouped"], ["g"], name="grouped", group=12, pads=[1, 1, 1, 1]),
+        helper.make_node("Conv", ["x", "w_grouped"], ["g"], name="grouped", group=4),
         helper.make_node("Reshape", ["g", "shape"], ["r"], name="flatten_rows"),
         helper.make_node("Conv", ["r", "w_1d"], ["y"], name="conv1d"),
     ]
-    return save_graph(path, nodes, {"x": [1, 36, 32, 32]}, {"y": [1, 4, 1022]}, weights)
+    return save_graph(path, nodes, {"x": [1, 68, 8, 8]}, {"y": [1, 4, 62]}, weights)
 
 
 def test_convs_left_to_generic_code_are_named_on_the_terminal(tmp_path):
@@ -266,9 +266,9 @@ def test_convs_left_to_generic_code_are_named_on_the_terminal(tmp_path):
     manifest = bitc.load(tmp_path / "g.bitc").manifest
     generic = manifest["codegen"]["generic_convs"]
     assert len(generic) == 2
-    assert any("grouped (12 groups), not depthwise" in line for line in generic)
+    assert any("grouped (4 groups of 17 inputs, 68 outputs): no block fits" in line for line in generic)
     assert any("no vector block divides its 4 output channels" in line for line in generic)  # the 1-D conv
-    x = np.random.default_rng(0).standard_normal((1, 36, 32, 32)).astype(np.float32)
+    x = np.random.default_rng(0).standard_normal((1, 68, 8, 8)).astype(np.float32)
     expected = run_onnxruntime(source, {"x": x})[0]
     np.testing.assert_allclose(bitc.load(tmp_path / "g.bitc")(x), expected, rtol=1e-4, atol=1e-4)
 
@@ -289,22 +289,29 @@ def test_a_conv_over_a_one_pixel_wide_image_matches_onnxruntime(tmp_path):
 
 def test_avx2_conv_register_tiles_span_several_channel_blocks():
     """16 ymm registers: 2-4 output-channel blocks per tile (fewer loads per FMA than one block × 14 rows), the
-    accumulators, one weight vector per block and one broadcast within 16; 32 zmm registers take bigger tiles."""
+    accumulators, one weight vector per block, one broadcast and a spare within 16; 2 blocks × 6 rows where no
+    divisor tile holds 12 accumulators (the last row tile predicated); 32 zmm registers take bigger tiles."""
     from bitc.codegen.cpu.schedules import _conv_register_tile
 
-    for channel_blocks, row_extent in ((8, 56), (32, 14), (6, 28), (4, 7), (1, 56)):
+    for channel_blocks, row_extent in ((8, 56), (32, 14), (6, 28), (4, 7), (1, 56), (32, 13), (3, 16)):
         blocks, rows = _conv_register_tile(channel_blocks, row_extent, registers=16)
-        assert channel_blocks % blocks == 0 and row_extent % rows == 0
-        assert blocks * rows + blocks + 1 <= 16
-        if channel_blocks > 1 and row_extent in (56, 14):
-            assert blocks > 1
+        assert channel_blocks % blocks == 0 and rows <= row_extent
+        assert blocks * rows + blocks + 2 <= 16
+        if channel_blocks > 1 and row_extent in (56, 14, 13):
+            assert (blocks, rows) == (2, 6)
+    assert _conv_register_tile(64, 7, registers=16) == (1, 7)  # 2 × 6 + 1 was slower on 7-wide convs
     assert _conv_register_tile(8, 56, registers=32) != _conv_register_tile(8, 56, registers=16)
+    for channel_blocks, row_extent in ((8, 56), (32, 14), (4, 7), (32, 13)):  # AVX-512: divisor tiles
+        blocks, rows = _conv_register_tile(channel_blocks, row_extent, registers=32)
+        assert row_extent % rows == 0 and blocks * rows + blocks + 2 <= 32
 
 
-@pytest.mark.parametrize(("channels", "size", "kernel"), [(64, 28, 3), (48, 14, 1), (32, 7, 3)])
+@pytest.mark.parametrize(
+    ("channels", "size", "kernel"), [(64, 28, 3), (48, 14, 1), (32, 7, 3), (32, 13, 3), (48, 27, 1)]
+)
 def test_avx2_multi_block_conv_tiles_match_onnxruntime(tmp_path, channels, size, kernel):
     """The AVX2 build (x86-64-v3: runs on any AVX2 CPU) of convs whose register tiles span 2-4 channel blocks,
-    with a bias and ReLU in the write-back."""
+    with a bias and ReLU in the write-back; 13 and 27 wide: row tiles of 6 with a shorter last one."""
     from onnx import helper, numpy_helper
 
     rng = np.random.default_rng(channels)

@@ -120,7 +120,7 @@ def test_a_single_row_reduction_computes_each_reduction_once_and_matches_onnxrun
             assert int(np.prod(extents)) == 1000, extents  # the row once, not once per output element
 
 
-def test_a_grouped_conv_with_small_groups_runs_as_one_block_diagonal_conv(tmp_path):
+def test_a_grouped_conv_with_small_groups_runs_as_a_band(tmp_path):
     """4 groups of 34 channels (ShuffleNet): no block divides 34, but 136 takes one; zeros between groups."""
     rng = np.random.default_rng(13)
     w = numpy_helper.from_array(rng.standard_normal((136, 34, 1, 1)).astype(np.float32), "w")
@@ -317,11 +317,20 @@ def test_a_squeeze_excitation_block_matches_onnxruntime(tmp_path):
     compile_matching_onnxruntime(path, {"x": x}, rtol=1e-4, atol=1e-5)
 
 
-# ResNeXt / RegNet forms: (channels in, channels out, groups, stride, dilation); per-group widths 8 and 12 take a
-# block as they are, 4 (ResNeXt-50's first stage) merges pairs of groups, and 24 groups of 8 exceed the old split
+# ResNeXt / RegNet / ShuffleNet forms: (channels in, channels out, groups, stride, dilation); per-group widths 8
+# and 12 take a block as they are, 4 (ResNeXt-50's first stage) merges pairs of groups, 24 groups of 8 exceed the
+# old split; 26 → 22 and 17 → 17 channels per group (no block, merged or not) run as bands of whole input blocks
 @pytest.mark.parametrize(
     ("inputs", "outputs", "groups", "stride", "dilation"),
-    [(256, 256, 32, 1, 1), (128, 128, 32, 2, 1), (96, 192, 8, 1, 2), (192, 192, 24, 1, 1), (48, 96, 4, 1, 1)],
+    [
+        (256, 256, 32, 1, 1),
+        (128, 128, 32, 2, 1),
+        (96, 192, 8, 1, 2),
+        (192, 192, 24, 1, 1),
+        (48, 96, 4, 1, 1),
+        (104, 88, 4, 2, 1),
+        (136, 136, 8, 1, 1),
+    ],
 )
 def test_grouped_convs_run_a_blocked_kernel_and_match_onnxruntime(tmp_path, inputs, outputs, groups, stride, dilation):
     rng = np.random.default_rng(inputs + groups)
@@ -346,7 +355,25 @@ def test_grouped_convs_run_a_blocked_kernel_and_match_onnxruntime(tmp_path, inpu
     x = rng.standard_normal((1, inputs, 14, 14)).astype(np.float32)
     result = compile_matching_onnxruntime(path, {"x": x}, rtol=1e-4, atol=1e-4)
     assert "generic_convs" not in result.manifest["codegen"]
-    assert any(name.startswith("fused_conv2d_nchwc") for name in _runtime_kernels(path))
+    kernels = _runtime_kernels(path)
+    assert any(name.startswith("fused_conv2d_nchwc") for name in kernels)
+    assert not any("band_weight" in name for name in kernels)  # a band's weight is packed at compile time
+
+
+def test_a_grouped_band_reads_each_output_blocks_groups_and_no_more():
+    """4 groups of 34 channels in 8-channel blocks: an output block spans at most 2 groups, whose 68 inputs lie
+    in 9 consecutive input blocks (of 17); the last bands are clamped inside the input."""
+    from bitc.codegen.cpu.nchwc import grouped_band
+
+    band = grouped_band(4, 136, 136, 8)
+    assert (band.in_block, band.out_block, band.band_blocks) == (8, 8, 9)
+    for block in range(17):
+        start = band.start(block)
+        groups = {channel // 34 for channel in range(block * 8, block * 8 + 8)}
+        inputs = [channel for group in groups for channel in range(group * 34, group * 34 + 34)]
+        assert start >= 0 and start + 9 <= 17
+        assert start * 8 <= min(inputs) and max(inputs) < (start + 9) * 8
+    assert grouped_band(4, 68, 272, 8) is None  # 68 channels take no block at all
 
 
 def test_merged_groups_take_the_fewest_groups_whose_widths_take_a_block():

@@ -10,9 +10,11 @@ back are cancelled (`cancel_layout_round_trips`).
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -210,7 +212,61 @@ def _grouped_conv_as_convs(mutator: relax.PyExprMutator, call: relax.Call, block
     if merged is not None:
         weight = _block_diagonal_weight(call.args[1], groups, merged)
         return None if weight is None else _conv_like(call, call.args[0], weight, groups // merged)
+    if grouped_band(groups, group_inputs * groups, out_channels, block) is not None:
+        return None  # `conv_layouts` gives it the banded kernel
     return _grouped_conv_as_dense(call, block)
+
+
+@dataclass(frozen=True)
+class GroupedBand:
+    """A grouped conv whose group widths take no vector block (ShuffleNet's 4 groups of 34 channels), run on
+    blocks of all its channels: each output block's groups read a band of `band_blocks` consecutive input blocks
+    from `start(oc)`, with zero weights where an input channel is not in the output channel's group. Work:
+    `band_blocks · in_block / group inputs` times the grouped conv's (about 2, where one dense conv over 4 groups
+    is 4)."""
+
+    groups: int
+    in_channels: int
+    out_channels: int
+    in_block: int
+    out_block: int
+    band_blocks: int
+
+    def first_group(self, out_block_index: Any) -> Any:
+        return out_block_index * self.out_block // (self.out_channels // self.groups)
+
+    def start(self, out_block_index: Any) -> Any:
+        """The first input block of output block `out_block_index`'s band (a TIR expression for a TIR index)."""
+        from tvm import tirx
+
+        first = self.first_group(out_block_index) * (self.in_channels // self.groups) // self.in_block
+        last_start = self.in_channels // self.in_block - self.band_blocks
+        return min(first, last_start) if isinstance(first, int) else tirx.min(first, last_start)
+
+
+MAX_BAND_SHARE = 0.75  # a band over more than this share of the input blocks: one dense conv is as good
+
+
+def grouped_band(groups: int, in_channels: int, out_channels: int, block: int) -> GroupedBand | None:
+    """The band form of a grouped conv with these channel counts (both totals must take a vector block)."""
+    in_block, out_block = _channel_block(in_channels, block), _channel_block(out_channels, block)
+    if groups == 1 or in_block is None or out_block is None:
+        return None
+    return band_of(groups, in_channels, out_channels, in_block, out_block)
+
+
+def band_of(groups: int, in_channels: int, out_channels: int, in_block: int, out_block: int) -> GroupedBand | None:
+    """The band for these channel blocks; None where it would span most of the input blocks."""
+    group_inputs, group_outputs = in_channels // groups, out_channels // groups
+    spans = []
+    for index in range(out_channels // out_block):
+        first = index * out_block // group_outputs
+        last = (index * out_block + out_block - 1) // group_outputs
+        spans.append(-(-(last + 1) * group_inputs // in_block) - first * group_inputs // in_block)
+    band = max(spans)
+    if band > MAX_BAND_SHARE * (in_channels // in_block):
+        return None
+    return GroupedBand(groups, in_channels, out_channels, in_block, out_block, band)
 
 
 def merged_groups(groups: int, group_inputs: int, group_outputs: int, block: int) -> int | None:
@@ -436,13 +492,16 @@ def conv_layouts(call: relax.Call, block: int = BLOCK) -> dict[str, list[str]]:
     depthwise = groups == out_channels and group_channels == 1
     # a grouped conv's blocks lie within one group: the block divides the group's outputs
     out_block = _channel_block(out_channels // groups if groups > 1 and not depthwise else out_channels, block)
+    in_block = _channel_block(group_channels, block)
+    if groups > 1 and not depthwise and (in_block is None or out_block is None):
+        band = grouped_band(groups, group_channels * groups, out_channels, block)
+        if band is None:  # `_grouped_conv_as_convs` found no blocked form
+            return {"relax.nn.conv2d": ["NCHW", "OIHW", "NCHW"]}
+        return {"relax.nn.conv2d": [f"NCHW{band.in_block}c", "OIHW", f"NCHW{band.out_block}c"]}
     if out_block is None:
         return {"relax.nn.conv2d": ["NCHW", "OIHW", "NCHW"]}
     if depthwise:
         return {"relax.nn.conv2d": [f"NCHW{out_block}c", f"OIHW1i{out_block}o", f"NCHW{out_block}c"]}
-    in_block = _channel_block(group_channels, block)
-    if groups > 1 and in_block is None:  # `_grouped_conv_as_convs` found no blocked form
-        return {"relax.nn.conv2d": ["NCHW", "OIHW", "NCHW"]}
     if in_block is None:
         return {"relax.nn.conv2d": ["NCHW", f"OIHW{out_block}o", f"NCHW{out_block}c"]}
     return {"relax.nn.conv2d": [f"NCHW{in_block}c", f"OIHW{in_block}i{out_block}o", f"NCHW{out_block}c"]}
@@ -542,6 +601,26 @@ def legalize_conv2d(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
     if attrs.data_layout == "NCHW" and attrs.kernel_layout == "OIHW":
         return tvm.ir.Op.get("relax.nn.conv2d").get_attr("FLegalize")(bb, call)
     out_dtype = str(attrs.out_dtype) if attrs.out_dtype else str(call.args[0].ty.dtype)
+    if attrs.kernel_layout == "OIHW" and int(attrs.groups) > 1:  # a grouped band (`grouped_band`)
+        data_shape, kernel_shape, out_shape = ([int(d) for d in arg.ty.shape] for arg in (*call.args[:2], call))
+        in_channels = data_shape[1] * data_shape[4]
+        band = band_of(int(attrs.groups), in_channels, kernel_shape[0], data_shape[4], out_shape[4])
+        if band is None:
+            raise ValueError(f"no banded kernel for grouped conv2d {data_shape} x {kernel_shape}")
+        # packed by its own call, which folds to a constant at compile time where the weight is one
+        pack = functools.partial(band_weight, band=band)
+        packed = bb.emit(bb.call_te(pack, call.args[1], primfunc_name_hint="band_weight"))
+        return bb.call_te(
+            functools.partial(conv2d_nchwc, band=band),
+            call.args[0],
+            packed,
+            attrs.strides,
+            attrs.padding,
+            attrs.dilation,
+            int(attrs.groups),
+            out_dtype or "float32",
+            primfunc_name_hint="conv2d_nchwc",
+        )
     return bb.call_te(
         conv2d_nchwc,
         call.args[0],
@@ -563,11 +642,12 @@ def conv2d_nchwc(
     dilation: Sequence[int],
     groups: int,
     out_dtype: str,
+    band: GroupedBand | None = None,
 ) -> te.Tensor:
     """data (N, C/b, H, W, b) ⊛ kernel (O/b', I/b, KH, KW, b, b') → (N, O/b', OH, OW, b'); with groups > 1, I is a
     group's inputs and each output block (within one group) reads its group's I/b input blocks; depthwise
     (groups = O) with kernel (O/b, 1, KH, KW, 1, b); plain NCHW data (a stem with 3 channels) with kernel
-    (O/b', I, KH, KW, b')."""
+    (O/b', I, KH, KW, b'); a grouped `band` with kernel (O/b', band blocks, KH, KW, b, b') from `band_weight`."""
     from tvm import te, topi
 
     plain = len(data.shape) == 4
@@ -598,8 +678,14 @@ def conv2d_nchwc(
             name=CONV_BLOCK,
         )
     if groups == 1 or groups != out_blocks * out_lanes:  # dense, or grouped: each group's own input blocks
-        group_blocks = int(kernel.shape[1])  # input blocks per group
-        blocks_per_group = out_blocks // groups  # output blocks per group
+        group_blocks = int(kernel.shape[1])  # input blocks per group (per band)
+        blocks_per_group = 1 if band is not None else out_blocks // groups  # output blocks per group
+
+        def first_block(oc: tirx.Var) -> tirx.Expr:
+            if band is not None:
+                return band.start(oc)
+            return oc // blocks_per_group * group_blocks if groups > 1 else 0
+
         ico = te.reduce_axis((0, group_blocks), "ico")
         ici = te.reduce_axis((0, int(data.shape[4])), "ici")
         return te.compute(
@@ -607,7 +693,7 @@ def conv2d_nchwc(
             lambda n, oc, oh, ow, oci: te.sum(
                 data[
                     n,
-                    oc // blocks_per_group * group_blocks + ico if groups > 1 else ico,
+                    first_block(oc) + ico,
                     oh * stride_h + kh * dil_h,
                     ow * stride_w + kw * dil_w,
                     ici,
@@ -626,6 +712,25 @@ def conv2d_nchwc(
         ),
         name=DEPTHWISE_BLOCK,
     )
+
+
+def band_weight(weight: te.Tensor, band: GroupedBand) -> te.Tensor:
+    """A grouped conv's OIHW weight [O, I/groups, KH, KW] as `band`'s blocked kernel [O/b', band blocks, KH, KW,
+    b, b']: output channel o meets input channel c of its band with its weight where c is in o's group, else 0."""
+    from tvm import te, tirx
+
+    out_channels, group_inputs, kh_size, kw_size = (int(d) for d in weight.shape)
+    group_outputs = out_channels // band.groups
+    shape = (out_channels // band.out_block, band.band_blocks, kh_size, kw_size, band.in_block, band.out_block)
+
+    def element(oc: tirx.Var, j: tirx.Var, kh: tirx.Var, kw: tirx.Var, ici: tirx.Var, oci: tirx.Var) -> tirx.Expr:
+        out_channel = oc * band.out_block + oci
+        offset = (band.start(oc) + j) * band.in_block + ici - out_channel // group_outputs * group_inputs
+        inside = tirx.all(offset >= 0, offset < group_inputs)
+        value = weight[out_channel, tirx.max(tirx.min(offset, group_inputs - 1), 0), kh, kw]
+        return tirx.Select(inside, value, tirx.const(0, weight.dtype))
+
+    return te.compute(shape, element, name="band_weight")
 
 
 def legalize_layout_transform(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr:

@@ -590,21 +590,35 @@ _MAX_CHANNEL_BLOCKS = 4
 
 
 def _conv_register_tile(channel_blocks: int, row_extent: int, registers: int) -> tuple[int, int]:
-    """(output-channel blocks, rows) of a conv register tile: the accumulators, one weight vector per block and
-    one broadcast input must fit the vector registers; among the tiles that do, the fewest loads per FMA
-    (1/blocks + 1/rows). ResNet-50's 1×1 convs went from ~60-75 % to ~90 % of the FMA peak."""
-    rows = _largest_divisor(row_extent, 14)
+    """(output-channel blocks, rows) of a conv register tile: the accumulators, one weight vector per block, one
+    broadcast input and one spare must fit the vector registers; among the tiles that do, the fewest loads per
+    FMA (1/blocks + 1/rows). ResNet-50's 1×1 convs went from ~60-75 % to ~90 % of the FMA peak. Without the
+    spare, AVX2's 1 block × 14 rows (all 16 registers) spilled and ran at ~40 GF/s on a Zen 3, 1 × 7 at ~65."""
+    usable = registers - 2  # one broadcast, one spare
+    rows = _largest_divisor(row_extent, min(14, usable - 1))
     if rows < 4 < row_extent:
-        rows = _largest_divisor(row_extent, 16)
+        rows = _largest_divisor(row_extent, min(16, usable - 1))
     best = (1.0 + 1.0 / rows, 1, rows)
     for blocks in range(2, min(_MAX_CHANNEL_BLOCKS, channel_blocks) + 1):
-        if channel_blocks % blocks or (registers - 1 - blocks) // blocks < 2:
+        if channel_blocks % blocks or (usable - blocks) // blocks < 2:
             continue
-        rows = _largest_divisor(row_extent, min(14, (registers - 1 - blocks) // blocks))
+        rows = _largest_divisor(row_extent, min(14, (usable - blocks) // blocks))
         cost = 1.0 / blocks + 1.0 / rows
         if cost < best[0] - 1e-9:
             best = (cost, blocks, rows)
+    tail_blocks, tail_rows = _TAIL_TILE.get(registers, (0, 0))
+    # a one-block tile's rows each load a broadcast per FMA: past 8 rows it gained nothing on a Zen 3
+    useful = best[1] * best[2] if best[1] > 1 else min(best[2], 8)
+    if useful < tail_blocks * tail_rows and row_extent >= 2 * tail_rows and channel_blocks % tail_blocks == 0:
+        return tail_blocks, tail_rows  # rows need not divide: the last tile is predicated
     return best[1], best[2]
+
+
+# With 16 registers (AVX2) the 12-accumulator tile of MLAS's kernels, 2 blocks × 6 rows, even with a shorter,
+# predicated last tile, beat the divisor tiles on a Zen 3: 13-wide 3×3 convs 35-42 → 75 GF/s (1 × 13),
+# 14-wide 60-65 → 82-84 (4 × 2), 27- and 28-wide 62-88 → 81-95 (1 × 9, 2 × 4), 56-wide the same; 7-wide convs
+# keep 1 × 7 (2 × 6 + 1 was slower)
+_TAIL_TILE = {16: (2, 6)}
 
 
 def _largest_divisor(n: int, cap: int) -> int:

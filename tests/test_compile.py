@@ -300,6 +300,7 @@ def test_avx2_conv_register_tiles_span_several_channel_blocks():
         if channel_blocks > 1 and row_extent in (56, 14, 13):
             assert (blocks, rows) == (2, 6)
     assert _conv_register_tile(64, 7, registers=16) == (1, 7)  # 2 × 6 + 1 was slower on 7-wide convs
+    assert _conv_register_tile(8, 112, registers=16, tail=False) == (2, 4)  # a stem: no tail (70 % slower)
     assert _conv_register_tile(8, 56, registers=32) != _conv_register_tile(8, 56, registers=16)
     for channel_blocks, row_extent in ((8, 56), (32, 14), (4, 7), (32, 13)):  # AVX-512: divisor tiles
         blocks, rows = _conv_register_tile(channel_blocks, row_extent, registers=32)

@@ -330,6 +330,31 @@ def test_avx2_multi_block_conv_tiles_match_onnxruntime(tmp_path, channels, size,
     np.testing.assert_allclose(got, run_onnxruntime(path, {"x": x})[0], rtol=1e-4, atol=1e-4)
 
 
+def test_avx2_odd_channel_block_counts_get_one_zero_block(tmp_path):
+    """120 output channels are 15 AVX2 blocks: one zero block makes 16, which the 2-block register tile takes;
+    the real 120 are sliced back and match onnxruntime. Shallow convs, and 16-wide blocks, are left as they are."""
+    from onnx import helper, numpy_helper
+
+    from bitc.codegen.cpu.nchwc import _padded_output_channels
+
+    assert _padded_output_channels(120, 288, 8) == 128
+    assert _padded_output_channels(1000, 512, 8) == 1008  # SqueezeNet's classifier conv
+    assert _padded_output_channels(120, 144, 8) is None and _padded_output_channels(72, 288, 8) is None
+    assert _padded_output_channels(240, 288, 16) is None
+    rng = np.random.default_rng(120)
+    w = numpy_helper.from_array(rng.standard_normal((120, 32, 3, 3)).astype(np.float32), "w")
+    b = numpy_helper.from_array(rng.standard_normal(120).astype(np.float32), "b")
+    nodes = [
+        helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c"], ["y"]),
+    ]
+    path = save_graph(tmp_path / "conv.onnx", nodes, {"x": [1, 32, 13, 13]}, {"y": [1, 120, 13, 13]}, [w, b])
+    x = rng.standard_normal((1, 32, 13, 13)).astype(np.float32)
+    bitc.compile(path, tmp_path / "avx2.bitc", target="cpu:x86-64-v3")
+    got = bitc.load(tmp_path / "avx2.bitc")(x)
+    np.testing.assert_allclose(got, run_onnxruntime(path, {"x": x})[0], rtol=1e-4, atol=1e-4)
+
+
 def test_avx2_matmul_register_tiles_leave_room_for_operands():
     """16 ymm registers: at most 12 accumulators per matmul tile (4 vectors × 4 rows took all 16 and spilled)."""
     from bitc.codegen.cpu.schedules import matmul_tile_vectors

@@ -321,3 +321,32 @@ def test_external_data_weights_folded_into_views_compile(tmp_path):
     ids = np.arange(8, dtype=np.int64).reshape(1, 8)
     expected = np.maximum(weights[ids], 0) @ weights.T
     np.testing.assert_allclose(bitc.load(result.path)(ids), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_an_ir3_model_is_exact_checked(tmp_path):
+    """IR 3 at opset 9 (onnx's classic CNNs, where every initializer was a graph input too): upgrading the opset
+    turns Dropout's ratio into an initializer, left unused once the Dropout goes, which onnxruntime refuses in an
+    IR-3 model; the check runs it as IR 4 instead of skipping."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    weight = numpy_helper.from_array(rng.standard_normal((8, 4, 3, 3)).astype(np.float32), "w")
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+        helper.make_node("Dropout", ["c"], ["y"], ratio=0.5),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "ir3",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 8, 8]),
+            helper.make_tensor_value_info("w", TensorProto.FLOAT, [8, 4, 3, 3]),
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 8, 8])],
+        [weight],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 9)], ir_version=3)
+    onnx.save(model, tmp_path / "ir3.onnx")
+    result = bitc.compile(tmp_path / "ir3.onnx", tmp_path / "ir3.bitc")
+    checks = [record["exact_check"] for record in result.manifest["passes"] if record.get("exact_check")]
+    assert checks and all("max_rel_error" in check for check in checks), checks

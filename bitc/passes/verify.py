@@ -13,16 +13,25 @@ from bitc.ir.feeds import random_feeds
 
 def run_onnxruntime(model: ir.Model, feeds: Mapping[str, np.ndarray], threads: int = 0) -> list[np.ndarray]:
     """Run the model with onnxruntime's CPU provider and all graph optimizations (what users would deploy)."""
-    return _session(ir.to_proto(model).SerializeToString(), threads).run(None, dict(feeds))
+    return _session(ir.to_proto(model), threads).run(None, dict(feeds))
 
 
-def _session(model_bytes: bytes, threads: int = 0) -> Any:
+MIN_IR_VERSION = 4  # before it, every initializer also had to be a graph input
+
+
+def _session(proto: Any, threads: int = 0) -> Any:
+    """An onnxruntime session for `proto`. An IR-3 model (onnx's classic CNNs) is run as IR 4: the passes add
+    initializers (folded constants) that IR 3 would also need as graph inputs, and onnxruntime refuses those
+    models, which turned the exact check off for them."""
     import onnxruntime as ort
 
+    if proto.ir_version < MIN_IR_VERSION:
+        proto = type(proto).FromString(proto.SerializeToString())
+        proto.ir_version = MIN_IR_VERSION
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.log_severity_level = 3
-    return ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
 
 def run_with_outputs(proto: Any, names: list[str], feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
@@ -33,7 +42,7 @@ def run_with_outputs(proto: Any, names: list[str], feeds: Mapping[str, np.ndarra
 
 def session_with_outputs(proto: Any, names: list[str]) -> Any:
     """An onnxruntime session on the ModelProto with `names` as extra outputs, for running it on many feeds."""
-    return _session(_with_outputs(proto, names).SerializeToString())
+    return _session(_with_outputs(proto, names))
 
 
 def _with_outputs(proto: Any, names: list[str]) -> Any:
@@ -83,7 +92,7 @@ def run_reference(model: ir.Model, feeds: Mapping[str, np.ndarray], proto: Any =
     if any(ops.is_bitc(node) for node in model.graph):
         return list(ops.reference_evaluator(model).run(None, dict(feeds)))
     if proto is not None:
-        return _session(proto.SerializeToString()).run(None, dict(feeds))
+        return _session(proto).run(None, dict(feeds))
     return run_onnxruntime(model, feeds)
 
 

@@ -195,7 +195,8 @@ def _grouped_conv_as_convs(mutator: relax.PyExprMutator, call: relax.Call, block
     Group widths that take a vector block stay one grouped conv (`conv_layouts` blocks it; `conv2d_nchwc` reads
     each group's input blocks). Narrower or odd widths (ResNeXt's 4 channels per group) merge `m` neighbouring
     groups into one whose weight is block-diagonal (zeros between the merged groups): `m` times the multiply-adds
-    but whole vectors. Failing that, one dense block-diagonal conv over all groups (`_grouped_conv_as_dense`)."""
+    but whole vectors. Failing that, blocks of all channels with a band of input blocks per output block
+    (`GroupedBand`), else one dense block-diagonal conv over all groups (`_grouped_conv_as_dense`)."""
 
     if getattr(call.op, "name", None) != "relax.nn.conv2d":
         return None

@@ -26,8 +26,10 @@ def _session(proto: Any, threads: int = 0) -> Any:
     import onnxruntime as ort
 
     if proto.ir_version < MIN_IR_VERSION:
-        proto = type(proto).FromString(proto.SerializeToString())
-        proto.ir_version = MIN_IR_VERSION
+        upgraded = type(proto)()
+        upgraded.CopyFrom(proto)
+        upgraded.ir_version = MIN_IR_VERSION
+        proto = upgraded
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.log_severity_level = 3

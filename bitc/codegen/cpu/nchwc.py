@@ -611,6 +611,7 @@ def legalize_conv2d(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
     if attrs.data_layout == "NCHW" and attrs.kernel_layout == "OIHW":
         return tvm.ir.Op.get("relax.nn.conv2d").get_attr("FLegalize")(bb, call)
     out_dtype = str(attrs.out_dtype) if attrs.out_dtype else str(call.args[0].ty.dtype)
+    compute, kernel = conv2d_nchwc, call.args[1]
     if attrs.kernel_layout == "OIHW" and int(attrs.groups) > 1:  # a grouped band (`grouped_band`)
         data_shape, kernel_shape, out_shape = ([int(d) for d in arg.ty.shape] for arg in (*call.args[:2], call))
         in_channels = data_shape[1] * data_shape[4]
@@ -619,22 +620,12 @@ def legalize_conv2d(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
             raise ValueError(f"no banded kernel for grouped conv2d {data_shape} x {kernel_shape}")
         # packed by its own call, which folds to a constant at compile time where the weight is one
         pack = functools.partial(band_weight, band=band)
-        packed = bb.emit(bb.call_te(pack, call.args[1], primfunc_name_hint="band_weight"))
-        return bb.call_te(
-            functools.partial(conv2d_nchwc, band=band),
-            call.args[0],
-            packed,
-            attrs.strides,
-            attrs.padding,
-            attrs.dilation,
-            int(attrs.groups),
-            out_dtype or "float32",
-            primfunc_name_hint="conv2d_nchwc",
-        )
+        kernel = bb.emit(bb.call_te(pack, kernel, primfunc_name_hint="band_weight"))
+        compute = functools.partial(conv2d_nchwc, band=band)
     return bb.call_te(
-        conv2d_nchwc,
+        compute,
         call.args[0],
-        call.args[1],
+        kernel,
         attrs.strides,
         attrs.padding,
         attrs.dilation,

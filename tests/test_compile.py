@@ -217,6 +217,30 @@ def test_few_row_matmuls_run_over_reblocked_weights_and_match_onnxruntime(tmp_pa
         np.testing.assert_allclose(got, run_onnxruntime(path, {"x": x})[0], rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize(("rows", "in_features"), [(2, 320), (7, 320), (5, 100)])
+def test_few_row_gemm_for_16_register_cpus_matches_onnxruntime(tmp_path, rows, in_features):
+    """The AVX2 form of the few-row GEMM (32-column halves, 2-row pairs, blocks of inputs; an odd row count and an
+    input count with no 64/48/32-input block) matches onnxruntime."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(rows)
+    weights = rng.standard_normal((in_features, 700)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])],
+        "gemm",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, rows, in_features])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, rows, 700])],
+        [numpy_helper.from_array(weights, "w")],
+    )
+    path = tmp_path / "gemm.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), path)
+    x = rng.standard_normal((1, rows, in_features)).astype(np.float32)
+    result = bitc.compile(path, tmp_path / "gemm.bitc", target="cpu:x86-64-v3")
+    got = bitc.load(result.path)(x)
+    np.testing.assert_allclose(got, run_onnxruntime(path, {"x": x})[0], rtol=1e-4, atol=1e-4)
+
+
 def test_every_dynamic_input_is_named_in_one_message(tmp_path):
     from onnx import TensorProto, helper, save
 

@@ -20,8 +20,8 @@ import numpy as np
 import onnx_ir as ir
 
 from bitc import ops
-from bitc.ops.gguf_blocks import BLOCK, BlockTensor, read_block_tensors
 from bitc.ir.graph_edit import add_initializer, constant, replace_output
+from bitc.ops.gguf_blocks import BLOCK, BlockTensor, read_block_tensors
 from bitc.passes.options import configure, option
 from bitc.passes.registry import register
 

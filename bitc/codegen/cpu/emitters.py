@@ -256,7 +256,8 @@ def _float_gemv(bb: relax.BlockBuilder, node: ir.Node, args: list[relax.Expr], t
         kernel = float_gemv.gemv(in_features, blocked.shape[0], target.num_cores)
         gvar = bb.add_func(kernel, "bitc_float_gemv")
     else:
-        kernel = float_gemv.gemm(rows, in_features, blocked.shape[0], target.num_cores)
+        gemm = float_gemv.gemm if target.vector_lanes >= 16 else float_gemv.gemm_narrow
+        kernel = gemm(rows, in_features, blocked.shape[0], target.num_cores)
         gvar = bb.add_func(kernel, "bitc_float_gemm")
     x = bb.emit(relax.op.reshape(args[0], [rows, in_features]))
     padded = blocked.shape[0] * float_gemv.TILE

@@ -2,6 +2,7 @@
 
     python benchmarks/bench_llm.py [--prompts 400,2000] [--contexts 512,2048] [--threads 1,2] [--rounds 3]
                                    [--work-dir DIR] [--engines bitc-fp32-kv4,llama-Q4_0,...]
+    python benchmarks/bench_llm.py --perplexity 16 [--engines ...]     # quality on the same BBC windows
 
 Engines:
 - llama.cpp (llama-cpp-python, `pip install llama-cpp-python`: it builds llama.cpp from source, ~10 min on two
@@ -10,8 +11,9 @@ Engines:
 - bitc: `bitc.export_decoder_onnx` (one step over a dynamic token count, 2,048-slot cache), compiled with a 4-bit
   KIVI cache (`kv_compress=4`): one artifact holding the one-token decode step and the 32-token prefill step.
   bitc-fp32-kv4: fp32 weights (transformers' dequantization of the Q4_1 file, so bitc's fp32 is that file's
-  quality); bitc-gguf-kv4: the Linear layers on the shipped file's own Q4_1 / Q8_0 blocks (`--gguf-weights`,
-  the same values, so the same quality at the file's weight bytes).
+  quality); bitc-gguf-kv4: the Linear layers and the embedding on the shipped file's own Q4_1 / Q8_0 blocks
+  (`--gguf-weights`: the same values, so the same quality at the file's size); bitc-gguf-q4_0-kv4: the same from
+  the Q4_0 file llama.cpp requantizes (exported from that file).
 
 Prefill: a prompt of BBC News tokens into a fresh cache, tokens/s. Decode: the prompt filling the context up to
 32 tokens short of `context`, then 32 steps of one token, tokens/s. Each engine and thread count runs in its own
@@ -37,10 +39,16 @@ sys.path.append(str(Path(__file__).resolve().parents[1]))  # bitc_zoo: the repos
 
 console = Console(width=200)
 DECODE_STEPS = 32
+PERPLEXITY_WINDOW = 256
 CACHE_SLOTS = 2048
 LLAMA_TYPES = {"Q4_0": "LLAMA_FTYPE_MOSTLY_Q4_0", "Q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0", "F32": "LLAMA_FTYPE_ALL_F32"}
-# compile options per bitc engine; "gguf_weights": "shipped" runs the Linear layers on the shipped file's blocks
-BITC_ENGINES = {"bitc-fp32-kv4": {"kv_compress": 4}, "bitc-gguf-kv4": {"kv_compress": 4, "gguf_weights": "shipped"}}
+# compile options per bitc engine; "gguf_weights": a GGUF type (the shipped Q4_1, or a file llama.cpp requantized
+# from it): the decoder is exported from that file and its Linear layers run on the file's own blocks
+BITC_ENGINES = {
+    "bitc-fp32-kv4": {"kv_compress": 4},
+    "bitc-gguf-kv4": {"kv_compress": 4, "gguf_weights": "Q4_1"},
+    "bitc-gguf-q4_0-kv4": {"kv_compress": 4, "gguf_weights": "Q4_0"},
+}
 
 
 # ------------------------------------------------------------------------------------------------ preparation
@@ -48,7 +56,9 @@ BITC_ENGINES = {"bitc-fp32-kv4": {"kv_compress": 4}, "bitc-gguf-kv4": {"kv_compr
 
 def prepare(engines: list[str], work: Path) -> dict[str, Path]:
     """Each engine's model file, made once and kept in `work`."""
-    if any(engine.startswith("llama-") for engine in engines) and importlib.util.find_spec("llama_cpp") is None:
+    requantized = [BITC_ENGINES.get(e, {}).get("gguf_weights") not in (None, "Q4_1") for e in engines]
+    needs_llama = any(engine.startswith("llama-") for engine in engines) or any(requantized)
+    if needs_llama and importlib.util.find_spec("llama_cpp") is None:
         raise SystemExit(
             "llama.cpp engines need llama-cpp-python: pip install 'bitc[llm-bench]' (or --engines bitc-fp32-kv4)"
         )
@@ -87,18 +97,18 @@ def _gguf(kind: str, work: Path) -> Path:
 def _bitc_artifact(engine: str, work: Path) -> Path:
     import bitc
 
-    source = work / f"decoder{CACHE_SLOTS}.onnx"
+    options = dict(BITC_ENGINES[engine])
+    kind = options.get("gguf_weights")
+    gguf = _gguf(kind, work) if kind else None
+    source = work / (f"decoder{CACHE_SLOTS}.onnx" if kind in (None, "Q4_1") else f"decoder{CACHE_SLOTS}.{kind}.onnx")
     if not source.exists():
         start = time.perf_counter()
-        bitc.export_decoder_onnx(source, CACHE_SLOTS)
+        bitc.export_decoder_onnx(source, CACHE_SLOTS, gguf=None if kind in (None, "Q4_1") else gguf)
         console.print(f"exported the decoder in {time.perf_counter() - start:.0f} s")
     out = work / f"{engine}.bitc"
     if not out.exists():
-        from bitc.frontend.decoder_export import smollm2_gguf_path
-
-        options = dict(BITC_ENGINES[engine])
-        if options.get("gguf_weights") == "shipped":
-            options["gguf_weights"] = {"path": str(smollm2_gguf_path())}
+        if gguf is not None:
+            options["gguf_weights"] = {"path": str(gguf)}
         start = time.perf_counter()
         bitc.compile(source, out, **options)
         console.print(f"compiled {engine} in {time.perf_counter() - start:.0f} s")
@@ -109,8 +119,12 @@ def _bitc_artifact(engine: str, work: Path) -> Path:
 
 
 def worker(engine: str, path: str, threads: int, task: str, tokens: int) -> float:
-    """Tokens/s of one task in this process: 'prefill' (`tokens` prompt tokens) or 'decode' (at `tokens`)."""
+    """Tokens/s of one task in this process: 'prefill' (`tokens` prompt tokens) or 'decode' (at `tokens`); or
+    'perplexity' over `tokens` windows."""
     from bitc_zoo import smollm2
+
+    if task == "perplexity":
+        return perplexity(engine, path, threads, tokens)
 
     ids = smollm2.bbc_tokens(tokens + DECODE_STEPS, n_articles=64)
     prompt = ids[: tokens if task == "prefill" else tokens - DECODE_STEPS]
@@ -147,6 +161,50 @@ def worker(engine: str, path: str, threads: int, task: str, tokens: int) -> floa
     return len(steps) / (time.perf_counter() - start)
 
 
+def perplexity(engine: str, path: str, threads: int, windows: int) -> float:
+    """exp(mean next-token NLL) on `windows` non-overlapping windows of BBC News tokens, each scored from its own
+    start (window − 1 predictions each): llama.cpp evaluates a window at once with every row's logits kept, bitc
+    steps through it one token at a time (its cache quantized as it fills, as in use)."""
+    import numpy as np
+
+    from bitc_zoo import smollm2, text
+
+    ids = smollm2.bbc_tokens(windows * PERPLEXITY_WINDOW, n_articles=64)
+    if engine.startswith("llama-"):
+        import llama_cpp
+
+        llm = llama_cpp.Llama(
+            path,
+            n_ctx=PERPLEXITY_WINDOW + 16,
+            n_batch=PERPLEXITY_WINDOW,
+            n_threads=threads,
+            n_threads_batch=threads,
+            logits_all=True,
+            verbose=False,
+        )
+
+        def window_logits(chunk: list[int]) -> np.ndarray:
+            llm.reset()
+            llm.eval(chunk)
+            return np.array(llm.scores[: len(chunk)], dtype=np.float32)
+    else:
+        import bitc
+
+        session = bitc.load(path, num_threads=threads).session()
+
+        def window_logits(chunk: list[int]) -> np.ndarray:
+            session.reset()
+            return np.stack([np.asarray(session.step(token), np.float32).reshape(-1) for token in chunk])
+
+    total, count = 0.0, 0
+    for index in range(windows):
+        chunk = [int(t) for t in ids[index * PERPLEXITY_WINDOW : (index + 1) * PERPLEXITY_WINDOW]]
+        logits = window_logits(chunk)
+        total += float(text.next_token_nll(logits[:-1], np.array(chunk[1:])).sum())
+        count += len(chunk) - 1
+    return float(np.exp(total / count))
+
+
 def _measure(engine: str, path: Path, threads: int, task: str, tokens: int) -> float:
     done = subprocess.run(
         [sys.executable, __file__, "--worker", engine, str(path), str(threads), task, str(tokens)],
@@ -168,8 +226,11 @@ def main() -> None:
     parser.add_argument("--contexts", default="512,2048")
     parser.add_argument("--threads", default="1,2")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--engines", default="llama-Q4_0,llama-Q4_1,llama-F32,bitc-fp32-kv4")
+    parser.add_argument("--engines", default="llama-Q4_0,llama-Q4_1,llama-F32,bitc-fp32-kv4,bitc-gguf-kv4")
     parser.add_argument("--work-dir", default="bench_llm_work")
+    parser.add_argument(
+        "--perplexity", type=int, metavar="WINDOWS", help="instead: perplexity of each engine on WINDOWS BBC windows"
+    )
     parser.add_argument("--worker", nargs=5, metavar=("ENGINE", "PATH", "THREADS", "TASK", "TOKENS"))
     args = parser.parse_args()
     if args.worker:
@@ -178,6 +239,9 @@ def main() -> None:
         return
     engines = args.engines.split(",")
     files = prepare(engines, Path(args.work_dir))
+    if args.perplexity:
+        _report_perplexity(engines, files, args.perplexity, max(int(t) for t in args.threads.split(",")))
+        return
     tasks = [("prefill", int(n)) for n in args.prompts.split(",")] + [
         ("decode", int(n)) for n in args.contexts.split(",")
     ]
@@ -217,6 +281,16 @@ def _report(engines, files, tasks, threads, results) -> None:
     console.print(table)
     sizes = ", ".join(f"{e} {files[e].stat().st_size / 2**20:.0f} MiB" for e in engines)
     console.print(f"model bytes on disk: {sizes}")
+
+
+def _report_perplexity(engines: list[str], files: dict[str, Path], windows: int, threads: int) -> None:
+    table = Table(title=f"SmolLM2-135M perplexity, {windows} BBC News windows of {PERPLEXITY_WINDOW} tokens")
+    for column in ("engine", "perplexity", "MiB on disk"):
+        table.add_column(column, justify="left" if column == "engine" else "right")
+    for engine in engines:
+        value = _measure(engine, files[engine], threads, "perplexity", windows)
+        table.add_row(engine, f"{value:.2f}", f"{files[engine].stat().st_size / 2**20:.0f}")
+    console.print(table)
 
 
 if __name__ == "__main__":

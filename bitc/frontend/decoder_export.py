@@ -52,8 +52,9 @@ def smollm2_gguf_path() -> Path:
 
 
 @functools.cache
-def load_reference_model() -> Any:
-    """transformers' LlamaForCausalLM in float32 and eval mode (cached per process: treat it as read-only)."""
+def load_reference_model(gguf: str | None = None) -> Any:
+    """transformers' LlamaForCausalLM in float32 and eval mode, from a Llama-family GGUF file (default: SmolLM2's
+    shipped one), dequantized by transformers (cached per process: treat it as read-only)."""
     try:
         from transformers import AutoModelForCausalLM
     except ImportError:
@@ -62,9 +63,9 @@ def load_reference_model() -> Any:
         ) from None
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    gguf = smollm2_gguf_path()
+    path = smollm2_gguf_path() if gguf is None else Path(gguf)
     model = AutoModelForCausalLM.from_pretrained(
-        str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32, attn_implementation="eager"
+        str(path.parent), gguf_file=path.name, dtype=torch.float32, attn_implementation="eager"
     )
     return model.eval()
 
@@ -304,9 +305,10 @@ class CompactLlama(nn.Module):
 
 
 @functools.cache
-def load_compact_model(max_positions: int = DEFAULT_MAX_POSITIONS) -> CompactLlama:
-    """CompactLlama with SmolLM2's weights (cached per process: treat it as read-only)."""
-    return CompactLlama.from_reference(load_reference_model(), max_positions)
+def load_compact_model(max_positions: int = DEFAULT_MAX_POSITIONS, gguf: str | None = None) -> CompactLlama:
+    """CompactLlama with the weights of a GGUF file (default SmolLM2's; cached per process: treat it as
+    read-only)."""
+    return CompactLlama.from_reference(load_reference_model(gguf), max_positions)
 
 
 # ------------------------------------------------------------------------------------------------------ export
@@ -329,11 +331,13 @@ def export_logits_onnx(path: str | os.PathLike, seq_len: int) -> ExportResult:
     return export_module(model, example, path, LOGITS_INPUTS, LOGITS_OUTPUTS)
 
 
-def export_decoder_onnx(path: str | os.PathLike, max_len: int) -> ExportResult:
+def export_decoder_onnx(path: str | os.PathLike, max_len: int, gguf: str | os.PathLike | None = None) -> ExportResult:
     """One step over S tokens (S dynamic, named "tokens": 1 to decode, a chunk of the prompt to prefill):
     input_ids int64 [1, S], position int64 [1] (tokens cached before the step), past_keys / past_values float32
-    [layers, 1, kv_heads, max_len, head_dim] → logits [1, S, V], present_keys, present_values (same shape)."""
-    model = load_compact_model(max(max_len, DEFAULT_MAX_POSITIONS))
+    [layers, 1, kv_heads, max_len, head_dim] → logits [1, S, V], present_keys, present_values (same shape).
+    `gguf`: another Llama-family GGUF file than SmolLM2's shipped one (compile with `--gguf-weights` on the same
+    file to keep its blocks)."""
+    model = load_compact_model(max(max_len, DEFAULT_MAX_POSITIONS), None if gguf is None else str(gguf))
     past_keys, past_values = model.empty_cache(1, max_len)
     example = (torch.zeros(1, 2, dtype=torch.int64), torch.zeros(1, dtype=torch.int64), past_keys, past_values)
     return export_module(model, example, path, DECODER_INPUTS, DECODER_OUTPUTS, dynamic_shapes=decoder_token_dim())

@@ -51,7 +51,7 @@ def read_block_tensors(path: str | os.PathLike) -> dict[str, BlockTensor]:
     try:
         from gguf import GGUFReader
     except ImportError:
-        raise BadInputError("reading GGUF files needs the gguf package: pip install gguf") from None
+        raise BadInputError("reading GGUF files needs the gguf package: pip install 'bitc[gguf]'") from None
     try:
         reader = GGUFReader(str(path))
     except (OSError, ValueError) as exc:

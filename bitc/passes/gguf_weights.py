@@ -139,7 +139,7 @@ class _RowIndex:
         self.by_shape: dict[tuple[int, int], list[str]] = defaultdict(list)
         for name, tensor in tensors.items():
             self.by_shape[tensor.shape].append(name)
-        self.rows: dict[str, tuple[int, list[int], np.ndarray]] = {}
+        self.rows: dict[str, tuple[int, list[int]]] = {}
 
     def find(self, rows: np.ndarray) -> tuple[BlockTensor, np.ndarray] | None:
         """The tensor whose dequantized rows are exactly `rows` [N, K] in some order, and that order."""
@@ -148,9 +148,10 @@ class _RowIndex:
         hashes = _row_hashes(rows)
         signature = hash(tuple(sorted(hashes)))
         for name in self.by_shape.get(rows.shape, []):
-            tensor_signature, tensor_hashes, dense = self._rows_of(name)
+            tensor_signature, tensor_hashes = self._rows_of(name)
             if tensor_signature != signature:
                 continue
+            dense = self.tensors[name].dequantize()
             positions: dict[int, list[int]] = defaultdict(list)
             for position, row_hash in enumerate(tensor_hashes):
                 positions[row_hash].append(position)
@@ -161,11 +162,12 @@ class _RowIndex:
                 return self.tensors[name], order
         return None
 
-    def _rows_of(self, name: str) -> tuple[int, list[int], np.ndarray]:
+    def _rows_of(self, name: str) -> tuple[int, list[int]]:
+        """The tensor's row hashes and their multiset's signature (kept; the dequantized rows are not, so a
+        large model's weights are never held twice in float)."""
         if name not in self.rows:
-            dense = self.tensors[name].dequantize()
-            hashes = _row_hashes(dense)
-            self.rows[name] = (hash(tuple(sorted(hashes))), hashes, dense)
+            hashes = _row_hashes(self.tensors[name].dequantize())
+            self.rows[name] = (hash(tuple(sorted(hashes))), hashes)
         return self.rows[name]
 
 

@@ -45,8 +45,10 @@ class GgufReport:
 
 @register("gguf_weights", phase="quantize", exact=True)
 class GgufWeights(ir.passes.InPlacePass):
-    """Linear layers on a GGUF file's own blocks (Q4_0 / Q4_1 / Q8_0): each MatMul whose float weight equals one
-    of the file's tensors (rows in any order) becomes BlockQuantMatMul on its codes; exact, nothing re-quantized.
+    """Run Linear layers and the embedding on a GGUF file's own Q4_0 / Q4_1 / Q8_0 blocks (exact).
+
+    Each MatMul whose float weight equals one of the file's tensors (rows in any order) becomes BlockQuantMatMul
+    on its codes, a Gather from a table equal to one row for row BlockQuantGather; nothing is re-quantized.
     """
 
     @dataclass(frozen=True)

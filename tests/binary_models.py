@@ -260,3 +260,14 @@ def lowbit_matmul_model(
     )
     inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(shape))]
     return _model([node], inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+
+
+def compiled_and_reference(tmp_path, proto: onnx.ModelProto, x: np.ndarray, target: str) -> tuple[np.ndarray, ...]:
+    """A one-input ("x") model with bitc ops compiled for `target` (no passes) and run on `x`, beside the numpy
+    references through onnx's evaluator: (compiled output, reference output)."""
+    import bitc
+
+    onnx.save(proto, tmp_path / "m.onnx")
+    reference = ops.reference_evaluator(ir.load(tmp_path / "m.onnx")).run(None, {"x": x})[0]
+    bitc.compile(tmp_path / "m.onnx", tmp_path / "m.bitc", passes=[], target=target)
+    return bitc.load(tmp_path / "m.bitc")(x=x), reference

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-import onnx_ir as ir
 import pytest
+from binary_models import compiled_and_reference
 from onnx import TensorProto, helper, numpy_helper
 
 import bitc
@@ -103,12 +103,8 @@ BLOCK_CASES = {
 @pytest.mark.parametrize("case", list(BLOCK_CASES))
 def test_block_kernel_matches_reference(tmp_path, case, target):
     options = BLOCK_CASES[case]
-    proto = _block_model(**options)
-    onnx.save(proto, tmp_path / "m.onnx")
     x = np.random.default_rng(1).standard_normal(options["shape"]).astype(np.float32)
-    reference = ops.reference_evaluator(ir.load(tmp_path / "m.onnx")).run(None, {"x": x})[0]
-    bitc.compile(tmp_path / "m.onnx", tmp_path / "m.bitc", passes=[], target=target)
-    got = bitc.load(tmp_path / "m.bitc")(x=x)
+    got, reference = compiled_and_reference(tmp_path, _block_model(**options), x, target)
     assert got.shape == reference.shape
     np.testing.assert_allclose(got, reference, rtol=1e-5, atol=2e-5 * np.abs(reference).max())
 

@@ -6,7 +6,7 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 import pytest
-from binary_models import lowbit_matmul_model
+from binary_models import compiled_and_reference, lowbit_matmul_model
 from onnx import TensorProto, helper, numpy_helper
 
 import bitc
@@ -69,12 +69,8 @@ def test_lowbit_kernel_matches_reference(tmp_path, case, target):
     """The table-lookup kernel on AVX-512 (cpu here) and AVX2 (x86-64-v3), and the portable compute (x86-64-v2,
     no AVX2), vs the numpy reference."""
     options = LOWBIT_CASES[case]
-    proto = lowbit_matmul_model(**options)
-    onnx.save(proto, tmp_path / "m.onnx")
     x = np.random.default_rng(1).standard_normal(options["shape"]).astype(np.float32)
-    reference = ops.reference_evaluator(ir.load(tmp_path / "m.onnx")).run(None, {"x": x})[0]
-    bitc.compile(tmp_path / "m.onnx", tmp_path / "m.bitc", passes=[], target=target)
-    got = bitc.load(tmp_path / "m.bitc")(x=x)
+    got, reference = compiled_and_reference(tmp_path, lowbit_matmul_model(**options), x, target)
     assert got.shape == reference.shape
     np.testing.assert_allclose(got, reference, rtol=1e-5, atol=1e-5 * np.abs(reference).max())
 

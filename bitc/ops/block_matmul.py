@@ -39,16 +39,10 @@ class BlockQuantMatMul(BitcOp):
             raise ValueError(f"needs 3 or 4 inputs (x, codes, scales, offsets?), got {len(input_shapes)}")
         k, block, bits = int(attrs["in_features"]), int(attrs["block_size"]), int(attrs["bits"])
         check_format(k, block, bits)
-        x, codes, scales, *offsets = input_shapes
-        rows = codes[0] if len(codes) == 2 else None
-        want_codes, want_scales = (rows, k * bits // 8), (rows, k // block)
-        if (
-            not x
-            or x[-1] != k
-            or tuple(codes) != want_codes
-            or tuple(scales) != want_scales
-            or any(tuple(o) != want_scales for o in offsets)
-        ):
+        x, *tables = input_shapes
+        rows = table_rows(tables, k, block, bits)
+        if rows is None or not x or x[-1] != k:
+            codes, scales = tables[:2]
             raise ValueError(
                 f"shapes x {list(x)}, codes {list(codes)}, scales {list(scales)} do not fit in_features={k}, "
                 f"block_size={block}, bits={bits} (want x [..., {k}], codes [N, {k * bits // 8}], scales and "
@@ -83,6 +77,18 @@ def check_dtypes(codes: np.ndarray, scales: np.ndarray, offsets: np.ndarray | No
     for array in (scales, offsets):
         if array is not None and array.dtype not in (np.float16, np.float32):
             raise ValueError(f"scales and offsets must be float16 or float32, got {array.dtype}")
+
+
+def table_rows(tables: Sequence[tuple[int, ...]], in_features: int, block_size: int, bits: int) -> int | None:
+    """The row count N of codes [N, K·bits/8] and scales (and offsets) [N, K/B] that fit the format, else None."""
+    codes, scales, *offsets = (tuple(shape) for shape in tables)
+    if len(codes) != 2:
+        return None
+    rows = codes[0]
+    want_scales = (rows, in_features // block_size)
+    if codes[1] != in_features * bits // 8 or scales != want_scales or any(o != want_scales for o in offsets):
+        return None
+    return rows
 
 
 def unpack_codes(codes: np.ndarray, bits: int, signed: bool = False) -> np.ndarray:
@@ -138,14 +144,10 @@ class BlockQuantGather(BitcOp):
             raise ValueError(f"needs 3 or 4 inputs (indices, codes, scales, offsets?), got {len(input_shapes)}")
         k, block, bits = int(attrs["in_features"]), int(attrs["block_size"]), int(attrs["bits"])
         check_format(k, block, bits)
-        indices, codes, scales, *offsets = input_shapes
-        rows = codes[0] if len(codes) == 2 else None
-        want_scales = (rows, k // block)
-        if (
-            tuple(codes) != (rows, k * bits // 8)
-            or tuple(scales) != want_scales
-            or any(tuple(o) != want_scales for o in offsets)
-        ):
+        indices, *tables = input_shapes
+        rows = table_rows(tables, k, block, bits)
+        if rows is None:
+            codes, scales = tables[:2]
             raise ValueError(
                 f"shapes codes {list(codes)}, scales {list(scales)} do not fit in_features={k}, block_size={block}, "
                 f"bits={bits}"

@@ -146,13 +146,11 @@ def _lowbit_matmul(bb: relax.BlockBuilder, node: ir.Node, args: list[relax.Expr]
     return out if len(shape) == 2 else bb.emit(relax.op.reshape(out, [*shape[:-1], out_features]))
 
 
-@registry.emitter("BlockQuantMatMul", "llvm")
-def _block_quant_matmul(bb: relax.BlockBuilder, node: ir.Node, args: list[relax.Expr], target: CpuTarget) -> relax.Expr:
-    """Codes, scales and offsets re-blocked into column tiles that stream; one row runs the GEMV (offsets through
-    per-block input sums), more rows the GEMM over a dequantized block."""
-    from tvm import relax
-
-    attrs = ops.get("BlockQuantMatMul").attrs(node)
+def _block_tables(node: ir.Node, target: CpuTarget) -> tuple[block_kernels.BlockWeights, list[np.ndarray], int]:
+    """A block-quantized node's codes, scales and offsets (the scales again where it has none, so the kernels
+    always take three tables) re-blocked into the column tiles the CPU kernels stream, their layout, and the
+    row count N; tables the format does not define are refused naming the node."""
+    attrs = ops.get(node.op_type).attrs(node)
     bits, block_size, in_features = int(attrs["bits"]), int(attrs["block_size"]), int(attrs["in_features"])
     signed = bool(attrs["signed"])
     codes, scales = constant_input(node, 1), constant_input(node, 2)
@@ -165,65 +163,65 @@ def _block_quant_matmul(bb: relax.BlockBuilder, node: ir.Node, args: list[relax.
     if offsets.dtype != scales.dtype:  # one float type for both, widened only if they differ
         scales, offsets = scales.astype(np.float32), offsets.astype(np.float32)
     tile = block_kernels.tile_columns(target.vector_lanes)
-    blocked_codes = block_kernels.block_codes(codes, bits, tile, signed)
-    tiles, out_features = blocked_codes.shape[0], codes.shape[0]
-    constants = [
-        relax_const(blocked_codes),
-        *(relax_const(block_kernels.block_scales(a, tile)) for a in (scales, offsets)),
-    ]
+    blocked = [block_kernels.block_codes(codes, bits, tile, signed)]
+    blocked += [block_kernels.block_scales(table, tile) for table in (scales, offsets)]
+    weights = block_kernels.BlockWeights(
+        in_features, block_size, bits, blocked[0].shape[0], tile, signed, str(scales.dtype), has_offsets
+    )
+    return weights, blocked, codes.shape[0]
+
+
+@registry.emitter("BlockQuantMatMul", "llvm")
+def _block_quant_matmul(bb: relax.BlockBuilder, node: ir.Node, args: list[relax.Expr], target: CpuTarget) -> relax.Expr:
+    """Codes, scales and offsets re-blocked into column tiles that stream; one row runs the GEMV (offsets through
+    per-block input sums), more rows the GEMM over a dequantized block."""
+    from tvm import relax
+
+    weights, blocked, out_features = _block_tables(node, target)
+    in_features, block_size, padded = weights.in_features, weights.block_size, weights.tiles * weights.tile
+    constants = [relax_const(table) for table in blocked]
     shape = [int(d) for d in node.inputs[0].shape]
     rows = int(np.prod(shape[:-1]))
     x = bb.emit(relax.op.reshape(args[0], [rows, in_features]))
-    kernel_args = (in_features, block_size, bits, tiles, tile, signed, str(scales.dtype), has_offsets)
     if rows == 1:
-        if has_offsets or signed:
+        if weights.with_offsets or weights.signed:
             sums = bb.emit_te(block_kernels.block_sums, x, block_size, primfunc_name_hint="bitc_block_sums")
         else:
             sums = relax_const(np.zeros((1, in_features // block_size), np.float32))
-        scaled = bb.emit_te(block_kernels.scaled_inputs, x, bits, primfunc_name_hint="bitc_scaled_inputs")
-        kernel = block_kernels.block_gemv(*kernel_args, target.num_cores)
+        scaled = bb.emit_te(block_kernels.scaled_inputs, x, weights.bits, primfunc_name_hint="bitc_scaled_inputs")
+        kernel = block_kernels.block_gemv(weights, target.num_cores)
         inputs = [scaled, *constants, sums]
     else:
-        kernel = block_kernels.block_gemm(rows, *kernel_args, target.num_cores)
+        kernel = block_kernels.block_gemm(rows, weights, target.num_cores)
         inputs = [x, *constants]
     gvar = bb.add_func(kernel, "bitc_block_matmul")
-    out = bb.emit(relax.call_tir(gvar, inputs, relax.TensorType([rows, tiles * tile], "float32")))
-    if tiles * tile != out_features:
+    out = bb.emit(relax.call_tir(gvar, inputs, relax.TensorType([rows, padded], "float32")))
+    if padded != out_features:
         out = bb.emit(relax.op.strided_slice(out, axes=[1], begin=[0], end=[out_features]))
     return bb.emit(relax.op.reshape(out, [*shape[:-1], out_features]))
 
 
 @registry.emitter("BlockQuantGather", "llvm")
 def _block_quant_gather(bb: relax.BlockBuilder, node: ir.Node, args: list[relax.Expr], target: CpuTarget) -> relax.Expr:
-    """Rows of a block-quantized table, dequantized as they are read; the indices are bounds-checked first (the
-    call fails naming the node), so no index reads outside the table."""
-    from tvm import relax, te, tirx
+    """Rows of a block-quantized table, dequantized as they are read (from the layout the Linear kernels stream:
+    a tied vocabulary head's blocks are then the same bytes, which the artifact stores once); the indices are
+    bounds-checked first (the call fails naming the node), so no index reads outside the table."""
+    from tvm import te, tirx
 
     from bitc.codegen.relax import index_checks
 
-    attrs = ops.get("BlockQuantGather").attrs(node)
-    bits, block_size, in_features = int(attrs["bits"]), int(attrs["block_size"]), int(attrs["in_features"])
-    signed = bool(attrs["signed"])
-    tables = [constant_input(node, i) for i in range(1, len(node.inputs)) if node.inputs[i] is not None]
-    try:
-        block_matmul.check_dtypes(tables[0], tables[1], tables[2] if len(tables) > 2 else None, bits, signed)
-    except ValueError as exc:
-        raise CompileError(f"node '{node.name}': {exc}") from None
-    rows = tables[0].shape[0]
-    # the layout the Linear kernels stream (`block_kernels.block_codes`): a tied vocabulary head's blocks are then
-    # the same bytes, which the artifact stores once
-    tile = block_kernels.tile_columns(target.vector_lanes)
-    blocked = [block_kernels.block_codes(tables[0], bits, tile, signed)]
-    blocked += [block_kernels.block_scales(t, tile) for t in tables[1:]]
+    weights, blocked, rows = _block_tables(node, target)
+    bits, block_size, in_features, tile, signed = (
+        weights.bits,
+        weights.block_size,
+        weights.in_features,
+        weights.tile,
+        weights.signed,
+    )
     shape = tuple(int(d) for d in node.inputs[0].shape)
     dtype = str(node.inputs[0].dtype.numpy())
-    spec = index_checks.CheckSpec(
-        shape, dtype, (rows,), True, f"index out of range in Gather '{node.name}': valid [{-rows}, {rows})"
-    )
-    check = bb.add_func(
-        index_checks.check_func(spec).with_attr(index_checks.CHECK_ATTR, spec.to_json()), "bitc_index_check"
-    )
-    indices = bb.emit(relax.call_tir_inplace(check, [args[0]], inplace_indices=[0], out_ty=args[0].ty))
+    spec = index_checks.index_spec(shape, dtype, (rows,), True, f"Gather '{node.name}'", normalised=False)
+    indices = index_checks.emit_check(bb, args[0], spec)
     per_word = block_kernels.codes_per_word(bits)
 
     def compute(ids: te.Tensor, words: te.Tensor, scales: te.Tensor, *offsets: te.Tensor) -> te.Tensor:
@@ -240,7 +238,8 @@ def _block_quant_gather(bb: relax.BlockBuilder, node: ir.Node, args: list[relax.
 
         return te.compute((*shape, in_features), value, name="block_gather")
 
-    return bb.emit_te(compute, indices, *(relax_const(t) for t in blocked), primfunc_name_hint="bitc_block_gather")
+    tables = blocked if weights.with_offsets else blocked[:2]
+    return bb.emit_te(compute, indices, *(relax_const(t) for t in tables), primfunc_name_hint="bitc_block_gather")
 
 
 @registry.emitter("MatMul", "llvm", domain="", when=float_gemv.is_blocked_matmul)

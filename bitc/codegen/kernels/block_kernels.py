@@ -14,6 +14,7 @@ are stored plus a bias (unsigned), taken back out per block as bias · Σₖ x�
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -23,6 +24,37 @@ from bitc.codegen.registry import kernel_attrs
 LANES = 16  # floats per TIR vector (one zmm; two ymm on AVX2)
 # 512 KiB of weights stream in tens of µs, a parallel launch costs a few
 PARALLEL_MIN_WEIGHTS = 1 << 17
+
+
+@dataclass(frozen=True)
+class BlockWeights:
+    """One matrix as the kernels read it: `tiles` tiles of `tile` columns (`block_codes`, `block_scales`)."""
+
+    in_features: int
+    block_size: int
+    bits: int
+    tiles: int
+    tile: int
+    signed: bool
+    scale_dtype: str  # of the scales and offsets: "float16" or "float32"
+    with_offsets: bool
+
+    @property
+    def per_word(self) -> int:
+        return codes_per_word(self.bits)
+
+    @property
+    def blocks(self) -> int:
+        return self.in_features // self.block_size
+
+    @property
+    def groups(self) -> int:
+        """32-bit words per block and column."""
+        return self.block_size // self.per_word
+
+    @property
+    def vectors(self) -> int:
+        return self.tile // LANES
 
 
 def tile_columns(vector_lanes: int) -> int:
@@ -40,12 +72,14 @@ def bias(bits: int) -> int:
     return 1 << (bits - 1)
 
 
-def in_place_exponent(bits: int, index: int) -> int:
-    """Where the GEMV leaves code `index` of a word: at bit bits·index (masked in place, no shift), except the
-    top one, shifted down one code width so the masked value stays below 2³¹ (a signed int32 converts in one
-    instruction)."""
-    per_word = codes_per_word(bits)
-    return bits * min(index, per_word - 2)
+def in_place_exponent(bits: int, index: tirx.Expr) -> tirx.Expr:
+    """Where the GEMV leaves code `index` of a word (an expression: the kernel's unrolled loop variable, or the
+    input's position in its word): at bit bits·index (masked in place, no shift), except the top one, shifted
+    down one code width so the masked value stays below 2³¹ (a signed int32 converts in one instruction)."""
+    from tvm import tirx
+
+    top = index == codes_per_word(bits) - 1
+    return bits * (index - tirx.Select(top, 1, 0))
 
 
 def block_codes(codes: np.ndarray, bits: int, tile: int, signed: bool = False) -> np.ndarray:
@@ -104,11 +138,9 @@ def _code_in_place(word: tirx.Expr, bits: int, index: tirx.Expr) -> tirx.Expr:
     GEMV multiplies it by x · 2^−e, so the product is x · q, rounded once, as without the scaling."""
     from tvm.script import tirx as T
 
-    per_word = codes_per_word(bits)
-    top = T.Cast("uint32", index == per_word - 1)
-    exponent = T.Cast("uint32", bits) * (index - top)  # in_place_exponent as an expression of the loop variable
-    down = T.shift_right(word, T.Broadcast(top * T.uint32(bits), LANES))
-    mask = T.shift_left(T.Broadcast(T.uint32((1 << bits) - 1), LANES), T.Broadcast(exponent, LANES))
+    exponent = in_place_exponent(bits, index)
+    down = T.shift_right(word, T.Broadcast(T.Cast("uint32", bits * index - exponent), LANES))
+    mask = T.shift_left(T.Broadcast(T.uint32((1 << bits) - 1), LANES), T.Broadcast(T.Cast("uint32", exponent), LANES))
     return T.Cast("float32x16", T.reinterpret("int32x16", down & mask))
 
 
@@ -121,37 +153,32 @@ def scaled_inputs(x: te.Tensor, bits: int) -> te.Tensor:
     per_word = codes_per_word(bits)
 
     def scaled(m: tirx.Var, k: tirx.Var) -> tirx.Expr:
-        index = k % per_word
-        exponent = bits * (index - tirx.Select(index == per_word - 1, 1, 0))
+        exponent = in_place_exponent(bits, k % per_word)
         power = tirx.reinterpret("float32", ((127 - exponent) << 23).astype("int32"))
         return x[m, k] * power
 
     return te.compute(x.shape, scaled, name="scaled_inputs")
 
 
-def _parallel(rows: int, tiles: int, tile: int, in_features: int, num_cores: int) -> bool:
-    return num_cores > 1 and tiles * tile * in_features * max(rows, 1) >= PARALLEL_MIN_WEIGHTS
+def _dims(weights: BlockWeights) -> tuple[int, int, int, int, int, int]:
+    """K, B, codes per word, bits, tiles, tile: the sizes the kernels' TVMScript bodies name."""
+    return weights.in_features, weights.block_size, weights.per_word, weights.bits, weights.tiles, weights.tile
 
 
-def block_gemv(
-    in_features: int,
-    block_size: int,
-    bits: int,
-    tiles: int,
-    tile: int,
-    signed: bool,
-    scale_dtype: str,
-    with_offsets: bool,
-    num_cores: int,
-) -> tirx.PrimFunc:
+def _parallel(rows: int, weights: BlockWeights, num_cores: int) -> bool:
+    return num_cores > 1 and weights.tiles * weights.tile * weights.in_features * rows >= PARALLEL_MIN_WEIGHTS
+
+
+def block_gemv(weights: BlockWeights, num_cores: int) -> tirx.PrimFunc:
     """Scaled inputs [1, K] (`scaled_inputs`), code words [tiles, K / per_word, tile], scales (and offsets)
     [tiles, K/B, tile], block sums of the unscaled inputs [1, K/B] → y [1, tiles·tile]. Per code: a mask, a
     convert and an FMA (the shift is folded into the input's scale)."""
     from tvm.script import tirx as T
 
-    K, B, P = in_features, block_size, codes_per_word(bits)
-    blocks, vectors, groups = K // B, tile // LANES, B // P
-    loop = T.parallel if _parallel(1, tiles, tile, K, num_cores) else T.serial
+    K, B, P, bits, tiles, tile = _dims(weights)
+    blocks, vectors, groups = weights.blocks, weights.vectors, weights.groups
+    signed, scale_dtype, with_offsets = weights.signed, weights.scale_dtype, weights.with_offsets
+    loop = T.parallel if _parallel(1, weights, num_cores) else T.serial
 
     def lanes(v: int) -> tirx.Expr:
         return T.ramp(v * LANES, 1, LANES)
@@ -198,18 +225,7 @@ def block_gemv(
     return kernel.without_attr("global_symbol").with_attr(attrs)
 
 
-def block_gemm(
-    rows: int,
-    in_features: int,
-    block_size: int,
-    bits: int,
-    tiles: int,
-    tile: int,
-    signed: bool,
-    scale_dtype: str,
-    with_offsets: bool,
-    num_cores: int,
-) -> tirx.PrimFunc:
+def block_gemm(rows: int, weights: BlockWeights, num_cores: int) -> tirx.PrimFunc:
     """x [M, K], code words [tiles, K / per_word, tile], scales and offsets [tiles, K/B, tile] → y [M, tiles·tile]
     (a prefill chunk): each tile's block is dequantized once (scale · q + offset, exactly as the reference) into
     a buffer of B × tile floats that stays in L1, which every row then multiplies, two rows at a time (8
@@ -217,10 +233,11 @@ def block_gemm(
     store-load chain set the pace)."""
     from tvm.script import tirx as T
 
-    M, K, B, P = rows, in_features, block_size, codes_per_word(bits)
-    blocks, vectors, groups = K // B, tile // LANES, B // P
+    M, (K, B, P, bits, tiles, tile) = rows, _dims(weights)
+    blocks, vectors, groups = weights.blocks, weights.vectors, weights.groups
+    signed, scale_dtype, with_offsets = weights.signed, weights.scale_dtype, weights.with_offsets
     pairs = -(-M // 2)
-    loop = T.parallel if _parallel(M, tiles, tile, K, num_cores) else T.serial
+    loop = T.parallel if _parallel(M, weights, num_cores) else T.serial
 
     def lanes(v: int, row: int = 0) -> tirx.Expr:
         return T.ramp(row * tile + v * LANES, 1, LANES)

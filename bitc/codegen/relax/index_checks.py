@@ -154,13 +154,20 @@ def _checked_call(mutator: PyExprMutator, call: Call, label: tuple[str, str] | N
     if isinstance(constant, tvm.ir.GenericConst):  # known now: checked now, and not again at run time
         _check_constant(constant.value.numpy(), spec, normalised is not None, source)
         return call
+    checked = emit_check(mutator.builder_, indices, spec, checks)
+    return relax.Call(call.op, [data, checked, *call.args[2:]], call.attrs, call.ty_args, call.span)
+
+
+def emit_check(builder: BlockBuilder, indices: Expr, spec: CheckSpec, checks: dict | None = None) -> Expr:
+    """`indices` passed through the check kernel of `spec` (one per spec in `checks`, when given): use the result,
+    so the check runs before anything reads through the indices."""
+    from tvm import relax
+
+    checks = {} if checks is None else checks
     if spec not in checks:
         func = check_func(spec).with_attr(CHECK_ATTR, spec.to_json())
-        checks[spec] = mutator.builder_.add_func(func, "bitc_index_check")
-    checked = mutator.builder_.emit(
-        relax.call_tir_inplace(checks[spec], [indices], inplace_indices=[0], out_ty=indices.ty)
-    )
-    return relax.Call(call.op, [data, checked, *call.args[2:]], call.attrs, call.ty_args, call.span)
+        checks[spec] = builder.add_func(func, "bitc_index_check")
+    return builder.emit(relax.call_tir_inplace(checks[spec], [indices], inplace_indices=[0], out_ty=indices.ty))
 
 
 def _spec(call: Call, data: Expr, indices: Expr, normalised: bool, where: str, source: str) -> CheckSpec | None:
@@ -174,16 +181,16 @@ def _spec(call: Call, data: Expr, indices: Expr, normalised: bool, where: str, s
         axis = getattr(call.attrs, "axis", None)
         extent = int(np.prod(data_shape)) if axis is None else data_shape[int(axis) % len(data_shape)]
         negatives = op == "relax.scatter_elements"  # TVM's scatter_elements maps negatives; the others do not
-        return _spec_of(shape, dtype, (extent,), negatives, where, normalised, axis)
+        return index_spec(shape, dtype, (extent,), negatives, where, normalised, axis)
     batch_dims = int(call.attrs.batch_dims) if op == "relax.gather_nd" else 0
     coordinates = shape[-1]
     extents = tuple(data_shape[batch_dims : batch_dims + coordinates])
     if len(extents) != coordinates:
         raise CompileError(f"{source}: {where}: {coordinates} coordinates index a rank-{len(data_shape)} tensor")
-    return _spec_of(shape, dtype, extents, False, where, normalised)
+    return index_spec(shape, dtype, extents, False, where, normalised)
 
 
-def _spec_of(
+def index_spec(
     shape: tuple[int, ...],
     dtype: str,
     extents: tuple[int, ...],

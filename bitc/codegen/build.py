@@ -96,5 +96,5 @@ def export_library(executable: relax.VMExecutable) -> bytes:
     # in this process's bitc temp folder, intermediate objects too: a later bitc removes what a killed build left
     with tempfile.TemporaryDirectory(prefix="build-", dir=process_temp_dir()) as tmp:
         lib_path = Path(tmp) / "model.so"
-        executable.export_library(str(lib_path), workspace_dir=tmp)
+        executable.export_library(str(lib_path), workspace_dir=tmp, options=["-Wl,--strip-debug"])
         return lib_path.read_bytes()

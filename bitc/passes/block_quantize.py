@@ -145,6 +145,7 @@ class BlockQuantize(ir.passes.InPlacePass):
                     continue
             blocks = fitted[key]
             original = node.outputs[0].name
+            self.report.bytes_before += self._stored_bytes(node, rows)
             outputs[node.name] = (original, self._replace(graph, node, blocks))
             error = np.linalg.norm(blocks.dequantize(self.format) - rows) / max(float(np.linalg.norm(rows)), 1e-30)
             self.report.layers[node.name] = {
@@ -154,7 +155,6 @@ class BlockQuantize(ir.passes.InPlacePass):
                 "bits_per_weight": round(blocks.nbytes * 8 / rows.size, 3),
                 "weight_rel_error": round(float(error), 6),
             }
-            self.report.bytes_before += self._stored_bytes(node, rows)
             self.report.bytes_after += blocks.nbytes
         if o.measure_error and outputs:
             errors, self.report.note = verify.measure_output_errors(before, model, outputs)
@@ -186,7 +186,7 @@ class BlockQuantize(ir.passes.InPlacePass):
             if not o.requantize:
                 return None, "-"
             if int(attrs["bits"]) <= self.format.bits:
-                return None, f"already {attrs['bits']}-bit blocks"
+                return None, "-"  # already as narrow
             tables = [constant(value) if value is not None else None for value in node.inputs[1:4]]
             if any(t is None for t in tables[:2]):
                 return None, "block tables not constant"

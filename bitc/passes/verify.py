@@ -60,23 +60,23 @@ def _with_outputs(proto: Any, names: list[str]) -> Any:
 def measure_output_errors(
     before: Any, model: ir.Model, outputs: dict[str, tuple[str, ir.Value]]
 ) -> tuple[dict[str, float], str | None]:
-    """Each rewritten layer's output vs the float model's, relative (‖Δ‖/‖y‖) on seeded random inputs —
-    cumulative: it includes what the rewritten layers before it changed. `before` is the float model's
-    ModelProto, `outputs` maps a layer to (its output's name there, its output value now). onnxruntime runs the
-    float model, and the rewritten one too while its only bitc ops are LowBitMatMul (through their float twin);
-    onnx's reference evaluator runs other bitc ops. Returns the errors, or a note saying why none were measured."""
+    """Each rewritten layer's output vs the model before the pass, relative (‖Δ‖/‖y‖) on seeded random inputs —
+    cumulative: it includes what the rewritten layers before it changed. `before` is that model's ModelProto,
+    `outputs` maps a layer to (its output's name there, its output value now). onnxruntime runs standard ONNX,
+    and the rewritten model too while its only bitc ops are LowBitMatMul (through their float twin); onnx's
+    reference evaluator runs a model with other bitc ops (e.g. blocks an earlier pass made). Returns the errors,
+    or a note saying why none were measured."""
     from bitc import ops
     from bitc.ops.lowbit_matmul import float_twin
 
     try:
         feeds = random_feeds(model)
-        reference = run_with_outputs(before, [old for old, _ in outputs.values()], feeds)
+        reference = _run_with_outputs_anywhere(before, [old for old, _ in outputs.values()], feeds)
         names = [new.name for _, new in outputs.values()]
         if {node.op_type for node in model.graph if ops.is_bitc(node)} <= {"LowBitMatMul"}:
             got = run_with_outputs(float_twin(model), names, feeds)
         else:
-            with_outputs = ir.from_proto(_with_outputs(ir.to_proto(model), names))
-            got = list(ops.reference_evaluator(with_outputs).run(names, feeds))
+            got = _run_with_outputs_anywhere(ir.to_proto(model), names, feeds)
     except Exception as exc:  # a model that cannot run here: the weight errors are still reported
         return {}, f"output errors not measured: {str(exc).splitlines()[0][:160]}"
     errors = {}
@@ -84,6 +84,17 @@ def measure_output_errors(
         norm = float(np.linalg.norm(expected)) or 1.0
         errors[name] = round(float(np.linalg.norm(actual - expected)) / norm, 6)
     return errors, None
+
+
+def _run_with_outputs_anywhere(proto: Any, names: list[str], feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+    """`run_with_outputs` for standard ONNX; onnx's reference evaluator with bitc's numpy references when the
+    model holds bitc ops (onnxruntime does not know them)."""
+    from bitc import ops
+
+    if not any(node.domain == ops.DOMAIN for node in proto.graph.node):
+        return run_with_outputs(proto, names, feeds)
+    with_outputs = ir.from_proto(_with_outputs(proto, names))
+    return list(ops.reference_evaluator(with_outputs).run(names, dict(feeds)))
 
 
 def run_reference(model: ir.Model, feeds: Mapping[str, np.ndarray], proto: Any = None) -> list[np.ndarray]:

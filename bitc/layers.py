@@ -24,6 +24,9 @@ def layer_table(model: ir.Model) -> list[dict[str, Any]]:
         if node.domain == "bitc" and node.op_type == "LowBitMatMul":
             rows.append(_lowbit_row(node))
             continue
+        if node.domain == "bitc" and node.op_type in ("BlockQuantMatMul", "BlockQuantGather"):
+            rows.append(_block_row(node))
+            continue
         weights = [v for v in node.inputs if _is_weight(v)]
         if node.op_type not in WEIGHTED_OPS and not weights:
             continue
@@ -80,6 +83,22 @@ def _lowbit_row(node: ir.Node) -> dict[str, Any]:
         "params": outputs * in_features,
         "bytes": sum(int(v.const_value.nbytes) for v in node.inputs[1:] if v is not None and v.const_value is not None),
         "macs": rows * outputs * in_features,
+    }
+
+
+def _block_row(node: ir.Node) -> dict[str, Any]:
+    """Block-quantized weights (GGUF / MatMulNBits blocks): params are weights, bytes codes + scales + offsets,
+    MACs float ones (none for the embedding lookup)."""
+    outputs = int(node.inputs[1].shape[0])
+    in_features, bits = node.attributes.get_int("in_features", 0), node.attributes.get_int("bits", 0)
+    rows = math.prod(int(d) for d in node.outputs[0].shape.dims[:-1])
+    return {
+        "name": node.name or node.outputs[0].name,
+        "op": f"bitc::{node.op_type}",
+        "precision": f"{bits}-bit blocks",
+        "params": outputs * in_features,
+        "bytes": sum(int(v.const_value.nbytes) for v in node.inputs[1:] if v is not None and v.const_value is not None),
+        "macs": rows * outputs * in_features if node.op_type == "BlockQuantMatMul" else 0,
     }
 
 

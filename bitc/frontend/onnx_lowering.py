@@ -18,6 +18,7 @@ import onnx_ir as ir
 import onnx_ir.passes.common as common
 
 from bitc import ops
+from bitc.frontend.contrib_lowering import CONTRIB_LOWERINGS
 from bitc.frontend.integer_lowering import INTEGER_LOWERINGS
 from bitc.frontend.recurrent_lowering import RECURRENT_LOWERINGS
 from bitc.frontend.tensor_lowering import BOOLEAN_REDUCTIONS, TENSOR_LOWERINGS, boolean_reduction
@@ -124,6 +125,10 @@ def lower_unsupported_forms(model: ir.Model) -> int:
         rewritten += unrolled + expand_missing_ops(model, opset)
     taken = taken_names(model.graph)
     for node in list(model.graph):
+        if (contrib := CONTRIB_LOWERINGS.get((node.domain, node.op_type))) is not None:
+            _replace(model.graph, node, contrib(Builder(model.graph, node, opset, taken), node))
+            rewritten += 1
+            continue
         rule = RULES.get(node.op_type) if node.domain in ("", "ai.onnx") else None
         if rule is None or not rule.applies(node):
             continue

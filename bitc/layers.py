@@ -91,7 +91,8 @@ def _block_row(node: ir.Node) -> dict[str, Any]:
     MACs float ones (none for the embedding lookup)."""
     outputs = int(node.inputs[1].shape[0])
     in_features, bits = node.attributes.get_int("in_features", 0), node.attributes.get_int("bits", 0)
-    rows = math.prod(int(d) for d in node.outputs[0].shape.dims[:-1])
+    out = node.outputs[0].shape
+    rows = math.prod(int(d) for d in out.dims[:-1]) if out is not None and _static(out) else 0
     return {
         "name": node.name or node.outputs[0].name,
         "op": f"bitc::{node.op_type}",

@@ -113,3 +113,22 @@ def test_a_four_bit_cache_on_a_hugging_face_export_stays_close(hf_decoder, tmp_p
 def test_pre_rope_keys_are_refused_where_the_rotary_tables_are_computed_at_run_time(hf_decoder, tmp_path):
     with pytest.raises(CompileError, match="pre_rope needs the rotary tables as constants"):
         bitc.compile(hf_decoder, tmp_path / "p.bitc", kv_compress={"bits": 2, "pre_rope": True})
+
+
+def test_an_onnxruntime_int4_export_decodes_like_onnxruntime(hf_decoder, tmp_path):
+    """The export quantized by onnxruntime's own int4 tool (MatMulNBits, what onnxruntime-genai ships): its blocks
+    run on bitc's block kernels inside the cache session, and greedy decoding equals onnxruntime's on that file."""
+    import onnx
+    from onnxruntime.quantization import matmul_nbits_quantizer as nbits
+
+    config = nbits.DefaultWeightOnlyQuantConfig(block_size=32, is_symmetric=False, bits=4)
+    quantizer = nbits.MatMulNBitsQuantizer(onnx.load(hf_decoder), algo_config=config)
+    quantizer.process()
+    quantized = tmp_path / "int4.onnx"
+    onnx.save(quantizer.model.model, quantized)
+    result = bitc.compile(quantized, tmp_path / "q.bitc", kv_compress={"bits": None, "max_context": 128})
+    blocks = [layer for layer in result.manifest["layers"] if layer["precision"] == "4-bit blocks"]
+    assert len(blocks) == 7 * LAYERS + 1  # every projection and the vocabulary head
+    prompt = np.random.default_rng(2).integers(0, VOCAB, 24)
+    session = bitc.load(result.path).session()
+    assert list(session.generate(prompt, 24)) == _OnnxruntimeDecoder(quantized).greedy(prompt, 24)

@@ -16,6 +16,7 @@ from onnxscript.rewriter.rules import common as rules
 from bitc.errors import CompileError
 from bitc.ir import graph_edit
 from bitc.ir.graph_edit import add_initializer
+from bitc.ir.shapes import infer_shapes, twin_shapes
 from bitc.passes.options import configure, option
 from bitc.passes.registry import register
 
@@ -79,6 +80,10 @@ class FoldConstants(ir.passes.InPlacePass):
             common.RemoveUnusedNodesPass()(model)
         common.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0)(model)
         rewritten = graph_edit.lower_constant_attributes(model)  # constant outputs the lift leaves
+        if any(twin_shapes(node) for node in model.graph):
+            # the folder's inference stops at weight-only quantized products, leaving what follows them with the
+            # shapes it had before the folding: one run that sees through them
+            infer_shapes(model, source="fold_constants")
         return ir.passes.PassResult(model, result.modified or filled or bool(rewritten))
 
 

@@ -18,10 +18,10 @@ import onnx_ir as ir
 import onnx_ir.passes.common as common
 
 from bitc import ops
-from bitc.frontend.contrib_lowering import CONTRIB_LOWERINGS
 from bitc.frontend.integer_lowering import INTEGER_LOWERINGS
 from bitc.frontend.recurrent_lowering import RECURRENT_LOWERINGS
 from bitc.frontend.tensor_lowering import BOOLEAN_REDUCTIONS, TENSOR_LOWERINGS, boolean_reduction
+from bitc.frontend.weight_only_lowering import CONTRIB_LOWERINGS, DEQUANTIZED_MATMUL
 from bitc.ir import graph_edit
 
 EXPAND_DOMAIN = "bitc.expand"
@@ -670,6 +670,7 @@ RULES: dict[str, Rule] = {
     "SpaceToDepth": Rule(_always, _lower_space_to_depth),
     "DepthToSpace": Rule(_always, _lower_depth_to_space),
     "Dropout": Rule(_identity_dropout, _lower_dropout),
+    "MatMul": Rule(*DEQUANTIZED_MATMUL),
     **{op: Rule(_empty_reduction, _lower_empty_reduction) for op in _REDUCE_IDENTITY},
     **{op: Rule(_always, lower) for op, lower in RECURRENT_LOWERINGS.items()},
     **{op: Rule(_always, lower) for op, lower in INTEGER_LOWERINGS.items()},

@@ -120,22 +120,21 @@ def _dequantized_weights(node: ir.Node) -> tuple[np.ndarray, np.ndarray, np.ndar
         if axis not in (0, -2) or block % 8 or k % block or scale.shape != (k // block, n):
             return None
         per_block = scale.T
-    elif scale.size == 1:  # per tensor: one block of all K
-        block, per_block = k, np.full((n, 1), scale.reshape(-1)[0], np.float32)
-    elif axis in (1, -1) and scale.shape == (n,):  # per output column
-        block, per_block = k, scale.reshape(n, 1)
+    elif k % 8 == 0 and (scale.size == 1 or (axis in (1, -1) and scale.shape == (n,))):
+        # per tensor or per output column: the scale repeated over blocks of up to 128 inputs (a block the GEMM
+        # dequantizes into L1), the same products as one block of all K
+        block = next(size for size in (128, 64, 32, 16, 8) if k % size == 0)
+        per_block = np.repeat(np.broadcast_to(scale.reshape(-1, 1), (n, 1)), k // block, axis=1)
     else:
-        return None
-    if k % 8:
         return None
     points = None
     if zp is not None:
-        if zp.size == 1:
-            points = np.full(per_block.shape, int(zp.reshape(-1)[0]), np.int32)
-        elif zp.shape == scale.shape:
-            points = (zp.T if zp.ndim == 2 else zp.reshape(n, 1)).astype(np.int32)
-        else:
+        if zp.shape != scale.shape:
             return None
+        if zp.ndim == 2:
+            points = zp.T.astype(np.int32)
+        else:  # per tensor or per column, over the same repeated blocks
+            points = np.repeat(np.broadcast_to(zp.reshape(-1, 1), (n, 1)), k // block, axis=1).astype(np.int32)
     return q.astype(np.int32), np.ascontiguousarray(per_block), points, block
 
 

@@ -3,6 +3,7 @@
     python benchmarks/bench_llm.py [--prompts 400,2000] [--contexts 512,2048] [--threads 1,2] [--rounds 3]
                                    [--work-dir DIR] [--engines bitc-fp32-kv4,llama-Q4_0,...]
     python benchmarks/bench_llm.py --perplexity 16 [--engines ...]     # quality on the same BBC windows
+    python benchmarks/bench_llm.py --perplexity 16 --plot curve.png --engines ...   # + decode @512, plotted
 
 Engines:
 - llama.cpp (llama-cpp-python, `pip install llama-cpp-python`: it builds llama.cpp from source, ~10 min on two
@@ -13,7 +14,11 @@ Engines:
   bitc-fp32-kv4: fp32 weights (transformers' dequantization of the Q4_1 file, so bitc's fp32 is that file's
   quality); bitc-gguf-kv4: the Linear layers and the embedding on the shipped file's own Q4_1 / Q8_0 blocks
   (`--gguf-weights`: the same values, so the same quality at the file's size); bitc-gguf-q4_0-kv4: the same from
-  the Q4_0 file llama.cpp requantizes (exported from that file).
+  the Q4_0 file llama.cpp requantizes (exported from that file); bitc-gguf-q4emb-kv4 / -q41emb-kv4: the shipped
+  file's Q4_1 layers with its Q8_0 embedding and tied head fitted again to 4-bit blocks (`--block-weights q4_0`
+  or `q4_1` with `--block-requantize`: lossy, smaller and faster).
+llama.cpp formats: Q4_1 (shipped), and Q2_K, Q3_K_M, Q4_0, Q4_K_M, Q5_0, Q5_K_M, Q6_K, Q8_0, F32 requantized from it;
+Q4_1-q4emb: the shipped layers with the embedding and output requantized to Q4_0 (bitc-gguf-q4emb's format).
 
 Prefill: a prompt of BBC News tokens into a fresh cache, tokens/s. Decode: the prompt filling the context up to
 32 tokens short of `context`, then 32 steps of one token, tokens/s. Each engine and thread count runs in its own
@@ -41,13 +46,29 @@ console = Console(width=200)
 DECODE_STEPS = 32
 PERPLEXITY_WINDOW = 256
 CACHE_SLOTS = 2048
-LLAMA_TYPES = {"Q4_0": "LLAMA_FTYPE_MOSTLY_Q4_0", "Q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0", "F32": "LLAMA_FTYPE_ALL_F32"}
+LLAMA_TYPES = {
+    kind: f"LLAMA_FTYPE_{'ALL' if kind == 'F32' else 'MOSTLY'}_{kind}"
+    for kind in ("Q2_K", "Q3_K_M", "Q4_0", "Q4_K_M", "Q5_0", "Q5_K_M", "Q6_K", "Q8_0", "F32")
+}
+# llama.cpp's own counterpart of bitc-gguf-q4emb: the shipped Q4_1 layers, embedding and output requantized to Q4_0
+LLAMA_MIXED = {"Q4_1-q4emb": ("LLAMA_FTYPE_MOSTLY_Q4_1", "GGML_TYPE_Q4_0")}
 # compile options per bitc engine; "gguf_weights": a GGUF type (the shipped Q4_1, or a file llama.cpp requantized
 # from it): the decoder is exported from that file and its Linear layers run on the file's own blocks
 BITC_ENGINES = {
     "bitc-fp32-kv4": {"kv_compress": 4},
     "bitc-gguf-kv4": {"kv_compress": 4, "gguf_weights": "Q4_1"},
     "bitc-gguf-q4_0-kv4": {"kv_compress": 4, "gguf_weights": "Q4_0"},
+    # the shipped file's Q4_1 layers, its Q8_0 embedding / tied head fitted again to 4-bit blocks (lossy)
+    "bitc-gguf-q4emb-kv4": {
+        "kv_compress": 4,
+        "gguf_weights": "Q4_1",
+        "block_quantize": {"bits": 4, "offset": False, "requantize": True},
+    },
+    "bitc-gguf-q41emb-kv4": {
+        "kv_compress": 4,
+        "gguf_weights": "Q4_1",
+        "block_quantize": {"bits": 4, "offset": True, "requantize": True},
+    },
 }
 
 
@@ -71,7 +92,8 @@ def prepare(engines: list[str], work: Path) -> dict[str, Path]:
             files[engine] = _bitc_artifact(engine, work)
         else:
             raise SystemExit(
-                f"unknown engine {engine}: llama-Q4_1, llama-{{{','.join(LLAMA_TYPES)}}}, {list(BITC_ENGINES)}"
+                f"unknown engine {engine}: llama-Q4_1, llama-{{{','.join([*LLAMA_TYPES, *LLAMA_MIXED])}}}, "
+                f"{list(BITC_ENGINES)}"
             )
     return files
 
@@ -87,8 +109,13 @@ def _gguf(kind: str, work: Path) -> Path:
         import llama_cpp
 
         params = llama_cpp.llama_model_quantize_default_params()
-        params.ftype = getattr(llama_cpp, LLAMA_TYPES[kind])
         params.allow_requantize = True
+        if kind in LLAMA_MIXED:
+            ftype, table_type = LLAMA_MIXED[kind]
+            params.token_embedding_type = params.output_tensor_type = getattr(llama_cpp, table_type)
+        else:
+            ftype = LLAMA_TYPES[kind]
+        params.ftype = getattr(llama_cpp, ftype)
         if llama_cpp.llama_model_quantize(str(shipped).encode(), str(out).encode(), params) != 0:
             raise SystemExit(f"llama_model_quantize to {kind} failed")
     return out
@@ -231,6 +258,7 @@ def main() -> None:
     parser.add_argument(
         "--perplexity", type=int, metavar="WINDOWS", help="instead: perplexity of each engine on WINDOWS BBC windows"
     )
+    parser.add_argument("--plot", type=Path, metavar="PNG", help="with --perplexity: decode @512 too, plotted")
     parser.add_argument("--worker", nargs=5, metavar=("ENGINE", "PATH", "THREADS", "TASK", "TOKENS"))
     args = parser.parse_args()
     if args.worker:
@@ -240,7 +268,8 @@ def main() -> None:
     engines = args.engines.split(",")
     files = prepare(engines, Path(args.work_dir))
     if args.perplexity:
-        _report_perplexity(engines, files, args.perplexity, max(int(t) for t in args.threads.split(",")))
+        threads = max(int(t) for t in args.threads.split(","))
+        _report_perplexity(engines, files, args.perplexity, threads, args.plot, args.rounds)
         return
     tasks = [("prefill", int(n)) for n in args.prompts.split(",")] + [
         ("decode", int(n)) for n in args.contexts.split(",")
@@ -283,14 +312,60 @@ def _report(engines, files, tasks, threads, results) -> None:
     console.print(f"model bytes on disk: {sizes}")
 
 
-def _report_perplexity(engines: list[str], files: dict[str, Path], windows: int, threads: int) -> None:
+def _report_perplexity(
+    engines: list[str], files: dict[str, Path], windows: int, threads: int, plot: Path | None, rounds: int
+) -> None:
+    """Perplexity and size per engine; with `plot`, decode tokens/s at 512 tokens too (median of `rounds`
+    interleaved rounds) and a figure of size and speed against perplexity."""
     table = Table(title=f"SmolLM2-135M perplexity, {windows} BBC News windows of {PERPLEXITY_WINDOW} tokens")
-    for column in ("engine", "perplexity", "MiB on disk"):
+    columns = ["engine", "perplexity", "MiB on disk"] + ([f"decode @512, {threads} thread(s), tok/s"] if plot else [])
+    for column in columns:
         table.add_column(column, justify="left" if column == "engine" else "right")
+    quality = {engine: _measure(engine, files[engine], threads, "perplexity", windows) for engine in engines}
+    speeds: dict[str, list[float]] = {engine: [] for engine in engines}
+    for _ in range(rounds if plot else 0):
+        for engine in engines:
+            speeds[engine].append(_measure(engine, files[engine], threads, "decode", 512))
+    rows = []
     for engine in engines:
-        value = _measure(engine, files[engine], threads, "perplexity", windows)
-        table.add_row(engine, f"{value:.2f}", f"{files[engine].stat().st_size / 2**20:.0f}")
+        mib = files[engine].stat().st_size / 2**20
+        decode = statistics.median(speeds[engine]) if speeds[engine] else None
+        rows.append((engine, quality[engine], mib, decode))
+        spread = f" ({min(speeds[engine]):.0f}-{max(speeds[engine]):.0f})" if speeds[engine] else ""
+        table.add_row(engine, f"{quality[engine]:.2f}", f"{mib:.1f}", *([f"{decode:.1f}{spread}"] if plot else []))
     console.print(table)
+    if plot:
+        _plot_curve(rows, windows, threads, plot)
+
+
+def _plot_curve(rows: list[tuple[str, float, float, float]], windows: int, threads: int, path: Path) -> None:
+    import platform
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (by_size, by_speed) = plt.subplots(1, 2, figsize=(12, 5), sharey=True)
+    for engine, ppl, mib, decode in rows:
+        style = {"color": "tab:blue" if engine.startswith("bitc") else "tab:orange", "marker": "o"}
+        for axis, x in ((by_size, mib), (by_speed, decode)):
+            axis.scatter([x], [ppl], **style)
+            axis.annotate(engine.removesuffix("-kv4"), (x, ppl), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    by_size.set_xscale("log")
+    by_size.set_xlabel("model on disk, MiB (log)")
+    by_speed.set_xlabel(f"decode tokens/s at 512 tokens, {threads} thread(s)")
+    by_size.set_ylabel(f"perplexity, {windows} BBC windows of {PERPLEXITY_WINDOW} tokens (log)")
+    by_size.set_yscale("log")
+    for axis in (by_size, by_speed):
+        axis.grid(alpha=0.3)
+    with open("/proc/cpuinfo") as handle:
+        names = [line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")]
+    cpu = names[0] if names else platform.machine()
+    figure.suptitle(f"SmolLM2-135M: llama.cpp (orange) and bitc (blue), same weights, one machine ({cpu})")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    console.print(f"wrote {path}")
 
 
 if __name__ == "__main__":

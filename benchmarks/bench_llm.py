@@ -345,6 +345,7 @@ def _plot_curve(rows: list[tuple[str, float, float, float]], windows: int, threa
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     figure, (by_size, by_speed) = plt.subplots(1, 2, figsize=(12, 5), sharey=True)
     for engine, ppl, mib, decode in rows:
@@ -355,8 +356,8 @@ def _plot_curve(rows: list[tuple[str, float, float, float]], windows: int, threa
     by_size.set_xscale("log")
     by_size.set_xlabel("model on disk, MiB (log)")
     by_speed.set_xlabel(f"decode tokens/s at 512 tokens, {threads} thread(s)")
-    by_size.set_ylabel(f"perplexity, {windows} BBC windows of {PERPLEXITY_WINDOW} tokens (log)")
-    by_size.set_yscale("log")
+    by_size.set_ylabel(f"perplexity, {windows} BBC windows of {PERPLEXITY_WINDOW} tokens")
+    by_size.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
     for axis in (by_size, by_speed):
         axis.grid(alpha=0.3)
     with open("/proc/cpuinfo") as handle:

@@ -1,8 +1,10 @@
 """BlockQuantMatMul: float activations times block-quantized integer weights, w = scale · q + offset per block.
 
 The weight formats LLM files ship: GGUF's Q4_0 (signed 4-bit codes q − 8), Q4_1 (unsigned codes and a float
-minimum per block) and Q8_0 (signed bytes); zero-point formats (onnxruntime's MatMulNBits) are the same form with
-offset −scale·zero_point (not imported yet: `passes.gguf_weights` is the importer today). Each row of the
+minimum per block) and Q8_0 (signed bytes); zero-point formats (onnxruntime's MatMulNBits, DequantizeLinear of
+int4/int8 weights) are the same form with offset −scale·zero_point. Importers: `passes.gguf_weights` (a GGUF
+file's blocks), `passes.block_quantize` (fitted from float weights), `frontend.weight_only_lowering` (ONNX
+weight-only quantized products). Each row of the
 weight holds `in_features / block_size` blocks of `block_size` consecutive inputs, each with its own scale and
 offset. Imported as they are, the weights keep the file's exact values at the file's size.
 

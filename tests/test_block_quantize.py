@@ -195,3 +195,19 @@ def test_cli_refuses_unknown_formats_and_a_lone_requantize(tmp_path):
         )
         assert run.returncode == 2 and message in run.stderr and "Traceback" not in run.stderr
         assert not (tmp_path / "m.bitc").exists()
+
+
+def test_block_layers_on_cuda_are_refused_in_one_line(tmp_path):
+    """The block kernels are CPU only: --target cuda refuses, naming the node, before any code is built (no
+    half-built function left for TVM to warn about)."""
+    onnx.save(_tied_lm(np.random.default_rng(0)), tmp_path / "m.onnx")
+    flags = ["--target", "cuda", "--block-weights", "q4_1"]
+    run = subprocess.run(
+        [sys.executable, "-m", "bitc.cli", "compile", str(tmp_path / "m.onnx"), "-o", str(tmp_path / "m.bitc"), *flags],
+        capture_output=True,
+        text=True,
+    )
+    assert run.returncode == 1 and not (tmp_path / "m.bitc").exists()
+    assert run.stderr.strip().splitlines() == [
+        "bitc: error: node 'embed__q4_1': BlockQuantGather has no CUDA kernel (it runs on --target cpu)"
+    ]

@@ -14,7 +14,7 @@ from __future__ import annotations
 import functools
 import importlib
 import pkgutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from bitc.errors import CompileError
@@ -92,6 +92,13 @@ def emit(bb: relax.BlockBuilder, node: ir.Node, args: list[relax.Expr], target: 
     if function is None:
         raise CompileError(f"node '{node.name}': {_MISSING[target.kind].format(op=node.op_type)}")
     return function(bb, node, args, target)
+
+
+def check_emitters(nodes: Iterable[ir.Node], kind: str) -> None:
+    """Refuse, naming the first, a bitc op without an emitter for target `kind`."""
+    for node in nodes:
+        if _domain(node.domain) == BITC_DOMAIN and find_emitter(node, kind) is None:
+            raise CompileError(f"node '{node.name}': {_MISSING[kind].format(op=node.op_type)}")
 
 
 def find_schedule(kernel: str, kind: str) -> Schedule | None:

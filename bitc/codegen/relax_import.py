@@ -114,6 +114,7 @@ def _import_mixed(model: ir.Model, source: str, target: Target) -> tvm.IRModule:
 
     model.graph.sort()
     nodes = list(model.graph)
+    registry.check_emitters(nodes, target.kind)  # refused before a builder holds a half-built function
     full = ir.to_proto(model)
     position = {id(node): index for index, node in enumerate(nodes)}
     initializers = {tensor.name: tensor for tensor in full.graph.initializer}

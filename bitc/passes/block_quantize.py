@@ -18,10 +18,11 @@ import onnx_ir as ir
 
 from bitc import ops
 from bitc.errors import BadInputError
-from bitc.ir.graph_edit import add_initializer, constant, replace_output
+from bitc.ir.graph_edit import constant
 from bitc.ops import block_matmul
 from bitc.passes import verify
 from bitc.passes.block_fit import BlockFormat, FittedBlocks, fit_blocks
+from bitc.passes.block_layers import replace_by_block_layer
 from bitc.passes.options import configure, option
 from bitc.passes.registry import register
 
@@ -118,7 +119,7 @@ class BlockQuantize(ir.passes.InPlacePass):
         self.report = BlockQuantReport()
         graph = model.graph
         o = self.options
-        candidates = [node for node in graph if self._kind(node) is not None]
+        candidates = [node for node in graph if self._is_candidate(node)]
         if o.layers is not None and (unknown := set(o.layers) - {node.name for node in candidates}):
             raise BadInputError(f"block_quantize: no MatMul, Gather or block layer named {', '.join(sorted(unknown))}")
         chosen: list[tuple[ir.Node, np.ndarray]] = []
@@ -133,27 +134,29 @@ class BlockQuantize(ir.passes.InPlacePass):
             return ir.passes.PassResult(model, False)
         before = ir.to_proto(model) if o.measure_error else None
         model.opset_imports.setdefault(ops.DOMAIN, ops.DOMAIN_VERSION)
-        fitted: dict[tuple, FittedBlocks] = {}  # a tied embedding and vocabulary head are fitted once
+        # a tied embedding and vocabulary head are fitted (and their error measured) once
+        fitted: dict[tuple, tuple[FittedBlocks, float]] = {}
         outputs: dict[str, tuple[str, ir.Value]] = {}
         for node, rows in chosen:
             key = (rows.shape, hash(rows.tobytes()))
             if key not in fitted:
                 try:
-                    fitted[key] = fit_blocks(rows, self.format)
+                    blocks = fit_blocks(rows, self.format)
                 except OverflowError as exc:
                     self.report.kept[node.name] = str(exc)
                     continue
-            blocks = fitted[key]
+                difference = np.linalg.norm(blocks.dequantize(self.format) - rows)
+                fitted[key] = blocks, float(difference / max(float(np.linalg.norm(rows)), 1e-30))
+            blocks, error = fitted[key]
             original = node.outputs[0].name
             self.report.bytes_before += self._stored_bytes(node, rows)
             outputs[node.name] = (original, self._replace(graph, node, blocks))
-            error = np.linalg.norm(blocks.dequantize(self.format) - rows) / max(float(np.linalg.norm(rows)), 1e-30)
             self.report.layers[node.name] = {
                 "op": node.op_type,
                 "format": self.format.label(),
                 "shape": list(rows.shape),
                 "bits_per_weight": round(blocks.nbytes * 8 / rows.size, 3),
-                "weight_rel_error": round(float(error), 6),
+                "weight_rel_error": round(error, 6),
             }
             self.report.bytes_after += blocks.nbytes
         if o.measure_error and outputs:
@@ -163,12 +166,9 @@ class BlockQuantize(ir.passes.InPlacePass):
         return ir.passes.PassResult(model, bool(outputs))
 
     @staticmethod
-    def _kind(node: ir.Node) -> str | None:
-        if node.domain in ("", "ai.onnx") and node.op_type in ("MatMul", "Gather"):
-            return node.op_type
-        if ops.is_bitc(node) and node.op_type in _BLOCK_OPS:
-            return node.op_type
-        return None
+    def _is_candidate(node: ir.Node) -> bool:
+        standard = node.domain in ("", "ai.onnx") and node.op_type in ("MatMul", "Gather")
+        return standard or (ops.is_bitc(node) and node.op_type in _BLOCK_OPS)
 
     def _rows(self, node: ir.Node) -> tuple[np.ndarray | None, str]:
         """The weights as rows [N, K] (outputs × inputs), or why the node stays as it is ("-": not a candidate
@@ -217,31 +217,15 @@ class BlockQuantize(ir.passes.InPlacePass):
         return rows.nbytes
 
     def _replace(self, graph: ir.Graph, node: ir.Node, blocks: FittedBlocks) -> ir.Value:
-        fmt = self.format
-        name = node.name or node.outputs[0].name
-        table = node.op_type in ("Gather", "BlockQuantGather")
-        data = node.inputs[1] if node.op_type == "Gather" else node.inputs[0]  # indices, or x
-        arrays = [blocks.codes, blocks.scales] + ([blocks.offsets] if blocks.offsets is not None else [])
-        inputs = [data] + [
-            add_initializer(graph, array, f"{name}__{fmt.label()}_{part}")
-            for array, part in zip(arrays, ("codes", "scales", "offsets"), strict=False)
-        ]
-        in_features = blocks.scales.shape[1] * fmt.block_size
-        layer = ir.node(
-            "BlockQuantGather" if table else "BlockQuantMatMul",
-            inputs,
-            attributes={
-                "in_features": in_features,
-                "block_size": fmt.block_size,
-                "bits": fmt.bits,
-                "signed": int(fmt.signed),
-            },
-            domain=ops.DOMAIN,
-            name=f"{name}__{fmt.label()}",
+        fmt, label = self.format, self.format.label()
+        tables = [blocks.codes, blocks.scales] + ([blocks.offsets] if blocks.offsets is not None else [])
+        return replace_by_block_layer(
+            graph,
+            node,
+            tables,
+            block_size=fmt.block_size,
+            bits=fmt.bits,
+            signed=fmt.signed,
+            tag=label,
+            table_prefix=f"{label}_",
         )
-        layer.outputs[0].name = f"{name}__{fmt.label()}"
-        graph.insert_before(node, layer)
-        ops.infer_shapes(layer)
-        replace_output(graph, node.outputs[0], layer.outputs[0])
-        graph.remove(node, safe=True)
-        return layer.outputs[0]

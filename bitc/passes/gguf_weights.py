@@ -20,8 +20,9 @@ import numpy as np
 import onnx_ir as ir
 
 from bitc import ops
-from bitc.ir.graph_edit import add_initializer, constant, replace_output
+from bitc.ir.graph_edit import constant
 from bitc.ops.gguf_blocks import BLOCK, BlockTensor, read_block_tensors
+from bitc.passes.block_layers import replace_by_block_layer
 from bitc.passes.options import configure, option
 from bitc.passes.registry import register
 
@@ -97,33 +98,20 @@ class GgufWeights(ir.passes.InPlacePass):
     def _replace(self, model: ir.Model, node: ir.Node, tensor: BlockTensor, order: np.ndarray) -> None:
         graph = model.graph
         model.opset_imports.setdefault(ops.DOMAIN, ops.DOMAIN_VERSION)
-        name = node.name or node.outputs[0].name
         arrays = [tensor.codes[order], tensor.scales[order]]
         if tensor.offsets is not None:
             arrays.append(tensor.offsets[order])
-        table = node.op_type == "Gather"
-        inputs = [node.inputs[1] if table else node.inputs[0]] + [
-            add_initializer(graph, array, f"{name}__{part}")
-            for array, part in zip(arrays, ("codes", "scales", "offsets"), strict=False)
-        ]
-        out_features, in_features = tensor.shape
-        layer = ir.node(
-            "BlockQuantGather" if table else "BlockQuantMatMul",
-            inputs,
-            attributes={
-                "in_features": in_features,
-                "block_size": BLOCK,
-                "bits": tensor.bits,
-                "signed": int(tensor.signed),
-            },
-            domain=ops.DOMAIN,
-            name=f"{name}__{tensor.kind.lower()}",
+        replace_by_block_layer(
+            graph,
+            node,
+            arrays,
+            block_size=BLOCK,
+            bits=tensor.bits,
+            signed=tensor.signed,
+            tag=tensor.kind.lower(),
+            table_prefix="",
         )
-        layer.outputs[0].name = f"{name}__{tensor.kind.lower()}"
-        graph.insert_before(node, layer)
-        ops.infer_shapes(layer)
-        replace_output(graph, node.outputs[0], layer.outputs[0])
-        graph.remove(node, safe=True)
+        out_features, in_features = tensor.shape
         self.report.layers[node.name] = {
             "tensor": tensor.name,
             "format": tensor.kind,

@@ -20,7 +20,7 @@ import onnx_ir as ir
 
 from bitc.errors import BadInputError
 from bitc.ir.graph_edit import constant
-from bitc.ops.block_matmul import pack_codes
+from bitc.ops.block_matmul import pack_codes, unpack_codes
 
 if TYPE_CHECKING:
     from bitc.frontend.onnx_lowering import Builder
@@ -59,21 +59,10 @@ def _lower_matmul_nbits(b: Builder, node: ir.Node) -> Lowered:
         raise _refuse(node, f"B {list(codes.shape)} / scales {list(scales.shape)} do not hold N={n}, K={k} in blocks")
     if scales.dtype not in (np.float16, np.float32):
         raise _refuse(node, f"scales of {scales.dtype} (float16 or float32 expected)")
-    codes, scales = codes.reshape(n, k * bits // 8), scales.reshape(n, blocks)
+    q = unpack_codes(codes.reshape(n, k * bits // 8), bits)  # the stored (unsigned) codes [N, K]
     points = _zero_points(node, zp, n, blocks, bits)
-    midpoint = 1 << (bits - 1)
-    inputs = [x]
-    if not np.all(points == midpoint):
-        # w = scale·q + offset, offset = −scale·zp in float32 (unsigned codes as stored)
-        offsets = -(scales.astype(np.float32) * points.astype(np.float32))
-        inputs += [b.const(codes), b.const(scales.astype(np.float32)), b.const(offsets)]
-        signed = 0
-    else:  # q − 2^(b−1) as two's complement codes: flipping the top bit of each code
-        flip = 0x88 if bits == 4 else 0x80
-        signed_codes = codes ^ np.uint8(flip)
-        inputs += [b.const(signed_codes.view(np.int8) if bits == 8 else signed_codes), b.const(scales)]
-        signed = 1
-    out = b.bitc_op("BlockQuantMatMul", *inputs, in_features=k, block_size=block, bits=bits, signed=signed)
+    inputs, signed = _block_tables(b, q, scales.reshape(n, blocks), points, bits, signed=False)
+    out = b.bitc_op("BlockQuantMatMul", x, *inputs, in_features=k, block_size=block, bits=bits, signed=int(signed))
     bias = _input(node, 5)
     return [b.op("Add", out, bias) if bias is not None else out]
 
@@ -148,17 +137,28 @@ def _has_dequantized_weights(node: ir.Node) -> bool:
 def _lower_dequantized_matmul(b: Builder, node: ir.Node) -> Lowered:
     q, scales, points, block = _dequantized_weights(node)
     kind = str(constant(node.inputs[1].producer().inputs[0]).dtype)
-    bits, signed = _CODE_BITS[kind], kind.startswith("int")
-    midpoint = 1 << (bits - 1)
-    codes, zero = q.T, points if points is not None else np.zeros(scales.shape, np.int32)  # codes [N, K]
-    tables = [scales]
-    if not signed and np.all(zero == midpoint):  # q − 2^(b−1): signed codes, the same product
-        codes, signed = codes - midpoint, True
-    elif np.any(zero != 0):  # w = scale·q + offset, offset = −scale·zp in float32
-        tables.append(-(scales * zero.astype(np.float32)))
-    inputs = [b.const(pack_codes(codes, bits, signed=signed)), *(b.const(t) for t in tables)]
+    bits = _CODE_BITS[kind]
+    inputs, signed = _block_tables(b, q.T, scales, points, bits, signed=kind.startswith("int"))
     attributes = {"in_features": q.shape[0], "block_size": block, "bits": bits, "signed": int(signed)}
     return [b.bitc_op("BlockQuantMatMul", node.inputs[0], *inputs, **attributes)]
+
+
+def _block_tables(
+    b: Builder, q: np.ndarray, scales: np.ndarray, points: np.ndarray | None, bits: int, signed: bool
+) -> tuple[list[ir.Value], bool]:
+    """BlockQuantMatMul's codes, scales[, offsets] for w = (q − zp) · scale, q [N, K] the stored codes, and whether
+    they are signed: unsigned codes around an all-midpoint zero point become signed codes q − 2^(b−1) (the same
+    product, bit for bit); a zero point of 0 needs no offset; any other one becomes an offset −scale · zp per
+    block, in float32."""
+    midpoint = 1 << (bits - 1)
+    zero = points if points is not None else np.zeros(scales.shape, np.int32)
+    tables = [scales]
+    if not signed and np.all(zero == midpoint):
+        q, signed = q - midpoint, True
+    elif np.any(zero != 0):
+        scales = scales.astype(np.float32)
+        tables = [scales, -(scales * zero.astype(np.float32))]
+    return [b.const(pack_codes(q, bits, signed=signed)), *(b.const(t) for t in tables)], signed
 
 
 CONTRIB_LOWERINGS: dict[tuple[str, str], Callable[[Builder, ir.Node], Lowered]] = {
